@@ -1,0 +1,53 @@
+//! Wicket's own process settings: what the command line decides, not Istio resources.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
+
+/// Settings of one gateway process.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// Directory of Istio YAML.
+    pub config_dir: PathBuf,
+    /// Namespace of the gateway, and of resources that name none.
+    pub namespace: String,
+    /// The gateway's own labels, matched by Gateway `selector`.
+    pub labels: BTreeMap<String, String>,
+    /// Admin listener address.
+    pub admin: Option<SocketAddr>,
+    /// Gateway server port → port actually bound (like a Service's targetPort).
+    pub port_map: BTreeMap<u16, u16>,
+    /// Address listeners bind when a server has no `bind`.
+    pub bind_ip: IpAddr,
+    /// Cluster domain suffix for short host names.
+    pub domain_suffix: String,
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Self {
+            config_dir: PathBuf::from("config"),
+            namespace: "default".into(),
+            labels: BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
+            admin: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 15000))),
+            port_map: BTreeMap::new(),
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            domain_suffix: "cluster.local".into(),
+        }
+    }
+}
+
+impl Bootstrap {
+    /// Istio short-name expansion: a host without a dot becomes
+    /// `host.<namespace>.svc.<suffix>`; `*`, IPs and dotted names stay as written.
+    pub fn fqdn(&self, host: &str, namespace: &str) -> String {
+        let host = host.to_ascii_lowercase();
+        if host == "*" || host.contains('.') || host.contains(':') || host.parse::<IpAddr>().is_ok()
+        {
+            return host;
+        }
+        format!("{host}.{namespace}.svc.{}", self.domain_suffix)
+    }
+}

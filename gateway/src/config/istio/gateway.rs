@@ -1,0 +1,95 @@
+//! `networking.istio.io` Gateway: the listeners of a standalone proxy.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Gateway spec.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gateway {
+    /// Labels of the proxies this Gateway applies to; empty means every gateway.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// The servers (ports, hosts, TLS) this Gateway opens.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+/// One server of a Gateway.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    /// Port, name and protocol.
+    pub port: ServerPort,
+    /// `[namespace/]dnsName` hosts exposed on this server.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// IP to bind instead of all interfaces.
+    pub bind: Option<String>,
+    /// TLS settings (and `httpsRedirect` on plaintext servers).
+    pub tls: Option<ServerTlsSettings>,
+    /// Sidecar-only default endpoint.
+    pub default_endpoint: Option<String>,
+    /// Optional unique server name.
+    pub name: Option<String>,
+}
+
+/// Istio `Port` as used by Gateway servers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerPort {
+    /// Port number as written.
+    pub number: u32,
+    /// Protocol name (HTTP, HTTPS, HTTP2, GRPC, TCP, TLS, ...).
+    pub protocol: String,
+    /// Label, unique per Gateway.
+    #[serde(default)]
+    pub name: String,
+    /// Deprecated target port.
+    pub target_port: Option<u32>,
+}
+
+/// Istio `ServerTLSSettings`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// Answer plaintext requests with 301 to https.
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// PASSTHROUGH (zero value), SIMPLE, MUTUAL, OPTIONAL_MUTUAL, AUTO_PASSTHROUGH, ISTIO_MUTUAL.
+    pub mode: Option<String>,
+    /// Server certificate PEM file.
+    pub server_certificate: Option<String>,
+    /// Private key PEM file.
+    pub private_key: Option<String>,
+    /// Client CA bundle file.
+    pub ca_certificates: Option<String>,
+    /// Client certificate revocation list.
+    pub ca_crl: Option<String>,
+    /// Named secret holding the key pair.
+    pub credential_name: Option<String>,
+    /// Several named secrets (RSA and ECDSA pairs).
+    #[serde(default)]
+    pub credential_names: Vec<String>,
+    /// Named secret holding the client CA.
+    pub ca_cert_credential_name: Option<String>,
+    /// Accepted client certificate SANs.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    /// Pinned client SPKI hashes.
+    #[serde(default)]
+    pub verify_certificate_spki: Vec<String>,
+    /// Pinned client certificate hashes.
+    #[serde(default)]
+    pub verify_certificate_hash: Vec<String>,
+    /// Lowest TLS version.
+    pub min_protocol_version: Option<String>,
+    /// Highest TLS version.
+    pub max_protocol_version: Option<String>,
+    /// Allowed cipher suites (OpenSSL names).
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    /// Verify client certificates but let failures through.
+    pub insecure_skip_verify: Option<bool>,
+}

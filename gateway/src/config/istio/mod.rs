@@ -1,0 +1,16 @@
+//! Serde types of the Istio resources Wicket reads, mirroring Istio's field names.
+//!
+//! Every struct denies unknown fields: a typo such as `retryon` must be an error that
+//! names the field, not a silently ignored setting.
+
+mod common;
+mod destination_rule;
+mod gateway;
+mod service_entry;
+mod virtual_service;
+
+pub use common::*;
+pub use destination_rule::*;
+pub use gateway::*;
+pub use service_entry::*;
+pub use virtual_service::*;

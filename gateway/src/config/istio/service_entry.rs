@@ -1,0 +1,76 @@
+//! `networking.istio.io` ServiceEntry and WorkloadEntry: the service registry.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::WorkloadSelector;
+
+/// ServiceEntry spec.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntry {
+    /// Hosts of the service (FQDN or `*.suffix`).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Virtual IPs or CIDRs.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Service ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// MESH_EXTERNAL or MESH_INTERNAL.
+    pub location: Option<String>,
+    /// NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS.
+    pub resolution: Option<String>,
+    /// Inline endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntry>,
+    /// Selects WorkloadEntries in the same namespace.
+    pub workload_selector: Option<WorkloadSelector>,
+    /// Namespaces that may see this entry.
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// SANs to verify on upstream certificates.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+/// A port of a ServiceEntry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Service port number.
+    pub number: u32,
+    /// Protocol, case-insensitive (HTTP, HTTP2, GRPC, TCP, TLS, HTTPS, ...).
+    #[serde(default)]
+    pub protocol: String,
+    /// Port name; WorkloadEntry `ports` are keyed by it.
+    #[serde(default)]
+    pub name: String,
+    /// Endpoint port when different from `number`.
+    pub target_port: Option<u32>,
+}
+
+/// WorkloadEntry spec, standalone or inline in a ServiceEntry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntry {
+    /// IP, DNS name or `unix://` socket.
+    #[serde(default)]
+    pub address: String,
+    /// Service port name to endpoint port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    /// Endpoint labels; DestinationRule subsets select on them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Network name.
+    pub network: Option<String>,
+    /// `region/zone/subzone`.
+    pub locality: Option<String>,
+    /// Relative load-balancing weight.
+    pub weight: Option<u32>,
+    /// Workload identity.
+    pub service_account: Option<String>,
+}

@@ -1,0 +1,393 @@
+//! Loading a directory of multi-document YAML into typed resources.
+//!
+//! Every `serde_yaml` call in Wicket lives here, so the archived crate can be swapped
+//! for a fork without touching anything else. A document that fails is reported with
+//! its file, line and field path and left out; the others load.
+
+use std::{
+    collections::BTreeSet,
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::{de::DeserializeOwned, Deserialize};
+
+use super::{istio, Diagnostic, Kind, ObjectMeta, Origin, Resource, ResourceRef, Severity, Spec};
+
+/// The directory itself could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Walking the directory or reading a file failed.
+    #[error("cannot read {path}")]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What one load of a directory produced.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Resources that parsed, in load order (file path order, then position in file).
+    pub resources: Vec<Resource>,
+    /// Problems found, errors and warnings.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Resources whose document failed to parse, when their identity could be read.
+    pub rejected: Vec<ResourceRef>,
+    /// Hash of every file's path and content: unchanged input, unchanged digest.
+    pub digest: u64,
+}
+
+/// Reads every `*.yaml`/`*.yml` file under `dir` (recursively, sorted by path).
+/// `namespace` is given to resources that do not name one.
+pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
+    let mut files = Vec::new();
+    collect_yaml_files(dir, &mut files)?;
+    files.sort();
+    let mut loaded = Loaded::default();
+    let mut warned_kinds = BTreeSet::new();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        std::hash::Hash::hash(&(&file, &text), &mut hasher);
+        let file: Arc<Path> = file.into();
+        for (line, doc) in split_documents(&text) {
+            let origin = Origin {
+                file: file.clone(),
+                line,
+            };
+            load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds);
+        }
+    }
+    loaded.digest = std::hash::Hasher::finish(&hasher);
+    Ok(loaded)
+}
+
+fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let io_err = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io_err)? {
+        let path = entry.map_err(io_err)?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_yaml_files(&path, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Splits a YAML stream at `---` lines, returning each document with its 1-based
+/// first line. Lines of the document keep their positions relative to that line.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start_byte = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (idx, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        let is_separator = trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "...";
+        if is_separator {
+            docs.push((start_line, &text[start_byte..offset]));
+            start_byte = offset + line.len();
+            start_line = idx + 2;
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start_byte..]));
+    docs
+}
+
+/// The fields every document has; read first to pick the typed spec.
+#[derive(Deserialize)]
+struct Header {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<ObjectMeta>,
+}
+
+/// A whole typed document: unknown top-level fields are errors too.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document<T> {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    #[serde(rename = "metadata")]
+    _metadata: serde::de::IgnoredAny,
+    #[serde(default = "Option::default")]
+    spec: Option<T>,
+    #[serde(rename = "status", default)]
+    _status: Option<serde::de::IgnoredAny>,
+}
+
+fn load_document(
+    doc: &str,
+    origin: Origin,
+    namespace: &str,
+    loaded: &mut Loaded,
+    warned_kinds: &mut BTreeSet<String>,
+) {
+    let doc_diag = |origin: &Origin, line: Option<usize>, message: String| Diagnostic {
+        severity: Severity::Error,
+        origin: Origin {
+            file: origin.file.clone(),
+            line: line.map_or(origin.line, |l| origin.line + l - 1),
+        },
+        resource: None,
+        field: String::new(),
+        message,
+    };
+    let header: Option<Header> = match serde_yaml::from_str(doc) {
+        Ok(h) => h,
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            loaded.diagnostics.push(doc_diag(
+                &origin,
+                line,
+                format!("malformed YAML: {}", strip_location(&e.to_string())),
+            ));
+            return;
+        }
+    };
+    let Some(header) = header else { return }; // empty document
+    let (Some(api_version), Some(kind)) = (header.api_version, header.kind) else {
+        loaded.diagnostics.push(doc_diag(
+            &origin,
+            None,
+            "document has no apiVersion or kind".into(),
+        ));
+        return;
+    };
+    let group = api_version.split('/').next().unwrap_or_default();
+    let known = match (group, kind.as_str()) {
+        ("networking.istio.io", "Gateway") => Some(Kind::Gateway),
+        ("networking.istio.io", "VirtualService") => Some(Kind::VirtualService),
+        ("networking.istio.io", "DestinationRule") => Some(Kind::DestinationRule),
+        ("networking.istio.io", "ServiceEntry") => Some(Kind::ServiceEntry),
+        ("networking.istio.io", "WorkloadEntry") => Some(Kind::WorkloadEntry),
+        _ => None,
+    };
+    let Some(kind_id) = known else {
+        if warned_kinds.insert(format!("{api_version} {kind}")) {
+            let mut d = doc_diag(
+                &origin,
+                None,
+                format!("kind {kind} ({api_version}) is not supported yet; ignored"),
+            );
+            d.severity = Severity::Warning;
+            loaded.diagnostics.push(d);
+        }
+        return;
+    };
+    let meta = header.metadata.unwrap_or_default();
+    let id = ResourceRef {
+        kind: kind_id,
+        namespace: meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| namespace.to_string()),
+        name: meta.name.clone(),
+    };
+    let version = api_version
+        .split_once('/')
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    if !matches!(version, "v1" | "v1beta1" | "v1alpha3") {
+        let msg = format!(
+            "apiVersion {api_version} is not a known version of {kind} (v1, v1beta1, v1alpha3)"
+        );
+        loaded
+            .diagnostics
+            .push(Diagnostic::warning(&origin, &id, "apiVersion", msg));
+    }
+    if id.name.is_empty() {
+        loaded.diagnostics.push(Diagnostic::error(
+            &origin,
+            &id,
+            "metadata.name",
+            "missing name",
+        ));
+        return;
+    }
+    let spec = match kind_id {
+        Kind::Gateway => parse_spec::<istio::Gateway>(doc).map(Spec::Gateway),
+        Kind::VirtualService => parse_spec::<istio::VirtualService>(doc).map(Spec::VirtualService),
+        Kind::DestinationRule => {
+            parse_spec::<istio::DestinationRule>(doc).map(Spec::DestinationRule)
+        }
+        Kind::ServiceEntry => parse_spec::<istio::ServiceEntry>(doc).map(Spec::ServiceEntry),
+        Kind::WorkloadEntry => parse_spec::<istio::WorkloadEntry>(doc).map(Spec::WorkloadEntry),
+    };
+    match spec {
+        Ok(spec) => loaded.resources.push(Resource {
+            id,
+            origin,
+            meta,
+            spec,
+        }),
+        Err(SpecError {
+            line,
+            field,
+            message,
+        }) => {
+            let at = Origin {
+                file: origin.file.clone(),
+                line: line.map_or(origin.line, |l| origin.line + l - 1),
+            };
+            loaded
+                .diagnostics
+                .push(Diagnostic::error(&at, &id, field, message));
+            loaded.rejected.push(id);
+        }
+    }
+}
+
+struct SpecError {
+    line: Option<usize>,
+    field: String,
+    message: String,
+}
+
+fn parse_spec<T: DeserializeOwned + Default>(doc: &str) -> Result<T, SpecError> {
+    let de = serde_yaml::Deserializer::from_str(doc);
+    match serde_path_to_error::deserialize::<_, Document<T>>(de) {
+        Ok(d) => Ok(d.spec.unwrap_or_default()),
+        Err(e) => {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.location().map(|l| l.line());
+            let mut message = strip_location(&inner.to_string());
+            // serde_yaml prefixes its own path; the field is reported separately.
+            if let Some(rest) = message.strip_prefix(&format!("{field}: ")) {
+                message = rest.to_string();
+            }
+            let message = with_suggestion(&message);
+            let field = if field == "." { String::new() } else { field };
+            Err(SpecError {
+                line,
+                field,
+                message,
+            })
+        }
+    }
+}
+
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Adds "did you mean" to serde's unknown field / variant messages when a known name
+/// is close to the one written (`retryon` → `retryOn`).
+fn with_suggestion(message: &str) -> String {
+    let Some((head, expected)) = message.split_once(", expected ") else {
+        return message.to_string();
+    };
+    let Some(written) = head.split('`').nth(1) else {
+        return message.to_string();
+    };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let best = candidates
+        .iter()
+        .map(|c| {
+            let distance = if c.eq_ignore_ascii_case(written) {
+                0
+            } else {
+                strsim::levenshtein(&c.to_ascii_lowercase(), &written.to_ascii_lowercase()).max(1)
+            };
+            (distance, *c)
+        })
+        .min();
+    match best {
+        Some((d, name)) if d <= 2.max(written.len() / 3) => {
+            format!("{head}; did you mean `{name}`?")
+        }
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_keeping_line_numbers() {
+        let text = "a: 1\n---\nb: 2\nc: 3\n--- \n---\nd: 4\n";
+        let docs = split_documents(text);
+        assert_eq!(
+            docs,
+            vec![(1, "a: 1\n"), (3, "b: 2\nc: 3\n"), (6, ""), (7, "d: 4\n")]
+        );
+    }
+
+    #[test]
+    fn suggests_the_closest_field() {
+        let msg = "unknown field `retryon`, expected one of `attempts`, `perTryTimeout`, `retryOn`";
+        assert_eq!(
+            with_suggestion(msg),
+            "unknown field `retryon`; did you mean `retryOn`?"
+        );
+        let far = "unknown field `zzzzzz`, expected one of `attempts`, `retryOn`";
+        assert_eq!(with_suggestion(far), far);
+    }
+
+    fn load_str(yaml: &str) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
+        load_dir(dir.path(), "default").unwrap()
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_path() {
+        let loaded = load_str(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [a]\n  http:\n  - retries:\n      attempts: 3\n      retryon: 5xx\n    route: []\n",
+        );
+        assert!(loaded.resources.is_empty());
+        let d = &loaded.diagnostics[0];
+        let text = d.to_string();
+        assert!(
+            text.contains("c.yaml:10: VirtualService/default/r: spec.http[0].retries"),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `retryOn`"), "{text}");
+    }
+
+    #[test]
+    fn unsupported_kinds_warn_once() {
+        let doc = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {}\n";
+        let loaded = load_str(&format!("{doc}---\n{doc}"));
+        assert_eq!(loaded.diagnostics.len(), 1);
+        assert_eq!(loaded.diagnostics[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error_with_a_line() {
+        let loaded = load_str("apiVersion: v1\nkind: [\n");
+        assert!(loaded.diagnostics[0].is_error());
+        assert!(loaded.diagnostics[0].to_string().contains("malformed YAML"));
+    }
+}

@@ -1,0 +1,124 @@
+//! The raw world: Istio resources as the user wrote them, loaded from a directory of
+//! multi-document YAML, with `file:line` diagnostics. Nothing here knows about the
+//! runtime; `snapshot::compile` turns these into runtime structures.
+
+mod bootstrap;
+mod diagnostic;
+mod duration;
+pub mod istio;
+mod load;
+mod watch;
+
+use std::{collections::BTreeMap, fmt, path::Path, sync::Arc};
+
+pub use bootstrap::Bootstrap;
+pub use diagnostic::{Diagnostic, Severity};
+pub use duration::GoDuration;
+pub use load::{load_dir, LoadError, Loaded};
+pub use watch::watch_dir;
+
+/// Where a resource was written: the file and the line its document starts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// File the document came from.
+    pub file: Arc<Path>,
+    /// 1-based line of the document's first line (or of the reported field).
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// The resource kinds Wicket understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `networking.istio.io` Gateway.
+    Gateway,
+    /// `networking.istio.io` VirtualService.
+    VirtualService,
+    /// `networking.istio.io` DestinationRule.
+    DestinationRule,
+    /// `networking.istio.io` ServiceEntry.
+    ServiceEntry,
+    /// `networking.istio.io` WorkloadEntry.
+    WorkloadEntry,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Gateway => "Gateway",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
+        })
+    }
+}
+
+/// `kind/namespace/name` of a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceRef {
+    /// Resource kind.
+    pub kind: Kind,
+    /// Namespace (defaulted when the file omits it).
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl fmt::Display for ResourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// The Kubernetes object metadata Wicket reads; other metadata fields are ignored.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// Object name.
+    #[serde(default)]
+    pub name: String,
+    /// Object namespace; the loader fills in the default.
+    pub namespace: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A typed spec of one of the supported kinds.
+// A config holds hundreds of resources at most: boxing the larger specs buys nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Spec {
+    /// Gateway spec.
+    Gateway(istio::Gateway),
+    /// VirtualService spec.
+    VirtualService(istio::VirtualService),
+    /// DestinationRule spec.
+    DestinationRule(istio::DestinationRule),
+    /// ServiceEntry spec.
+    ServiceEntry(istio::ServiceEntry),
+    /// WorkloadEntry spec.
+    WorkloadEntry(istio::WorkloadEntry),
+}
+
+/// One loaded resource with its identity and origin.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// `kind/namespace/name`.
+    pub id: ResourceRef,
+    /// Where it was written.
+    pub origin: Origin,
+    /// Labels and annotations.
+    pub meta: ObjectMeta,
+    /// The typed spec.
+    pub spec: Spec,
+}

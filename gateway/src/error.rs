@@ -1,0 +1,194 @@
+//! The request-path error vocabulary: who failed, which status the client sees and
+//! which Envoy response flag the access log shows. Chosen here and nowhere else.
+
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::StatusCode;
+
+/// Envoy response flags, combinable (`DI,FI`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseFlags(u16);
+
+impl ResponseFlags {
+    /// No route (404).
+    pub const NR: Self = Self(1);
+    /// No healthy upstream.
+    pub const UH: Self = Self(1 << 1);
+    /// Upstream connection failure.
+    pub const UF: Self = Self(1 << 2);
+    /// Upstream request timeout.
+    pub const UT: Self = Self(1 << 3);
+    /// Upstream retry limit exceeded.
+    pub const URX: Self = Self(1 << 4);
+    /// Delay injected.
+    pub const DI: Self = Self(1 << 5);
+    /// Fault (abort) injected.
+    pub const FI: Self = Self(1 << 6);
+    /// Upstream connection terminated.
+    pub const UC: Self = Self(1 << 7);
+    /// Cluster not found.
+    pub const NC: Self = Self(1 << 8);
+    /// Downstream connection terminated.
+    pub const DC: Self = Self(1 << 9);
+
+    const NAMES: [(Self, &'static str); 10] = [
+        (Self::NR, "NR"),
+        (Self::UH, "UH"),
+        (Self::UF, "UF"),
+        (Self::UT, "UT"),
+        (Self::URX, "URX"),
+        (Self::DI, "DI"),
+        (Self::FI, "FI"),
+        (Self::UC, "UC"),
+        (Self::NC, "NC"),
+        (Self::DC, "DC"),
+    ];
+
+    /// Adds `other`.
+    pub fn insert(&mut self, other: Self) {
+        self.0 |= other.0;
+    }
+
+    /// True when all flags of `other` are set.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl fmt::Display for ResponseFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for (flag, name) in Self::NAMES {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we cannot serve.
+    Downstream,
+    /// The upstream failed.
+    Upstream,
+    /// The gateway's configuration led here.
+    Gateway,
+}
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No virtual host or rule matched.
+    #[error("no route for {authority}{path}")]
+    NoRoute {
+        /// Request authority.
+        authority: String,
+        /// Request path.
+        path: String,
+    },
+    /// The route points at a host or subset that does not exist.
+    #[error("cluster {cluster} not found")]
+    ClusterNotFound {
+        /// Cluster name.
+        cluster: Arc<str>,
+    },
+    /// The cluster has no endpoint to send to.
+    #[error("cluster {cluster}: no healthy upstream")]
+    NoHealthyUpstream {
+        /// Cluster name.
+        cluster: Arc<str>,
+    },
+    /// Connecting to the endpoint failed.
+    #[error("cluster {cluster}: connect to {addr} failed")]
+    UpstreamConnect {
+        /// Cluster name.
+        cluster: Arc<str>,
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The upstream reset or closed before answering.
+    #[error("cluster {cluster}: {addr} reset before answering")]
+    UpstreamReset {
+        /// Cluster name.
+        cluster: Arc<str>,
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No response within the route timeout (or the last per-try timeout).
+    #[error("cluster {cluster}: no response within {after:?}")]
+    UpstreamTimeout {
+        /// Cluster name.
+        cluster: Arc<str>,
+        /// The timeout that fired.
+        after: Duration,
+    },
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    /// Who failed.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NoRoute { .. } | Self::ClusterNotFound { .. } => Side::Gateway,
+            Self::BadRequest(_) => Side::Downstream,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// The status the client sees: the only place that picks it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ClusterNotFound { .. }
+            | Self::NoHealthyUpstream { .. }
+            | Self::UpstreamConnect { .. }
+            | Self::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The Envoy response flag for the access log.
+    pub fn flag(&self) -> ResponseFlags {
+        match self {
+            Self::NoRoute { .. } => ResponseFlags::NR,
+            Self::ClusterNotFound { .. } => ResponseFlags::NC,
+            Self::NoHealthyUpstream { .. } => ResponseFlags::UH,
+            Self::UpstreamConnect { .. } => ResponseFlags::UF,
+            Self::UpstreamReset { .. } => ResponseFlags::UC,
+            Self::UpstreamTimeout { .. } => ResponseFlags::UT,
+            Self::BadRequest(_) => ResponseFlags::default(),
+        }
+    }
+
+    /// The short body Envoy sends for this failure.
+    pub fn body(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "",
+            Self::ClusterNotFound { .. } | Self::NoHealthyUpstream { .. } => "no healthy upstream",
+            Self::UpstreamConnect { .. } | Self::UpstreamReset { .. } => {
+                "upstream connect error or disconnect/reset before headers"
+            }
+            Self::UpstreamTimeout { .. } => "upstream request timeout",
+            Self::BadRequest(_) => "bad request",
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Body plumbing: the boxed body type sent downstream, empty/full constructors, and a
+//! counter for streamed request bodies.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+
+use crate::upstream::{BoxError, UpstreamBody};
+
+/// The body of every response the gateway sends.
+pub type ResponseBody = UpstreamBody;
+
+/// A full body from bytes.
+pub(super) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|e: std::convert::Infallible| -> BoxError { match e {} })
+        .boxed_unsync()
+}
+
+/// Any body, boxed with its error erased.
+pub(super) fn boxed<B>(body: B) -> ResponseBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// Counts the data bytes of a streamed body into a shared counter.
+pub(super) struct Counting<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B> Counting<B> {
+    pub(super) fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

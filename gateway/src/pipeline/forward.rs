@@ -1,0 +1,299 @@
+//! Forwarding a routed request: destination choice, the upstream request head
+//! (rewrites, header rules, proxy headers), mirrors, the call itself, WebSocket
+//! upgrades, and the response head on the way back.
+
+use std::sync::{atomic::AtomicU64, Arc};
+
+use http::{header, uri::PathAndQuery, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use super::{
+    body::{boxed, Counting},
+    local::LocalReply,
+    ConnInfo, Forwarded, Proxy,
+};
+use crate::{
+    error::{ProxyError, ResponseFlags},
+    route::{Forward, MatchedBlock, Mirror, Route},
+    telemetry::AccessRecord,
+    upstream::{self, ReplayBody, RequestHead},
+};
+
+/// Bodies up to this size are buffered so that retries and mirrors can replay them.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    route: &Route,
+    fwd: &Forward,
+    matched: MatchedBlock<'_>,
+    mut req: Request<Incoming>,
+    record: &mut AccessRecord,
+    mut flags: ResponseFlags,
+) -> Result<Forwarded, LocalReply> {
+    let Some(dest) = fwd.choose() else {
+        return Err(LocalReply::error(&ProxyError::NoRoute {
+            authority: String::new(),
+            path: req.uri().path().to_string(),
+        }));
+    };
+    record.upstream_cluster = Some(dest.target.name.to_string());
+    let Some(cluster) = dest.target.cluster.clone() else {
+        return Err(LocalReply::error(&ProxyError::ClusterNotFound {
+            cluster: dest.target.name.clone(),
+        })
+        .with_flags(flags));
+    };
+
+    let websocket = is_websocket_upgrade(req.headers());
+    let downstream_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, websocket);
+    append_forwarded_for(&mut headers, conn);
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
+
+    // Authority: route-level header rules win over destination-level, then rewrite.
+    let authority = route
+        .headers
+        .request
+        .authority
+        .clone()
+        .or_else(|| dest.headers.request.authority.clone())
+        .or_else(|| fwd.rewrite.as_ref().and_then(|r| r.authority.clone()));
+    if let Some(a) = authority {
+        headers.insert(header::HOST, a);
+    } else if !headers.contains_key(header::HOST) {
+        if let Some(a) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, a);
+        }
+    }
+    route.headers.request.apply(&mut headers);
+    dest.headers.request.apply(&mut headers);
+
+    let path_and_query = match fwd
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.rewrite_path(parts.uri.path(), matched))
+    {
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Some(path) => {
+            let full = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            PathAndQuery::try_from(full).map_err(|_| {
+                LocalReply::error(&ProxyError::BadRequest("rewritten path is invalid"))
+            })?
+        }
+    };
+
+    let (body, received) = request_body(body).await?;
+    if let ReplayBody::Full(b) = &body {
+        record.bytes_received = b.len() as u64;
+    }
+    let head = RequestHead {
+        method: parts.method,
+        path_and_query,
+        headers,
+    };
+    for mirror in &route.mirrors {
+        if crate::route::roll(mirror.per_million) {
+            spawn_mirror(proxy, mirror, &head, &body, route.timeout);
+        }
+    }
+
+    let retry = if websocket {
+        crate::upstream::RetryPolicy::none()
+    } else {
+        route.retry.clone()
+    };
+    let span = tracing::debug_span!("upstream", cluster = %cluster.name);
+    let result = upstream::call(
+        &proxy.upstreams,
+        &cluster,
+        head,
+        body,
+        route.timeout,
+        &retry,
+    )
+    .instrument(span)
+    .await;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(failure) => {
+            record.upstream_host = failure.upstream.map(|a| a.to_string());
+            flags.insert(failure.flags);
+            tracing::debug!(error = %failure.error, "upstream failed");
+            return Err(LocalReply::error(&failure.error).with_flags(flags));
+        }
+    };
+    flags.insert(outcome.flags);
+    record.flags(flags);
+    record.upstream_host = Some(outcome.endpoint.endpoint().addr.to_string());
+
+    let mut response = outcome.response;
+    if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
+        (downstream_upgrade, response.status())
+    {
+        let upstream_io = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(down), Ok(up)) = (downstream.await, upstream_io.await) {
+                let mut down = hyper_util::rt::TokioIo::new(down);
+                let mut up = hyper_util::rt::TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok((
+            Response::from_parts(parts, super::body::full(bytes::Bytes::new())),
+            received,
+        ));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    dest.headers.response.apply(&mut parts.headers);
+    route.headers.response.apply(&mut parts.headers);
+    let guard = outcome.endpoint;
+    // The endpoint stays counted as busy until the response body is done.
+    let body = body.map_frame(move |f| {
+        let _ = &guard;
+        f
+    });
+    Ok((Response::from_parts(parts, boxed(body)), received))
+}
+
+/// Buffers small bodies (known length ≤ 64 KiB) so they can be replayed; streams the rest.
+async fn request_body(body: Incoming) -> Result<(ReplayBody, Option<Arc<AtomicU64>>), LocalReply> {
+    if body.is_end_stream() {
+        return Ok((ReplayBody::Empty, None));
+    }
+    let known_small = body.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT);
+    if known_small {
+        let collected = Limited::new(body, REPLAY_LIMIT as usize)
+            .collect()
+            .await
+            .map_err(|_| {
+                LocalReply::error(&ProxyError::BadRequest("request body could not be read"))
+            })?;
+        return Ok((ReplayBody::Full(collected.to_bytes()), None));
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    Ok((
+        ReplayBody::Stream(Some(boxed(Counting::new(body, count.clone())))),
+        Some(count),
+    ))
+}
+
+/// Istio mirroring: fire and forget, `-shadow` appended to the Host, response dropped.
+fn spawn_mirror(
+    proxy: &Proxy,
+    mirror: &Mirror,
+    head: &RequestHead,
+    body: &ReplayBody,
+    timeout: Option<std::time::Duration>,
+) {
+    let (Some(cluster), Some(body)) = (mirror.target.cluster.clone(), body.copy()) else {
+        return;
+    };
+    let mut headers = head.headers.clone();
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        let shadow = match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => format!("{h}-shadow:{p}"),
+            _ => format!("{host}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let head = RequestHead {
+        method: head.method.clone(),
+        path_and_query: head.path_and_query.clone(),
+        headers,
+    };
+    let upstreams = proxy.upstreams.clone();
+    let no_retry = crate::upstream::RetryPolicy::none();
+    tokio::spawn(async move {
+        if let Ok(outcome) =
+            upstream::call(&upstreams, &cluster, head, body, timeout, &no_retry).await
+        {
+            let _ = outcome.response.into_body().collect().await;
+        }
+    });
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Removes hop-by-hop headers and those named by `Connection`; keeps the WebSocket
+/// `Upgrade`/`Connection` pair when upgrading. `TE: trailers` survives (gRPC needs it).
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("trailers"));
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        if keep_upgrade && (name == "upgrade" || name == "connection") {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Envoy with `use_remote_address`: append the TCP peer to `x-forwarded-for`.
+fn append_forwarded_for(headers: &mut HeaderMap, conn: &ConnInfo) {
+    let peer = conn.peer.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {peer}"),
+        _ => peer,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}

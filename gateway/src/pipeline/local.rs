@@ -1,0 +1,94 @@
+//! Responses the gateway makes itself: errors, redirects, direct responses, fault
+//! aborts, CORS preflights. Each carries the response flags for the access log.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+
+use super::body::{full, ResponseBody};
+use crate::{error::ProxyError, error::ResponseFlags, route::Cors, telemetry::AccessRecord};
+
+/// A response made by the gateway.
+#[derive(Debug)]
+pub(super) struct LocalReply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    flags: ResponseFlags,
+    details: Option<String>,
+}
+
+impl LocalReply {
+    pub(super) fn bytes(status: StatusCode, body: Bytes) -> Self {
+        Self {
+            status,
+            headers: HeaderMap::new(),
+            body,
+            flags: ResponseFlags::default(),
+            details: None,
+        }
+    }
+
+    pub(super) fn text(status: StatusCode, body: &'static str) -> Self {
+        let mut reply = Self::bytes(status, Bytes::from_static(body.as_bytes()));
+        if !body.is_empty() {
+            reply
+                .headers
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        reply
+    }
+
+    /// The answer to a proxy error: status, body and flag from `ProxyError`.
+    pub(super) fn error(e: &ProxyError) -> Self {
+        let mut reply = Self::text(e.status(), e.body()).with_flags(e.flag());
+        reply.details = Some(e.to_string());
+        reply
+    }
+
+    pub(super) fn redirect(status: StatusCode, location: &str) -> Self {
+        let mut reply = Self::bytes(status, Bytes::new());
+        if let Ok(v) = HeaderValue::from_str(location) {
+            reply.headers.insert(header::LOCATION, v);
+        }
+        reply
+    }
+
+    /// A trailers-only gRPC answer.
+    pub(super) fn grpc(code: u32, message: &'static str) -> Self {
+        let mut reply = Self::bytes(StatusCode::OK, Bytes::new());
+        reply.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        reply.headers.insert("grpc-status", HeaderValue::from(code));
+        reply
+            .headers
+            .insert("grpc-message", HeaderValue::from_static(message));
+        reply
+    }
+
+    pub(super) fn preflight(cors: &Cors, origin: &HeaderValue) -> Self {
+        let mut reply = Self::bytes(StatusCode::OK, Bytes::new());
+        cors.preflight_headers(origin, &mut reply.headers);
+        reply
+    }
+
+    pub(super) fn with_flags(mut self, flags: ResponseFlags) -> Self {
+        self.flags.insert(flags);
+        self
+    }
+
+    pub(super) fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+
+    /// The response; records flags and details in the access log record.
+    pub(super) fn into_response(self, record: &mut AccessRecord) -> Response<ResponseBody> {
+        record.flags(self.flags);
+        record.response_details = self.details;
+        let mut resp = Response::new(full(self.body));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}

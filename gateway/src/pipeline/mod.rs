@@ -1,0 +1,243 @@
+//! The one request path, shared by every listener: it reads like the flow chart in
+//! `architecture.md`. Each step calls into the module that owns it; the gateway's own
+//! answers (404, 301, fault aborts, ...) are `LocalReply`s, not errors.
+
+mod body;
+mod forward;
+mod local;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+pub use body::ResponseBody;
+use local::LocalReply;
+
+use crate::{
+    error::{ProxyError, ResponseFlags},
+    route::{Abort, Action, Cors, RequestView},
+    snapshot::SnapshotHandle,
+    telemetry::{AccessLog, AccessRecord, Logged},
+    upstream::Upstreams,
+};
+
+/// What every request needs from the process: the live snapshot, the upstream
+/// clients and the access log.
+#[derive(Clone)]
+pub struct Proxy {
+    /// Live configuration.
+    pub snapshot: SnapshotHandle,
+    /// Pooled upstream clients.
+    pub upstreams: Upstreams,
+    /// Access log sink.
+    pub access_log: AccessLog,
+}
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Gateway server port as written (routes match on it).
+    pub port: u16,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+}
+
+/// Handles one request end to end; never fails (failures become responses).
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<Logged<ResponseBody>> {
+    let snapshot = proxy.snapshot.current();
+    let authority = request_authority(&req);
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut record = AccessRecord::start(
+        req.method().as_str(),
+        authority.as_deref().unwrap_or(""),
+        &path_and_query,
+        protocol(req.version()),
+        conn.peer,
+    );
+    record.request_id = ensure_request_id(req.headers_mut());
+
+    let reply = match authority {
+        None => Err(LocalReply::error(&ProxyError::BadRequest(
+            "missing or repeated Host header",
+        ))),
+        Some(_) if req.version() == Version::HTTP_10 => {
+            Err(LocalReply::text(StatusCode::UPGRADE_REQUIRED, ""))
+        }
+        Some(authority) => {
+            route_and_forward(&proxy, &snapshot, &conn, req, &authority, &mut record).await
+        }
+    };
+    let (response, received) = match reply {
+        Ok(forwarded) => forwarded,
+        Err(local) => (local.into_response(&mut record), None),
+    };
+    record.response_code = response.status().as_u16();
+    let log = proxy.access_log.clone();
+    response.map(|b| Logged::new(b, record, received, log))
+}
+
+type Forwarded = (
+    Response<ResponseBody>,
+    Option<Arc<std::sync::atomic::AtomicU64>>,
+);
+
+/// Virtual host, route, CORS, fault and action, in Istio's order.
+async fn route_and_forward(
+    proxy: &Proxy,
+    snapshot: &crate::snapshot::Snapshot,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    authority: &str,
+    record: &mut AccessRecord,
+) -> Result<Forwarded, LocalReply> {
+    let no_route = || {
+        LocalReply::error(&ProxyError::NoRoute {
+            authority: authority.to_string(),
+            path: req.uri().path().to_string(),
+        })
+    };
+    let vhost = snapshot
+        .route_table(conn.port)
+        .and_then(|t| t.find_vhost(authority))
+        .ok_or_else(no_route)?;
+    if vhost.require_tls && conn.scheme == "http" {
+        let host = crate::route::strip_port(authority);
+        let location = format!(
+            "https://{host}{}",
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        return Err(LocalReply::redirect(
+            StatusCode::MOVED_PERMANENTLY,
+            &location,
+        ));
+    }
+    let view = RequestView {
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method().as_str(),
+        scheme: conn.scheme,
+        authority,
+        headers: req.headers(),
+        port: conn.port,
+    };
+    let (route, matched) = vhost.find_route(&view).ok_or_else(no_route)?;
+    record.route_name = Some(route.name.to_string());
+
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let cors = route
+        .cors
+        .as_ref()
+        .zip(origin.as_ref())
+        .filter(|(c, o)| c.allows(o));
+    if let Some(policy) = &route.cors {
+        if Cors::is_preflight(req.method(), req.headers()) {
+            match cors {
+                Some((c, o)) => return Err(LocalReply::preflight(c, o)),
+                None if !policy.forward_unmatched_preflights => {
+                    return Err(LocalReply::text(StatusCode::OK, ""))
+                }
+                None => {}
+            }
+        }
+    }
+
+    let mut flags = ResponseFlags::default();
+    if let Some(fault) = &route.fault {
+        if let Some((delay, share)) = fault.delay {
+            if crate::route::roll(share) {
+                flags.insert(ResponseFlags::DI);
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if let Some((abort, share)) = fault.abort {
+            if crate::route::roll(share) {
+                flags.insert(ResponseFlags::FI);
+                record.flags(flags);
+                return Err(match abort {
+                    Abort::Http(status) => LocalReply::text(status, "fault filter abort"),
+                    Abort::Grpc(code) => LocalReply::grpc(code, "fault filter abort"),
+                }
+                .with_flags(flags));
+            }
+        }
+    }
+
+    let mut forwarded = match &route.action {
+        Action::Redirect(r) => {
+            let input = crate::route::RedirectInput {
+                scheme: conn.scheme,
+                authority,
+                path: req.uri().path(),
+                query: req.uri().query(),
+                listener_port: conn.port,
+            };
+            return Err(
+                LocalReply::redirect(r.code, &r.location(&input, matched)).with_flags(flags)
+            );
+        }
+        Action::Direct(d) => {
+            let mut reply = LocalReply::bytes(d.status, d.body.clone()).with_flags(flags);
+            route.headers.response.apply(reply.headers_mut());
+            return Err(reply);
+        }
+        Action::Forward(fwd) => {
+            forward::forward(proxy, conn, route, fwd, matched, req, record, flags).await?
+        }
+    };
+    if let Some((c, o)) = cors {
+        c.response_headers(o, forwarded.0.headers_mut());
+    }
+    Ok(forwarded)
+}
+
+/// `:authority` for HTTP/2, `Host` for HTTP/1 (exactly one); absolute-form wins.
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next()?;
+    if hosts.next().is_some() {
+        return None;
+    }
+    host.to_str()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+/// Envoy generates `x-request-id` when missing and passes it on.
+fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
+    if let Some(id) = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        return id.to_string();
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", v);
+    }
+    id
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP",
+    }
+}

@@ -1,0 +1,121 @@
+//! Virtual hosts of one listener's route table, found by authority.
+//!
+//! Istio at a gateway: exact host first, then the longest matching `*.suffix`, then
+//! `*`; the port in `Host` is ignored. Within a host, rules are tried in order.
+
+use std::{collections::HashMap, sync::Arc};
+
+use super::{MatchedBlock, RequestView, Route};
+
+/// The rules served for a set of domains.
+#[derive(Debug)]
+pub struct VirtualHost {
+    /// The domain this virtual host was built for (for logs).
+    pub domain: Arc<str>,
+    /// Rules in Istio order (VirtualService order, catch-alls last).
+    pub routes: Vec<Arc<Route>>,
+    /// Gateway `httpsRedirect`: plaintext requests get 301 to https.
+    pub require_tls: bool,
+}
+
+impl VirtualHost {
+    /// Istio: the first rule whose match holds wins; no rule means 404.
+    pub fn find_route(&self, req: &RequestView<'_>) -> Option<(&Route, MatchedBlock<'_>)> {
+        self.routes
+            .iter()
+            .find_map(|r| r.find_match(req).map(|m| (&**r, m)))
+    }
+}
+
+/// Domain index over the virtual hosts of one listener.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<Box<str>, Arc<VirtualHost>>,
+    /// `.suffix` entries for `*.suffix` domains, longest first.
+    suffixes: Vec<(Box<str>, Arc<VirtualHost>)>,
+    any: Option<Arc<VirtualHost>>,
+}
+
+impl RouteTable {
+    /// Adds a virtual host for `domain` (`name`, `*.suffix` or `*`), lower-cased.
+    pub fn insert(&mut self, domain: &str, vhost: Arc<VirtualHost>) {
+        let domain = domain.to_ascii_lowercase();
+        if domain == "*" {
+            self.any = Some(vhost);
+        } else if let Some(suffix) = domain.strip_prefix('*') {
+            self.suffixes.push((suffix.into(), vhost));
+            self.suffixes
+                .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        } else {
+            self.exact.insert(domain.into(), vhost);
+        }
+    }
+
+    /// Finds the virtual host for an authority (`host` or `host:port`).
+    pub fn find_vhost(&self, authority: &str) -> Option<&VirtualHost> {
+        let host = strip_port(authority);
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        if let Some(v) = self.exact.get(host) {
+            return Some(v);
+        }
+        self.suffixes
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
+            .map(|(_, v)| &**v)
+            .or(self.any.as_deref())
+    }
+
+    /// All virtual hosts (for the admin dump and tests).
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.suffixes.len() + usize::from(self.any.is_some())
+    }
+
+    /// True when the table has no virtual host.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.find(']').map_or(authority, |i| &authority[..=i]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vh(domain: &str) -> Arc<VirtualHost> {
+        Arc::new(VirtualHost {
+            domain: domain.into(),
+            routes: vec![],
+            require_tls: false,
+        })
+    }
+
+    #[test]
+    fn exact_then_longest_suffix_then_any() {
+        let mut t = RouteTable::default();
+        t.insert("*", vh("*"));
+        t.insert("*.example.com", vh("*.example.com"));
+        t.insert("*.a.example.com", vh("*.a.example.com"));
+        t.insert("shop.example.com", vh("shop.example.com"));
+        let find = |h| &*t.find_vhost(h).unwrap().domain;
+        assert_eq!(find("Shop.Example.com:8080"), "shop.example.com");
+        assert_eq!(find("x.a.example.com"), "*.a.example.com");
+        assert_eq!(find("b.example.com"), "*.example.com");
+        assert_eq!(find("example.com"), "*");
+    }
+}

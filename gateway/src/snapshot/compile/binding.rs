@@ -1,0 +1,246 @@
+//! Gateway servers and VirtualService binding: which listener ports exist, and which
+//! domains of which VirtualService each port serves (Istio host intersection).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use crate::config::{Bootstrap, Diagnostic, Resource, Spec};
+
+/// One Gateway server bound on a port.
+#[derive(Debug)]
+pub(super) struct ServerBinding {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    /// `(namespace filter, dnsName)`; the filter is `*` or a namespace.
+    pub hosts: Vec<(String, String)>,
+    /// Gateway `tls.httpsRedirect`.
+    pub https_redirect: bool,
+}
+
+/// The servers sharing one listener port (plaintext HTTP shares one route table).
+#[derive(Debug)]
+pub(super) struct PortServers {
+    pub bind: IpAddr,
+    pub servers: Vec<ServerBinding>,
+}
+
+impl PortServers {
+    /// True when a server of gateway `gw` is on this port.
+    pub(super) fn has_gateway(&self, gw: &str) -> bool {
+        self.servers.iter().any(|s| s.gateway == gw)
+    }
+}
+
+/// The HTTP servers of the Gateways selecting this gateway's labels, by port.
+pub(super) fn gateway_servers(
+    resources: &[Resource],
+    bootstrap: &Bootstrap,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<u16, PortServers> {
+    let mut ports: BTreeMap<u16, PortServers> = BTreeMap::new();
+    for r in resources {
+        let Spec::Gateway(gw) = &r.spec else { continue };
+        if !gw
+            .selector
+            .iter()
+            .all(|(k, v)| bootstrap.labels.get(k) == Some(v))
+        {
+            continue;
+        }
+        let gateway = format!("{}/{}", r.id.namespace, r.id.name);
+        for (i, server) in gw.servers.iter().enumerate() {
+            let field = format!("spec.servers[{i}]");
+            let protocol = server.port.protocol.to_ascii_uppercase();
+            if !matches!(protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB") {
+                let msg = format!("protocol {protocol} is not served yet; server skipped"); // TODO(#3)
+                diags.push(Diagnostic::warning(
+                    &r.origin,
+                    &r.id,
+                    format!("{field}.port.protocol"),
+                    msg,
+                ));
+                continue;
+            }
+            let Ok(port) = u16::try_from(server.port.number)
+                .map_err(|_| ())
+                .and_then(|p| if p == 0 { Err(()) } else { Ok(p) })
+            else {
+                let msg = format!("port {} is not a valid port", server.port.number);
+                diags.push(Diagnostic::error(
+                    &r.origin,
+                    &r.id,
+                    format!("{field}.port.number"),
+                    msg,
+                ));
+                continue;
+            };
+            let bind = match server.bind.as_deref().map(str::parse::<IpAddr>) {
+                None => bootstrap.bind_ip,
+                Some(Ok(ip)) => ip,
+                Some(Err(_)) => {
+                    let msg = format!(
+                        "bind {:?} is not an IP address",
+                        server.bind.as_deref().unwrap_or_default()
+                    );
+                    diags.push(Diagnostic::error(
+                        &r.origin,
+                        &r.id,
+                        format!("{field}.bind"),
+                        msg,
+                    ));
+                    continue;
+                }
+            };
+            if server.hosts.is_empty() {
+                diags.push(Diagnostic::error(
+                    &r.origin,
+                    &r.id,
+                    format!("{field}.hosts"),
+                    "a server needs at least one host",
+                ));
+                continue;
+            }
+            let hosts = server
+                .hosts
+                .iter()
+                .map(|h| match h.split_once('/') {
+                    Some((".", host)) => (r.id.namespace.clone(), host.to_ascii_lowercase()),
+                    Some((ns, host)) => (ns.to_string(), host.to_ascii_lowercase()),
+                    None => ("*".to_string(), h.to_ascii_lowercase()),
+                })
+                .collect();
+            let https_redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
+            let entry = ports.entry(port).or_insert_with(|| PortServers {
+                bind,
+                servers: Vec::new(),
+            });
+            entry.servers.push(ServerBinding {
+                gateway: gateway.clone(),
+                hosts,
+                https_redirect,
+            });
+        }
+    }
+    ports
+}
+
+/// Resolves a gateway reference written in namespace `ns`; `None` for `mesh`.
+pub(super) fn resolve_gateway_ref(
+    reference: &str,
+    ns: &str,
+    bootstrap: &Bootstrap,
+) -> Option<String> {
+    if reference == "mesh" {
+        return None;
+    }
+    if let Some(name) = reference.strip_prefix("./") {
+        return Some(format!("{ns}/{name}"));
+    }
+    if reference.contains('/') {
+        return Some(reference.to_string());
+    }
+    // Legacy `name.namespace.svc.cluster.local`.
+    let suffix = format!(".svc.{}", bootstrap.domain_suffix);
+    if let Some(rest) = reference.strip_suffix(&suffix) {
+        if let Some((name, gw_ns)) = rest.split_once('.') {
+            return Some(format!("{gw_ns}/{name}"));
+        }
+    }
+    Some(format!("{ns}/{reference}"))
+}
+
+/// The domains a VirtualService serves on a port: its hosts intersected with the
+/// hosts of the servers of its gateways that admit its namespace.
+pub(super) fn domains(
+    vs_hosts: &[String],
+    vs_ns: &str,
+    gateways: &BTreeSet<String>,
+    port: &PortServers,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for server in port
+        .servers
+        .iter()
+        .filter(|s| gateways.contains(&s.gateway))
+    {
+        for (ns_filter, server_host) in &server.hosts {
+            if ns_filter != "*" && ns_filter != vs_ns {
+                continue;
+            }
+            for vs_host in vs_hosts {
+                if let Some(d) = intersect(server_host, vs_host) {
+                    if !out.contains(&d) {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Istio host intersection: the more specific of two overlapping hosts.
+pub(super) fn intersect(a: &str, b: &str) -> Option<String> {
+    let covers = |wild: &str, host: &str| {
+        wild == "*"
+            || wild
+                .strip_prefix('*')
+                .is_some_and(|s| host.ends_with(s) && host.len() > s.len())
+    };
+    if a == b {
+        Some(a.to_string())
+    } else if covers(a, b) {
+        Some(b.to_string())
+    } else if covers(b, a) {
+        Some(a.to_string())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intersection_keeps_the_more_specific_host() {
+        assert_eq!(
+            intersect("*.example.com", "shop.example.com").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            intersect("shop.example.com", "*").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            intersect("*.example.com", "*.a.example.com").as_deref(),
+            Some("*.a.example.com")
+        );
+        assert_eq!(intersect("*.example.com", "example.com"), None);
+        assert_eq!(intersect("a.com", "b.com"), None);
+    }
+
+    #[test]
+    fn gateway_references_resolve_like_istio() {
+        let b = Bootstrap::default();
+        assert_eq!(
+            resolve_gateway_ref("gw", "shop", &b).as_deref(),
+            Some("shop/gw")
+        );
+        assert_eq!(
+            resolve_gateway_ref("./gw", "shop", &b).as_deref(),
+            Some("shop/gw")
+        );
+        assert_eq!(
+            resolve_gateway_ref("edge/gw", "shop", &b).as_deref(),
+            Some("edge/gw")
+        );
+        assert_eq!(
+            resolve_gateway_ref("gw.edge.svc.cluster.local", "shop", &b).as_deref(),
+            Some("edge/gw")
+        );
+        assert_eq!(resolve_gateway_ref("mesh", "shop", &b), None);
+    }
+}

@@ -1,0 +1,412 @@
+//! VirtualService HTTP rules → `route::Route` for one listener port: matchers compiled,
+//! config-time match conditions applied, destinations resolved to clusters.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use bytes::Bytes;
+
+use super::{binding::resolve_gateway_ref, registry::Registry};
+use crate::{
+    config::{
+        istio::{Destination, HttpMatchRequest, HttpRoute, VirtualService},
+        Bootstrap, Diagnostic, Resource,
+    },
+    route::{
+        matchers::{HeaderCondition, HeaderKey, StringMatcher},
+        per_million, Action, Cors, DirectResponse, Fault, Forward, HeaderRules, MatchBlock, Mirror,
+        Redirect, Rewrite, Route, Target, WeightedDestination,
+    },
+    upstream::RetryPolicy,
+};
+
+/// What a rule compiles against: the port and the gateways on it.
+pub(super) struct PortContext<'a> {
+    pub port: u16,
+    pub gateways_on_port: &'a dyn Fn(&str) -> bool,
+}
+
+/// Compiles every HTTP rule. Errors reject the VirtualService; unresolved
+/// destinations are reported in `refs` and answer 503 NC.
+pub(super) fn compile_http(
+    r: &Resource,
+    vs: &VirtualService,
+    cx: &PortContext<'_>,
+    registry: &mut Registry,
+    bootstrap: &Bootstrap,
+    refs: &mut Vec<Diagnostic>,
+) -> Result<Vec<Arc<Route>>, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let mut routes = Vec::new();
+    for (i, rule) in vs.http.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        let mut err = |f: String, m: String| errors.push(Diagnostic::error(&r.origin, &r.id, f, m));
+        let mut blocks = Vec::new();
+        for (j, m) in rule.matches.iter().enumerate() {
+            if !applies_here(m, r, cx, bootstrap) {
+                continue;
+            }
+            match compile_block(m) {
+                Ok(b) => blocks.push(b),
+                Err((f, msg)) => err(format!("{field}.match[{j}]{f}"), msg),
+            }
+        }
+        if !rule.matches.is_empty() && blocks.is_empty() {
+            continue; // every block is for other ports, gateways or proxies
+        }
+        let name: Arc<str> = rule
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}.{i}", r.id.name, r.id.namespace))
+            .into();
+        match compile_rule(
+            rule, name, blocks, r, cx.port, registry, bootstrap, refs, &field,
+        ) {
+            Ok(route) => routes.push(Arc::new(route)),
+            Err((f, msg)) => err(format!("{field}{f}"), msg),
+        }
+    }
+    if errors.is_empty() {
+        Ok(routes)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Config-time conditions: `port`, `gateways`, `sourceLabels`, `sourceNamespace`.
+fn applies_here(
+    m: &HttpMatchRequest,
+    r: &Resource,
+    cx: &PortContext<'_>,
+    bootstrap: &Bootstrap,
+) -> bool {
+    if m.port
+        .is_some_and(|p| cx.port != 0 && p != u32::from(cx.port))
+    {
+        return false;
+    }
+    if !m.gateways.is_empty() {
+        return m
+            .gateways
+            .iter()
+            .filter_map(|g| resolve_gateway_ref(g, &r.id.namespace, bootstrap))
+            .any(|g| cx.port == 0 || (cx.gateways_on_port)(&g));
+    }
+    let labels_ok = m
+        .source_labels
+        .iter()
+        .all(|(k, v)| bootstrap.labels.get(k) == Some(v));
+    let ns_ok = m
+        .source_namespace
+        .as_ref()
+        .is_none_or(|ns| *ns == bootstrap.namespace);
+    labels_ok && ns_ok
+}
+
+type FieldError = (String, String);
+
+fn compile_block(m: &HttpMatchRequest) -> Result<MatchBlock, FieldError> {
+    let matcher = |f: &str, sm: &Option<crate::config::istio::StringMatch>| {
+        sm.as_ref()
+            .map(StringMatcher::compile)
+            .transpose()
+            .map_err(|e| (format!(".{f}"), e))
+    };
+    let conditions =
+        |f: &str, map: &std::collections::BTreeMap<String, crate::config::istio::StringMatch>| {
+            let mut out = Vec::new();
+            for (k, sm) in map {
+                if matches!(k.as_str(), "uri" | "scheme" | "method" | "authority") {
+                    continue; // Istio ignores these keys; the dedicated fields match them.
+                }
+                let key = HeaderKey::parse(k).map_err(|e| (format!(".{f}.{k}"), e))?;
+                let matcher = StringMatcher::compile(sm).map_err(|e| (format!(".{f}.{k}"), e))?;
+                out.push(HeaderCondition { key, matcher });
+            }
+            Ok::<_, FieldError>(out)
+        };
+    let mut query_params = Vec::new();
+    for (k, sm) in &m.query_params {
+        let matcher = StringMatcher::compile(sm).map_err(|e| (format!(".queryParams.{k}"), e))?;
+        query_params.push((k.as_str().into(), matcher));
+    }
+    let port = m
+        .port
+        .map(|p| {
+            u16::try_from(p).map_err(|_| (".port".to_string(), format!("port {p} is out of range")))
+        })
+        .transpose()?;
+    Ok(MatchBlock {
+        name: m.name.as_deref().map(Into::into),
+        uri: matcher("uri", &m.uri)?,
+        ignore_uri_case: m.ignore_uri_case,
+        scheme: matcher("scheme", &m.scheme)?,
+        method: matcher("method", &m.method)?,
+        authority: matcher("authority", &m.authority)?,
+        headers: conditions("headers", &m.headers)?,
+        without_headers: conditions("withoutHeaders", &m.without_headers)?,
+        query_params,
+        port,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_rule(
+    rule: &HttpRoute,
+    name: Arc<str>,
+    matches: Vec<MatchBlock>,
+    r: &Resource,
+    port: u16,
+    registry: &mut Registry,
+    bootstrap: &Bootstrap,
+    refs: &mut Vec<Diagnostic>,
+    field: &str,
+) -> Result<Route, FieldError> {
+    let actions = [
+        !rule.route.is_empty(),
+        rule.redirect.is_some(),
+        rule.direct_response.is_some(),
+        rule.delegate.is_some(),
+    ];
+    if actions.iter().filter(|a| **a).count() != 1 {
+        return Err((
+            String::new(),
+            "exactly one of route, redirect, directResponse and delegate must be set".into(),
+        ));
+    }
+    if rule.delegate.is_some() {
+        return Err((".delegate".into(), "delegate is not supported yet".into()));
+    }
+    let mut resolve = |d: &Destination, f: String| target(d, r, port, registry, bootstrap, refs, f);
+    let action = if let Some(redirect) = &rule.redirect {
+        if rule.rewrite.is_some() || rule.fault.is_some() {
+            return Err((
+                ".redirect".into(),
+                "redirect cannot be combined with rewrite or fault".into(),
+            ));
+        }
+        Action::Redirect(Redirect::compile(redirect).map_err(at("redirect"))?)
+    } else if let Some(direct) = &rule.direct_response {
+        let status = u16::try_from(direct.status)
+            .ok()
+            .and_then(|s| http::StatusCode::from_u16(s).ok())
+            .filter(|s| s.as_u16() >= 200)
+            .ok_or_else(|| {
+                (
+                    ".directResponse.status".to_string(),
+                    format!("status {} is not a valid HTTP status", direct.status),
+                )
+            })?;
+        let body = match direct.body.as_ref().map(|b| (&b.string, &b.bytes)) {
+            None | Some((None, None)) => Bytes::new(),
+            Some((Some(s), None)) => Bytes::from(s.clone()),
+            Some((None, Some(b64))) => Bytes::from(decode_base64(b64).ok_or_else(|| {
+                (
+                    ".directResponse.body.bytes".to_string(),
+                    "invalid base64".to_string(),
+                )
+            })?),
+            Some(_) => {
+                return Err((
+                    ".directResponse.body".into(),
+                    "only one of string and bytes may be set".into(),
+                ))
+            }
+        };
+        if body.len() > 1 << 20 {
+            return Err((
+                ".directResponse.body".into(),
+                "body is larger than 1 MiB".into(),
+            ));
+        }
+        Action::Direct(DirectResponse { status, body })
+    } else {
+        let all_unset = rule.route.iter().all(|d| d.weight.is_none());
+        let mut destinations = Vec::new();
+        for (k, d) in rule.route.iter().enumerate() {
+            let weight = match d.weight {
+                _ if rule.route.len() == 1 => 1,
+                None if all_unset => 1,
+                None => 0,
+                Some(w) => u32::try_from(w).map_err(|_| {
+                    (
+                        format!(".route[{k}].weight"),
+                        format!("weight {w} must not be negative"),
+                    )
+                })?,
+            };
+            let headers = HeaderRules::compile(d.headers.as_ref())
+                .map_err(at(&format!("route[{k}].headers")))?;
+            let target = resolve(&d.destination, format!("{field}.route[{k}].destination"));
+            if weight > 0 {
+                destinations.push(WeightedDestination {
+                    target,
+                    weight,
+                    headers,
+                });
+            }
+        }
+        let total_weight = destinations.iter().map(|d| d.weight).sum();
+        if total_weight == 0 {
+            return Err((
+                ".route".into(),
+                "at least one destination needs a weight above 0".into(),
+            ));
+        }
+        let rewrite = rule
+            .rewrite
+            .as_ref()
+            .map(Rewrite::compile)
+            .transpose()
+            .map_err(at("rewrite"))?;
+        Action::Forward(Forward {
+            destinations,
+            total_weight,
+            rewrite,
+        })
+    };
+    let mut mirrors = Vec::new();
+    if let Some(m) = &rule.mirror {
+        if !rule.mirrors.is_empty() {
+            return Err((
+                ".mirror".into(),
+                "mirror and mirrors cannot both be set".into(),
+            ));
+        }
+        let share = match (rule.mirror_percentage, rule.mirror_percent) {
+            (Some(p), _) => per_million(p.value),
+            (None, Some(p)) => per_million(f64::from(p)),
+            (None, None) => 1_000_000,
+        };
+        mirrors.push(Mirror {
+            target: resolve(m, format!("{field}.mirror")),
+            per_million: share,
+        });
+    }
+    for (k, m) in rule.mirrors.iter().enumerate() {
+        let share = m.percentage.map_or(1_000_000, |p| per_million(p.value));
+        mirrors.push(Mirror {
+            target: resolve(&m.destination, format!("{field}.mirrors[{k}].destination")),
+            per_million: share,
+        });
+    }
+    let retry = match &rule.retries {
+        None => RetryPolicy::istio_default(),
+        Some(r) => RetryPolicy::compile(r).map_err(at("retries"))?,
+    };
+    let timeout = rule.timeout.map(|d| d.0).filter(|d| !d.is_zero());
+    Ok(Route {
+        name,
+        matches,
+        action,
+        headers: HeaderRules::compile(rule.headers.as_ref()).map_err(at("headers"))?,
+        timeout,
+        retry,
+        fault: rule
+            .fault
+            .as_ref()
+            .map(Fault::compile)
+            .transpose()
+            .map_err(at("fault"))?,
+        mirrors,
+        cors: rule
+            .cors_policy
+            .as_ref()
+            .map(Cors::compile)
+            .transpose()
+            .map_err(at("corsPolicy"))?,
+    })
+}
+
+/// Resolves a destination; an unknown host or subset is reported and answers 503 NC.
+fn target(
+    d: &Destination,
+    r: &Resource,
+    port: u16,
+    registry: &mut Registry,
+    bootstrap: &Bootstrap,
+    refs: &mut Vec<Diagnostic>,
+    field: String,
+) -> Target {
+    let host = bootstrap.fqdn(&d.host, &r.id.namespace);
+    let dest_port = match d.port {
+        Some(p) => u16::try_from(p.number).unwrap_or(0),
+        None => registry.default_port(&host, port),
+    };
+    let subset = d.subset.as_deref();
+    match registry.cluster(&host, dest_port, subset) {
+        Ok(cluster) => Target {
+            name: cluster.name.clone(),
+            cluster: Some(cluster),
+        },
+        Err(why) => {
+            // At validation time (port 0) a service with several ports has no default.
+            if !(port == 0
+                && d.port.is_none()
+                && registry.has_service(&host)
+                && why.contains("has no port"))
+            {
+                refs.push(Diagnostic::error(&r.origin, &r.id, field, why));
+            }
+            Target {
+                name: format!("outbound|{dest_port}|{}|{host}", subset.unwrap_or_default()).into(),
+                cluster: None,
+            }
+        }
+    }
+}
+
+/// Prefixes a conversion error with the field it came from.
+fn at(field: &str) -> impl Fn(String) -> FieldError + '_ {
+    move |e| (format!(".{field}"), e)
+}
+
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let clean: Vec<u8> = s
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= val(*c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+/// The gateways a VirtualService names, resolved (without `mesh`).
+pub(super) fn vs_gateways(
+    r: &Resource,
+    vs: &VirtualService,
+    bootstrap: &Bootstrap,
+) -> BTreeSet<String> {
+    vs.gateways
+        .iter()
+        .filter_map(|g| resolve_gateway_ref(g, &r.id.namespace, bootstrap))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_base64;
+
+    #[test]
+    fn decodes_base64_bodies() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_base64("aGk").unwrap(), b"hi");
+        assert!(decode_base64("a*b").is_none());
+    }
+}

@@ -1,0 +1,103 @@
+//! Reload: load the directory, compile, and keep the last good version of any resource
+//! that fails, so one bad file never takes down routes that were working.
+
+use std::{collections::HashMap, sync::Arc};
+
+use super::{compile, Snapshot};
+use crate::config::{load_dir, Bootstrap, Diagnostic, LoadError, Resource, ResourceRef};
+
+/// What one reload produced.
+#[derive(Debug)]
+pub struct ReloadOutcome {
+    /// The new snapshot, or `None` when the input did not change.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Every problem found, errors and warnings.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Resources rejected in this reload (their last good version, if any, serves).
+    pub rejected: Vec<ResourceRef>,
+}
+
+/// Turns the config directory into snapshots, remembering the last good resources.
+#[derive(Debug)]
+pub struct Reloader {
+    bootstrap: Bootstrap,
+    last_good: HashMap<ResourceRef, Resource>,
+    version: u64,
+    digest: Option<u64>,
+}
+
+impl Reloader {
+    /// A reloader for `bootstrap.config_dir`.
+    pub fn new(bootstrap: Bootstrap) -> Self {
+        Self {
+            bootstrap,
+            last_good: HashMap::new(),
+            version: 0,
+            digest: None,
+        }
+    }
+
+    /// Loads and compiles the directory. Blocking: run it off the async workers.
+    pub fn reload(&mut self) -> Result<ReloadOutcome, LoadError> {
+        let loaded = load_dir(&self.bootstrap.config_dir, &self.bootstrap.namespace)?;
+        if self.digest == Some(loaded.digest) {
+            return Ok(ReloadOutcome {
+                snapshot: None,
+                diagnostics: Vec::new(),
+                rejected: Vec::new(),
+            });
+        }
+        let mut diagnostics = loaded.diagnostics;
+        let mut resources = loaded.resources;
+        let mut rejected = loaded.rejected;
+        self.keep_last_good(&mut resources, &rejected, &mut diagnostics);
+        let mut compiled = compile(&resources, &self.bootstrap);
+        if compiled
+            .rejected
+            .iter()
+            .any(|r| self.last_good.contains_key(r))
+        {
+            resources.retain(|r| !compiled.rejected.contains(&r.id));
+            self.keep_last_good(&mut resources, &compiled.rejected, &mut diagnostics);
+            let first_errors = std::mem::take(&mut compiled.diagnostics);
+            compiled = compile(&resources, &self.bootstrap);
+            diagnostics.extend(
+                first_errors
+                    .into_iter()
+                    .filter(|d| d.is_error() && !compiled.diagnostics.contains(d)),
+            );
+        }
+        diagnostics.extend(compiled.diagnostics);
+        rejected.extend(compiled.rejected.iter().cloned());
+        self.last_good = resources
+            .into_iter()
+            .filter(|r| !compiled.rejected.contains(&r.id))
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        self.digest = Some(loaded.digest);
+        self.version += 1;
+        let mut snapshot = compiled.snapshot;
+        snapshot.version = self.version;
+        snapshot.diagnostics = diagnostics.clone();
+        Ok(ReloadOutcome {
+            snapshot: Some(Arc::new(snapshot)),
+            diagnostics,
+            rejected,
+        })
+    }
+
+    fn keep_last_good(
+        &self,
+        resources: &mut Vec<Resource>,
+        rejected: &[ResourceRef],
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        for id in rejected {
+            if let Some(prev) = self.last_good.get(id) {
+                let msg = "rejected; the last good version keeps serving";
+                diagnostics.push(Diagnostic::warning(&prev.origin, id, "", msg));
+                resources.push(prev.clone());
+            }
+        }
+    }
+}

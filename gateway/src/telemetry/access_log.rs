@@ -1,0 +1,261 @@
+//! One JSON line per request, written when the response body ends (or is dropped), by
+//! a writer thread so the request path never blocks on stdout.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{mpsc, Arc},
+    task::{Context, Poll},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::error::ResponseFlags;
+
+/// Lines buffered for the writer before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// Where access log lines go.
+#[derive(Debug, Clone)]
+pub struct AccessLog(Option<mpsc::SyncSender<String>>);
+
+impl AccessLog {
+    /// Lines to standard output, from a dedicated thread.
+    pub fn stdout() -> Self {
+        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                while let Ok(line) = rx.recv() {
+                    let _ = writeln!(out, "{line}");
+                    while let Ok(line) = rx.try_recv() {
+                        let _ = writeln!(out, "{line}");
+                    }
+                    let _ = out.flush();
+                }
+            })
+            .map(|_| Self(Some(tx)))
+            .unwrap_or(Self(None))
+    }
+
+    /// Lines to a channel the caller reads (tests, embedding).
+    pub fn channel() -> (Self, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        (Self(Some(tx)), rx)
+    }
+
+    /// No access log.
+    pub fn disabled() -> Self {
+        Self(None)
+    }
+
+    fn write(&self, record: &AccessRecord) {
+        if let Some(tx) = &self.0 {
+            if let Ok(line) = serde_json::to_string(record) {
+                let _ = tx.try_send(line);
+            }
+        }
+    }
+}
+
+/// The fields of one access log line (Envoy/Istio JSON access log names).
+#[derive(Debug, Serialize)]
+pub struct AccessRecord {
+    /// Request start, RFC 3339.
+    pub start_time: String,
+    /// Method.
+    pub method: String,
+    /// Authority.
+    pub authority: String,
+    /// Path with query, as received.
+    pub path: String,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'static str,
+    /// Status sent.
+    pub response_code: u16,
+    /// Envoy response flags (`-` when none).
+    pub response_flags: String,
+    /// Request body bytes.
+    pub bytes_received: u64,
+    /// Response body bytes.
+    pub bytes_sent: u64,
+    /// Milliseconds from request start to the end of the response.
+    pub duration: u64,
+    /// Endpoint that answered.
+    pub upstream_host: Option<String>,
+    /// Cluster used.
+    pub upstream_cluster: Option<String>,
+    /// Matched rule.
+    pub route_name: Option<String>,
+    /// `x-request-id`.
+    pub request_id: String,
+    /// Client address.
+    pub downstream_remote_address: String,
+    /// Why the gateway answered itself, when it did.
+    pub response_details: Option<String>,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+impl AccessRecord {
+    /// A record for a request that starts now.
+    pub fn start(
+        method: &str,
+        authority: &str,
+        path: &str,
+        protocol: &'static str,
+        peer: SocketAddr,
+    ) -> Self {
+        Self {
+            start_time: rfc3339(SystemTime::now()),
+            method: method.to_string(),
+            authority: authority.to_string(),
+            path: path.to_string(),
+            protocol,
+            response_code: 0,
+            response_flags: String::new(),
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: 0,
+            upstream_host: None,
+            upstream_cluster: None,
+            route_name: None,
+            request_id: String::new(),
+            downstream_remote_address: peer.to_string(),
+            response_details: None,
+            started: Some(Instant::now()),
+        }
+    }
+
+    /// Sets the response flags.
+    pub fn flags(&mut self, flags: ResponseFlags) {
+        self.response_flags = flags.to_string();
+    }
+}
+
+/// A response body that counts bytes and writes the access log line when it ends.
+pub struct Logged<B> {
+    inner: B,
+    record: Option<AccessRecord>,
+    received: Option<Arc<std::sync::atomic::AtomicU64>>,
+    log: AccessLog,
+}
+
+impl<B> Logged<B> {
+    /// Wraps `inner`; `received` counts a streamed request body.
+    pub fn new(
+        inner: B,
+        record: AccessRecord,
+        received: Option<Arc<std::sync::atomic::AtomicU64>>,
+        log: AccessLog,
+    ) -> Self {
+        Self {
+            inner,
+            record: Some(record),
+            received,
+            log,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            if let Some(rx) = &self.received {
+                r.bytes_received = rx.load(std::sync::atomic::Ordering::Relaxed);
+            }
+            r.duration = r.started.map_or(0, |s| s.elapsed().as_millis() as u64);
+            self.log.write(&r);
+        }
+    }
+}
+
+impl<B> Drop for Logged<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(r)) = (frame.data_ref(), this.record.as_mut()) {
+                    r.bytes_sent += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(r) = this.record.as_mut() {
+                    let mut flags = ResponseFlags::default();
+                    flags.insert(ResponseFlags::UC);
+                    if r.response_flags.is_empty() || r.response_flags == "-" {
+                        r.flags(flags);
+                    }
+                }
+                this.finish();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_102_896_123);
+        assert_eq!(rfc3339(t), "2025-11-25T20:34:56.123Z");
+    }
+}

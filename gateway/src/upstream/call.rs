@@ -1,0 +1,245 @@
+//! One proxied request: endpoint choice, attempts with per-try and overall timeouts,
+//! retries with back-off on a different endpoint, and the error that ends it.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{
+    header::HeaderValue, uri::PathAndQuery, HeaderMap, Method, Request, Response, Uri, Version,
+};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{
+    retry::AttemptFailure, BoxError, Cluster, EndpointGuard, Protocol, RetryPolicy, UpstreamBody,
+    Upstreams,
+};
+use crate::error::{ProxyError, ResponseFlags};
+
+/// A request body that can be sent again when it was small enough to keep.
+#[derive(Debug)]
+pub enum ReplayBody {
+    /// No body.
+    Empty,
+    /// A buffered body, replayable.
+    Full(Bytes),
+    /// A streamed body: sent once, so only one attempt is possible.
+    Stream(Option<UpstreamBody>),
+}
+
+impl ReplayBody {
+    fn take(&mut self) -> UpstreamBody {
+        match self {
+            Self::Empty => Empty::new()
+                .map_err(|e: std::convert::Infallible| -> BoxError { match e {} })
+                .boxed_unsync(),
+            Self::Full(b) => Full::new(b.clone())
+                .map_err(|e: std::convert::Infallible| -> BoxError { match e {} })
+                .boxed_unsync(),
+            Self::Stream(s) => s.take().unwrap_or_else(|| Self::Empty.take()),
+        }
+    }
+
+    /// True when the body can be sent again (for retries and mirrors).
+    pub fn replayable(&self) -> bool {
+        !matches!(self, Self::Stream(_))
+    }
+
+    /// A copy of the body for a mirror, when replayable.
+    pub fn copy(&self) -> Option<Self> {
+        match self {
+            Self::Empty => Some(Self::Empty),
+            Self::Full(b) => Some(Self::Full(b.clone())),
+            Self::Stream(_) => None,
+        }
+    }
+}
+
+/// The request head sent to every attempt.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Method.
+    pub method: Method,
+    /// Path and query as sent upstream (after rewrites).
+    pub path_and_query: PathAndQuery,
+    /// Headers as sent upstream.
+    pub headers: HeaderMap,
+}
+
+/// A response from an upstream and how it was obtained.
+#[derive(Debug)]
+pub struct CallOutcome {
+    /// The response.
+    pub response: Response<Incoming>,
+    /// The endpoint that answered; keeps it counted as busy until dropped.
+    pub endpoint: EndpointGuard,
+    /// Attempts made.
+    pub attempts: u32,
+    /// URX when retries ran out on a retriable response.
+    pub flags: ResponseFlags,
+}
+
+/// A failed call: the error, attempts made, and flags such as URX.
+#[derive(Debug)]
+pub struct CallFailure {
+    /// What failed.
+    pub error: ProxyError,
+    /// The last endpoint tried.
+    pub upstream: Option<SocketAddr>,
+    /// Extra flags (URX).
+    pub flags: ResponseFlags,
+}
+
+/// Sends `head` + `body` to `cluster` with the route's timeout and retry policy.
+pub async fn call(
+    upstreams: &Upstreams,
+    cluster: &Arc<Cluster>,
+    head: RequestHead,
+    mut body: ReplayBody,
+    timeout: Option<Duration>,
+    retry: &RetryPolicy,
+) -> Result<CallOutcome, CallFailure> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut previous = None;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let avoid = if retry.avoid_previous_hosts {
+            previous
+        } else {
+            None
+        };
+        let Some(endpoint) = cluster.select(avoid) else {
+            let error = ProxyError::NoHealthyUpstream {
+                cluster: cluster.name.clone(),
+            };
+            return Err(CallFailure {
+                error,
+                upstream: previous,
+                flags: ResponseFlags::default(),
+            });
+        };
+        let addr = endpoint.addr;
+        previous = Some(addr);
+        let guard = EndpointGuard::new(endpoint);
+        let req = build_request(&head, body.take(), addr, cluster.protocol, attempt);
+        let now = Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        let limit = match (retry.per_try_timeout, remaining) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sent = upstreams.send(cluster.protocol, req);
+        let result = match limit {
+            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
+            None => Ok(sent.await),
+        };
+        let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+        let can_retry = attempt <= retry.attempts && body.replayable() && !out_of_time;
+        let retried = attempt > 1;
+        let urx = |retriable: bool| {
+            if retried && retriable {
+                ResponseFlags::URX
+            } else {
+                ResponseFlags::default()
+            }
+        };
+        let failure = match result {
+            Ok(Ok(response)) => {
+                let retriable = retry.retries_response(response.status(), response.headers());
+                if !(can_retry && retriable) {
+                    return Ok(CallOutcome {
+                        response,
+                        endpoint: guard,
+                        attempts: attempt,
+                        flags: urx(retriable),
+                    });
+                }
+                None
+            }
+            Ok(Err(source)) => {
+                let kind = if source.is_connect() {
+                    AttemptFailure::ConnectFailure
+                } else {
+                    AttemptFailure::Reset
+                };
+                let retriable = retry.retries_failure(kind);
+                if !(can_retry && retriable) {
+                    let cluster = cluster.name.clone();
+                    let error = match kind {
+                        AttemptFailure::ConnectFailure => ProxyError::UpstreamConnect {
+                            cluster,
+                            addr,
+                            source,
+                        },
+                        _ => ProxyError::UpstreamReset {
+                            cluster,
+                            addr,
+                            source,
+                        },
+                    };
+                    return Err(CallFailure {
+                        error,
+                        upstream: Some(addr),
+                        flags: urx(retriable),
+                    });
+                }
+                Some(kind)
+            }
+            Err(after) => {
+                let retriable = retry.retries_failure(AttemptFailure::PerTryTimeout);
+                if !(can_retry && retriable) {
+                    let after = if out_of_time {
+                        timeout.unwrap_or(after)
+                    } else {
+                        after
+                    };
+                    let error = ProxyError::UpstreamTimeout {
+                        cluster: cluster.name.clone(),
+                        after,
+                    };
+                    return Err(CallFailure {
+                        error,
+                        upstream: Some(addr),
+                        flags: urx(retriable && !out_of_time),
+                    });
+                }
+                Some(AttemptFailure::PerTryTimeout)
+            }
+        };
+        tracing::debug!(cluster = %cluster.name, %addr, attempt, ?failure, "retrying");
+        drop(guard);
+        let mut pause = retry.backoff(attempt);
+        if let Some(d) = deadline {
+            pause = pause.min(d.saturating_duration_since(Instant::now()));
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn build_request(
+    head: &RequestHead,
+    body: UpstreamBody,
+    addr: SocketAddr,
+    protocol: Protocol,
+    attempt: u32,
+) -> Request<UpstreamBody> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(head.path_and_query.clone())
+        .build()
+        .unwrap_or_default();
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = match protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::Http2 => Version::HTTP_2,
+    };
+    let mut headers = head.headers.clone();
+    headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+    *req.headers_mut() = headers;
+    req
+}

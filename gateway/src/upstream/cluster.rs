@@ -1,0 +1,131 @@
+//! A cluster: the endpoints of one `(host, port, subset)` and how to pick among them.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use arc_swap::ArcSwap;
+
+use super::{dns::DnsTarget, lb::LbPolicy};
+
+/// The protocol spoken to the endpoints, from the service port's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (HTTP2, GRPC ports).
+    Http2,
+}
+
+/// One upstream endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Address to connect to.
+    pub addr: SocketAddr,
+    /// Endpoint labels (subsets select on them).
+    pub labels: BTreeMap<String, String>,
+    /// Requests in flight, for LEAST_REQUEST.
+    active: AtomicUsize,
+}
+
+impl Endpoint {
+    /// A new endpoint with no request in flight.
+    pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>) -> Self {
+        Self {
+            addr,
+            labels,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests currently in flight to this endpoint.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight on an endpoint until dropped.
+#[derive(Debug)]
+pub struct EndpointGuard(Arc<Endpoint>);
+
+impl EndpointGuard {
+    /// Marks a request in flight on `ep`.
+    pub fn new(ep: Arc<Endpoint>) -> Self {
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        Self(ep)
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Envoy-style name `outbound|port|subset|host`.
+    pub name: Arc<str>,
+    /// Protocol to speak upstream.
+    pub protocol: Protocol,
+    /// Endpoint selection.
+    pub lb: LbPolicy,
+    /// Current endpoints; DNS clusters refresh them in the background.
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// Names to resolve, for DNS resolution.
+    pub dns: Vec<DnsTarget>,
+}
+
+impl Cluster {
+    /// A cluster with a fixed initial endpoint list.
+    pub fn new(
+        name: Arc<str>,
+        protocol: Protocol,
+        lb: LbPolicy,
+        endpoints: Vec<Arc<Endpoint>>,
+        dns: Vec<DnsTarget>,
+    ) -> Self {
+        Self {
+            name,
+            protocol,
+            lb,
+            endpoints: ArcSwap::from_pointee(endpoints),
+            dns,
+        }
+    }
+
+    /// The current endpoints.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// Replaces the endpoints (DNS refresh).
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.endpoints.store(Arc::new(endpoints));
+    }
+
+    /// Picks an endpoint, avoiding `previous` when another exists (Istio's default
+    /// `retryIgnorePreviousHosts`).
+    pub fn select(&self, previous: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        let eps = self.endpoints.load();
+        match previous {
+            Some(prev) if eps.len() > 1 => {
+                let others: Vec<Arc<Endpoint>> =
+                    eps.iter().filter(|e| e.addr != prev).cloned().collect();
+                self.lb.pick(&others).cloned()
+            }
+            _ => self.lb.pick(&eps).cloned(),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Upstreams: clusters and their endpoints, load balancing, the pooled HTTP client,
+//! retries and timeouts. The pipeline hands a request to `call` and gets a response
+//! or a `ProxyError` that says what failed.
+
+mod call;
+mod client;
+mod cluster;
+mod dns;
+mod lb;
+mod retry;
+
+pub use call::{call, CallFailure, CallOutcome, ReplayBody, RequestHead};
+pub use client::{BoxError, UpstreamBody, Upstreams};
+pub use cluster::{Cluster, Endpoint, EndpointGuard, Protocol};
+pub use dns::{refresh_dns, DnsTarget};
+pub use lb::LbPolicy;
+pub use retry::RetryPolicy;
