@@ -118,10 +118,11 @@ pub async fn start_ingress(
         upstreams: Upstreams::new(),
         access_log,
     });
-    let mut reloader = Reloader::new(bootstrap.clone());
+    let reloader = Reloader::new(bootstrap.clone());
     let mut listeners = Listeners::new(proxy.clone(), bootstrap.port_map.clone());
     let (watcher, mut changes) = config::watch_dir(&bootstrap.config_dir)?;
-    let first = tokio::task::block_in_place(|| reloader.reload())?;
+    let (mut reloader, first) = reload_off_thread(reloader).await;
+    let first = first?;
     let ready = Arc::new(AtomicBool::new(false));
     let admin = match bootstrap.admin {
         Some(addr) => Some(
@@ -154,12 +155,7 @@ pub async fn start_ingress(
                     if change.is_none() {
                         break;
                     }
-                    let (back, result) = tokio::task::spawn_blocking(move || {
-                        let result = reloader.reload();
-                        (reloader, result)
-                    })
-                    .await
-                    .expect("the reload task does not panic");
+                    let (back, result) = reload_off_thread(reloader).await;
                     reloader = back;
                     match result {
                         Ok(outcome) => apply(outcome, &supervisor_handle, &mut listeners, &supervisor_addrs, &version_tx).await,
@@ -181,6 +177,18 @@ pub async fn start_ingress(
         version: version_rx,
         _supervisor: supervisor,
     })
+}
+
+/// Runs a reload on the blocking pool (it reads files and compiles regexes).
+async fn reload_off_thread(
+    mut reloader: Reloader,
+) -> (Reloader, Result<snapshot::ReloadOutcome, LoadError>) {
+    tokio::task::spawn_blocking(move || {
+        let result = reloader.reload();
+        (reloader, result)
+    })
+    .await
+    .expect("a reload does not panic")
 }
 
 /// Logs the reload's diagnostics, resolves DNS, publishes and reconciles listeners.

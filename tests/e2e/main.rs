@@ -1,1 +1,7 @@
+//! End-to-end tests: the real gateway on loopback against real upstreams.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod proxying;
+mod reload;
+mod routing;

@@ -1,2 +1,14 @@
 //! Test support for Wicket's end-to-end tests: real upstreams, a real gateway on
 //! ephemeral loopback ports, and a small HTTP client.
+
+// Test support is test code: a failed setup step should panic with its cause.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+pub mod gateway;
+pub mod upstream;
+pub mod yaml;
+
+pub use client::Resp;
+pub use gateway::TestGateway;
+pub use upstream::Upstream;

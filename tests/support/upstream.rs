@@ -1,0 +1,209 @@
+//! Real upstream servers for tests (HTTP/1.1 and h2c on one port). Each answers with
+//! its name and records what it received. Paths drive behaviour:
+//! `/status/N` answers N, `/delay/MS` waits first, `/grpc` answers with trailers,
+//! a WebSocket upgrade is accepted and echoed.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::{body::Frame, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What an upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// A running upstream.
+pub struct Upstream {
+    /// Bound address.
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+impl Upstream {
+    /// An upstream answering 200 with `name`.
+    pub async fn start(name: &str) -> Self {
+        Self::failing_first(name, 0, StatusCode::OK).await
+    }
+
+    /// An upstream whose first `n` requests get `status`, then 200.
+    pub async fn failing_first(name: &str, n: usize, status: StatusCode) -> Self {
+        Self::spawn(name, n, status, Duration::ZERO).await
+    }
+
+    /// An upstream that waits `delay` before answering every request.
+    pub async fn slow(name: &str, delay: Duration) -> Self {
+        Self::spawn(name, 0, StatusCode::OK, delay).await
+    }
+
+    async fn spawn(name: &str, n: usize, status: StatusCode, delay: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let name: Arc<str> = name.into();
+        let (h, s) = (hits.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (name, hits, seen) = (name.clone(), h.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
+                        async move {
+                            Ok::<_, Infallible>(
+                                answer(req, &name, &hits, &seen, (n, status, delay)).await,
+                            )
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits, seen }
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Recorded {
+        self.seen().pop().expect("the upstream received a request")
+    }
+}
+
+/// `(fail first n, with status, delay every answer)`.
+type Behaviour = (usize, StatusCode, Duration);
+
+async fn answer(
+    mut req: Request<hyper::body::Incoming>,
+    name: &str,
+    hits: &AtomicUsize,
+    seen: &Mutex<Vec<Recorded>>,
+    behaviour: Behaviour,
+) -> Response<Body> {
+    let (n, status, delay) = behaviour;
+    let count = hits.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(delay).await;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "websocket")
+    {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(io) = upgrade.await {
+                let mut io = TokioIo::new(io);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap();
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Recorded {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        headers: parts.headers,
+        body,
+    });
+    if let Some(ms) = path.strip_prefix("/delay/").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path == "/grpc" {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        return Response::builder()
+            .header("content-type", "application/grpc")
+            .body(StreamBody::new(futures_stream(frames)).boxed())
+            .unwrap();
+    }
+    let code = match path
+        .strip_prefix("/status/")
+        .and_then(|v| v.parse::<u16>().ok())
+    {
+        Some(c) => StatusCode::from_u16(c).unwrap(),
+        None if count < n => status,
+        None => StatusCode::OK,
+    };
+    Response::builder()
+        .status(code)
+        .header("x-upstream", name)
+        .body(Full::new(Bytes::from(name.to_string())).boxed())
+        .unwrap()
+}
+
+fn futures_stream<T: Send + 'static>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Send {
+    struct Iter<T>(std::vec::IntoIter<T>);
+    impl<T> futures_core::Stream for Iter<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    impl<T> Unpin for Iter<T> {}
+    Iter(items.into_iter())
+}

@@ -1,0 +1,53 @@
+//! YAML builders for tests: ServiceEntries pointing at test upstreams, a Gateway.
+
+use crate::Upstream;
+
+/// A Gateway `gw` in `default` with an HTTP server on port 80 for every host; tests
+/// map port 80 to an ephemeral port.
+pub const GATEWAY: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+";
+
+/// A STATIC ServiceEntry for `host` on service port `port` (protocol `protocol`), with
+/// one endpoint per upstream carrying `version: <label>`.
+pub fn service_entry(
+    host: &str,
+    port: u16,
+    protocol: &str,
+    endpoints: &[(&Upstream, &str)],
+) -> String {
+    let mut out = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se-{}, namespace: default}}\nspec:\n  hosts: [{host}]\n  resolution: STATIC\n  ports:\n  - {{number: {port}, name: http, protocol: {protocol}}}\n  endpoints:\n",
+        host.replace('.', "-")
+    );
+    for (u, version) in endpoints {
+        out.push_str(&format!(
+            "  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: {version}}}}}\n",
+            u.addr.port()
+        ));
+    }
+    out
+}
+
+/// A DestinationRule for `host` with subsets named after `versions`.
+pub fn subsets(host: &str, versions: &[&str]) -> String {
+    let mut out = format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr-{}, namespace: default}}\nspec:\n  host: {host}\n  subsets:\n",
+        host.replace('.', "-")
+    );
+    for v in versions {
+        out.push_str(&format!("  - {{name: {v}, labels: {{version: {v}}}}}\n"));
+    }
+    out
+}
+
+/// Joins documents with `---`.
+pub fn docs(parts: &[&str]) -> String {
+    parts.join("\n---\n")
+}
