@@ -39,6 +39,10 @@ enum Command {
         /// Address listeners bind when a server has no `bind`.
         #[arg(long, default_value = "0.0.0.0")]
         bind_address: std::net::IpAddr,
+        /// Also serve VirtualServices bound to `mesh` on this port, routed by Host
+        /// (a sidecar's outbound listener, without traffic capture).
+        #[arg(long)]
+        mesh_port: Option<u16>,
         /// Also start a built-in echo upstream: ADDR=NAME (repeatable; for demos).
         #[arg(long = "echo", value_name = "ADDR=NAME")]
         echo: Vec<String>,
@@ -125,6 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin,
             port_map,
             bind_address,
+            mesh_port,
             echo,
         } => {
             let bootstrap = Bootstrap {
@@ -134,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin: Some(admin),
                 port_map: parse_port_map(&port_map)?,
                 bind_ip: bind_address,
+                mesh_port,
                 ..Bootstrap::default()
             };
             runtime()?.block_on(async {

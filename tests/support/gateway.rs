@@ -10,6 +10,9 @@ use wicket::{config::Bootstrap, telemetry::AccessLog};
 
 use crate::{client, Resp};
 
+/// The mesh listener port tests use (mapped to an ephemeral port).
+pub const MESH_PORT: u16 = 15001;
+
 /// A gateway under test.
 pub struct TestGateway {
     /// The running gateway.
@@ -27,15 +30,32 @@ impl TestGateway {
         Self::start_in(dir).await
     }
 
+    /// Starts a gateway on `yaml` with bootstrap settings changed by `tune`.
+    pub async fn start_with(yaml: &str, tune: impl FnOnce(&mut Bootstrap)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+        Self::launch(dir, tune).await
+    }
+
+    /// Starts a gateway that also serves `mesh`-bound VirtualServices on port 15001.
+    pub async fn start_mesh(yaml: &str) -> Self {
+        Self::start_with(yaml, |b| b.mesh_port = Some(MESH_PORT)).await
+    }
+
     /// Starts a gateway on an existing directory.
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
-        let bootstrap = Bootstrap {
+        Self::launch(dir, |_| {}).await
+    }
+
+    async fn launch(dir: tempfile::TempDir, tune: impl FnOnce(&mut Bootstrap)) -> Self {
+        let mut bootstrap = Bootstrap {
             config_dir: dir.path().to_path_buf(),
             admin: Some("127.0.0.1:0".parse().unwrap()),
-            port_map: BTreeMap::from([(80, 0), (8080, 0)]),
+            port_map: BTreeMap::from([(80, 0), (8080, 0), (MESH_PORT, 0)]),
             bind_ip: "127.0.0.1".parse().unwrap(),
             ..Bootstrap::default()
         };
+        tune(&mut bootstrap);
         let (log, logs) = AccessLog::channel();
         let gateway = wicket::start_ingress(bootstrap, log).await.unwrap();
         let version = gateway.snapshot().version;
@@ -55,6 +75,21 @@ impl TestGateway {
     /// The bound address of Gateway port 80.
     pub fn addr(&self) -> SocketAddr {
         self.gateway.listener_addr(80).expect("port 80 is open")
+    }
+
+    /// The bound address of a Gateway server port.
+    pub fn addr_of(&self, port: u16) -> SocketAddr {
+        self.gateway.listener_addr(port).expect("the port is open")
+    }
+
+    /// GET through the mesh listener, as a workload in the mesh would.
+    pub async fn mesh_get(&self, host: &str, path: &str) -> Resp {
+        client::send(self.addr_of(MESH_PORT), client::get(host, path)).await
+    }
+
+    /// Sends any request through the mesh listener.
+    pub async fn mesh_send(&self, req: Request<Full<Bytes>>) -> Resp {
+        client::send(self.addr_of(MESH_PORT), req).await
     }
 
     /// GET `path` with `Host: host`.

@@ -23,6 +23,8 @@ pub struct Bootstrap {
     pub bind_ip: IpAddr,
     /// Cluster domain suffix for short host names.
     pub domain_suffix: String,
+    /// Port of the mesh (outbound) listener serving VirtualServices bound to `mesh`.
+    pub mesh_port: Option<u16>,
 }
 
 impl Default for Bootstrap {
@@ -35,6 +37,7 @@ impl Default for Bootstrap {
             port_map: BTreeMap::new(),
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             domain_suffix: "cluster.local".into(),
+            mesh_port: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! fails is rejected alone (and named), everything else applies.
 
 mod binding;
+mod mesh;
 mod registry;
 mod routes;
 
@@ -102,6 +103,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
             let cx = PortContext {
                 port,
                 gateways_on_port: &on_port,
+                mesh: false,
             };
             match routes::compile_http(r, vs, &cx, &mut registry, bootstrap, &mut refs) {
                 Ok(routes) => per_port.push((port, routes)),
@@ -170,6 +172,24 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
             rt.insert(&domain, Arc::new(vhost));
         }
         route_tables.insert(*port, rt);
+    }
+
+    if let Some(port) = bootstrap.mesh_port {
+        if ports.contains_key(&port) {
+            let msg = format!(
+                "mesh port {port} is also a Gateway server port; the mesh listener is not opened"
+            );
+            tracing::error!("{msg}");
+        } else {
+            let table =
+                mesh::route_table(resources, &rejected, bootstrap, &mut registry, &mut refs);
+            listeners.push(ListenerSpec {
+                port,
+                bind: bootstrap.bind_ip,
+                protocol: ListenerProtocol::Http,
+            });
+            route_tables.insert(port, table);
+        }
     }
 
     let mut seen = HashSet::new();

@@ -79,12 +79,20 @@ impl Registry {
     }
 
     /// The port a destination without `port` goes to: the service's only port, else
-    /// the listener port (Istio).
+    /// the listener port (Istio); without a listener port (0), the first port.
     pub(super) fn default_port(&self, host: &str, listener_port: u16) -> u16 {
         match self.services.get(host).map(|s| s.ports.as_slice()) {
+            Some([only, ..]) if listener_port == 0 => u16::try_from(only.number).unwrap_or(0),
             Some([only]) => u16::try_from(only.number).unwrap_or(listener_port),
             _ => listener_port,
         }
+    }
+
+    /// Every service host, sorted.
+    pub(super) fn service_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.services.keys().cloned().collect();
+        hosts.sort();
+        hosts
     }
 
     /// The cluster for `(host, port, subset)`, built once per compile.

@@ -19,10 +19,14 @@ use crate::{
     upstream::RetryPolicy,
 };
 
-/// What a rule compiles against: the port and the gateways on it.
+/// What a rule compiles against: the port and the gateways on it, or the mesh.
 pub(super) struct PortContext<'a> {
+    /// Listener port; 0 when compiling for validation or for the mesh listener.
     pub port: u16,
+    /// True when a gateway (`ns/name`) has a server on this port.
     pub gateways_on_port: &'a dyn Fn(&str) -> bool,
+    /// Compiling for the mesh listener: blocks with `gateways` must name `mesh`.
+    pub mesh: bool,
 }
 
 /// Compiles every HTTP rule. Errors reject the VirtualService; unresolved
@@ -83,6 +87,9 @@ fn applies_here(
         .is_some_and(|p| cx.port != 0 && p != u32::from(cx.port))
     {
         return false;
+    }
+    if cx.mesh && !m.gateways.is_empty() {
+        return m.gateways.iter().any(|g| g == "mesh");
     }
     if !m.gateways.is_empty() {
         return m
@@ -332,25 +339,40 @@ fn target(
         Some(p) => u16::try_from(p.number).unwrap_or(0),
         None => registry.default_port(&host, port),
     };
-    let subset = d.subset.as_deref();
-    match registry.cluster(&host, dest_port, subset) {
-        Ok(cluster) => Target {
+    resolve(registry, &host, dest_port, d.subset.as_deref()).unwrap_or_else(|(target, why)| {
+        // At validation time (port 0) a service with several ports has no default.
+        if !(port == 0
+            && d.port.is_none()
+            && registry.has_service(&host)
+            && why.contains("has no port"))
+        {
+            refs.push(Diagnostic::error(&r.origin, &r.id, field, why));
+        }
+        target
+    })
+}
+
+/// The cluster of `(host, port, subset)`, or a target without cluster and the reason.
+pub(super) fn resolve(
+    registry: &mut Registry,
+    host: &str,
+    port: u16,
+    subset: Option<&str>,
+) -> Result<Target, (Target, String)> {
+    match registry.cluster(host, port, subset) {
+        Ok(cluster) => Ok(Target {
             name: cluster.name.clone(),
             cluster: Some(cluster),
-        },
+        }),
         Err(why) => {
-            // At validation time (port 0) a service with several ports has no default.
-            if !(port == 0
-                && d.port.is_none()
-                && registry.has_service(&host)
-                && why.contains("has no port"))
-            {
-                refs.push(Diagnostic::error(&r.origin, &r.id, field, why));
-            }
-            Target {
-                name: format!("outbound|{dest_port}|{}|{host}", subset.unwrap_or_default()).into(),
-                cluster: None,
-            }
+            let name = format!("outbound|{port}|{}|{host}", subset.unwrap_or_default()).into();
+            Err((
+                Target {
+                    name,
+                    cluster: None,
+                },
+                why,
+            ))
         }
     }
 }

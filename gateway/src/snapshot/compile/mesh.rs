@@ -1,0 +1,99 @@
+//! The mesh (outbound) route table: VirtualServices bound to `mesh`, found by Host
+//! like a sidecar's outbound listener, and a default route for every registry service
+//! that no VirtualService claims.
+
+use std::{collections::HashSet, sync::Arc};
+
+use super::{registry::Registry, routes};
+use crate::{
+    config::{Bootstrap, Diagnostic, Resource, ResourceRef, Spec},
+    route::{Action, Forward, HeaderRules, Route, RouteTable, VirtualHost, WeightedDestination},
+    upstream::RetryPolicy,
+};
+
+/// Builds the mesh route table. Istio: on sidecars VirtualServices do not merge; the
+/// oldest one for a host wins.
+pub(super) fn route_table(
+    resources: &[Resource],
+    rejected: &[ResourceRef],
+    bootstrap: &Bootstrap,
+    registry: &mut Registry,
+    refs: &mut Vec<Diagnostic>,
+) -> RouteTable {
+    let mut table = RouteTable::default();
+    let mut claimed = HashSet::new();
+    for r in resources.iter().filter(|r| !rejected.contains(&r.id)) {
+        let Spec::VirtualService(vs) = &r.spec else {
+            continue;
+        };
+        if !(vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+            continue;
+        }
+        let no_gateway = |_: &str| false;
+        let cx = routes::PortContext {
+            port: 0,
+            gateways_on_port: &no_gateway,
+            mesh: true,
+        };
+        let Ok(rules) = routes::compile_http(r, vs, &cx, registry, bootstrap, refs) else {
+            continue;
+        };
+        for host in vs.hosts.iter().map(|h| bootstrap.fqdn(h, &r.id.namespace)) {
+            if host == "*" || !claimed.insert(host.clone()) {
+                continue;
+            }
+            insert(&mut table, &host, bootstrap, rules.clone());
+        }
+    }
+    for host in registry.service_hosts() {
+        if claimed.contains(&host) {
+            continue;
+        }
+        let port = registry.default_port(&host, 0);
+        let target =
+            routes::resolve(registry, &host, port, None).unwrap_or_else(|(target, _)| target);
+        let route = Route {
+            name: format!("{host}:default").into(),
+            matches: Vec::new(),
+            action: Action::Forward(Forward {
+                destinations: vec![WeightedDestination {
+                    target,
+                    weight: 1,
+                    headers: HeaderRules::default(),
+                }],
+                total_weight: 1,
+                rewrite: None,
+            }),
+            headers: HeaderRules::default(),
+            timeout: None,
+            retry: RetryPolicy::istio_default(),
+            fault: None,
+            mirrors: Vec::new(),
+            cors: None,
+        };
+        insert(&mut table, &host, bootstrap, vec![Arc::new(route)]);
+    }
+    table
+}
+
+/// Registers `host` and the names a workload in the mesh may use for it:
+/// `name.ns.svc`, `name.ns`, and `name` within the gateway's own namespace.
+fn insert(table: &mut RouteTable, host: &str, bootstrap: &Bootstrap, routes: Vec<Arc<Route>>) {
+    let vhost = Arc::new(VirtualHost {
+        domain: host.into(),
+        routes,
+        require_tls: false,
+    });
+    table.insert(host, vhost.clone());
+    let suffix = format!(".svc.{}", bootstrap.domain_suffix);
+    if let Some((name, ns)) = host
+        .strip_suffix(&suffix)
+        .and_then(|rest| rest.split_once('.'))
+    {
+        table.insert(&format!("{name}.{ns}.svc"), vhost.clone());
+        table.insert(&format!("{name}.{ns}"), vhost.clone());
+        if ns == bootstrap.namespace {
+            table.insert(name, vhost);
+        }
+    }
+}
