@@ -6,3 +6,4 @@ mod corpus;
 mod proxying;
 mod reload;
 mod routing;
+mod upstreams;

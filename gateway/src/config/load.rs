@@ -190,7 +190,7 @@ fn load_document(
         _ => None,
     };
     let Some(kind_id) = known else {
-        if warned_kinds.insert(format!("{api_version} {kind}")) {
+        if warned_kinds.insert(kind.clone()) {
             let mut d = doc_diag(
                 &origin,
                 None,

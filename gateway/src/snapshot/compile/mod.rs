@@ -50,15 +50,27 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
         .map(|r| format!("{}/{}", r.id.namespace, r.id.name))
         .collect();
 
+    for r in resources {
+        if let Spec::DestinationRule(dr) = &r.spec {
+            diagnostics.extend(check_destination_rule(r, dr));
+        }
+    }
     let mut vhosts: BTreeMap<u16, Vec<(String, VhostBuild)>> = BTreeMap::new();
     for r in resources {
         let Spec::VirtualService(vs) = &r.spec else {
             continue;
         };
+        if !exported_to(&vs.export_to, &r.id.namespace, &bootstrap.namespace) {
+            continue;
+        }
         if let Err(errs) = check_virtual_service(r, vs) {
             diagnostics.extend(errs);
             rejected.push(r.id.clone());
             continue;
+        }
+        if !vs.tls.is_empty() || !vs.tcp.is_empty() {
+            let msg = "tls and tcp routes are not served yet (TODO(#3))";
+            diagnostics.push(Diagnostic::warning(&r.origin, &r.id, "spec", msg));
         }
         let gateways = routes::vs_gateways(r, vs, bootstrap);
         for (i, g) in vs.gateways.iter().enumerate() {
@@ -208,6 +220,82 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
         diagnostics,
         rejected,
     }
+}
+
+/// Istio `exportTo`: empty or `*` is visible everywhere, `.` only in the resource's
+/// own namespace, otherwise in the namespaces listed.
+pub(super) fn exported_to(export_to: &[String], own: &str, viewer: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == viewer || (e == "." && own == viewer))
+}
+
+/// Policy blocks read but not enforced yet are reported, never silently accepted.
+fn check_destination_rule(
+    r: &Resource,
+    dr: &crate::config::istio::DestinationRule,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut policies = vec![("spec.trafficPolicy".to_string(), dr.traffic_policy.as_ref())];
+    policies.extend(dr.subsets.iter().enumerate().map(|(i, s)| {
+        (
+            format!("spec.subsets[{i}].trafficPolicy"),
+            s.traffic_policy.as_ref(),
+        )
+    }));
+    for (field, tp) in policies {
+        let Some(tp) = tp else { continue };
+        let mut unapplied = Vec::new();
+        if tp.connection_pool.is_some()
+            || tp
+                .port_level_settings
+                .iter()
+                .any(|p| p.connection_pool.is_some())
+        {
+            unapplied.push("connectionPool (TODO(#8))");
+        }
+        if tp.outlier_detection.is_some()
+            || tp
+                .port_level_settings
+                .iter()
+                .any(|p| p.outlier_detection.is_some())
+        {
+            unapplied.push("outlierDetection (TODO(#8))");
+        }
+        let lb = tp.load_balancer.iter().chain(
+            tp.port_level_settings
+                .iter()
+                .filter_map(|p| p.load_balancer.as_ref()),
+        );
+        if lb.clone().any(|l| l.consistent_hash.is_some()) {
+            unapplied.push("loadBalancer.consistentHash (TODO(#8); LEAST_REQUEST is used)");
+        }
+        let tls_on = |t: &crate::config::istio::ClientTlsSettings| {
+            t.mode.as_deref().is_some_and(|m| m != "DISABLE")
+        };
+        if tp.tls.as_ref().is_some_and(tls_on)
+            || tp
+                .port_level_settings
+                .iter()
+                .filter_map(|p| p.tls.as_ref())
+                .any(tls_on)
+        {
+            unapplied.push("tls (TODO(#3); upstream traffic is plaintext)");
+        }
+        if tp.tunnel.is_some() || tp.proxy_protocol.is_some() || tp.retry_budget.is_some() {
+            unapplied.push("tunnel/proxyProtocol/retryBudget");
+        }
+        if !unapplied.is_empty() {
+            out.push(Diagnostic::warning(
+                &r.origin,
+                &r.id,
+                field,
+                format!("not enforced yet: {}", unapplied.join(", ")),
+            ));
+        }
+    }
+    out
 }
 
 /// Checks of one VirtualService that do not depend on other resources.

@@ -50,8 +50,13 @@ impl Registry {
             .collect();
         let mut services = HashMap::new();
         let mut rules = Vec::new();
+        let visible = |export_to: &[String], ns: &str| {
+            super::exported_to(export_to, ns, &bootstrap.namespace)
+        };
         for r in resources {
             match &r.spec {
+                Spec::ServiceEntry(se) if !visible(&se.export_to, &r.id.namespace) => {}
+                Spec::DestinationRule(dr) if !visible(&dr.export_to, &r.id.namespace) => {}
                 Spec::ServiceEntry(se) => {
                     for host in &se.hosts {
                         let host = bootstrap.fqdn(host, &r.id.namespace);

@@ -1,0 +1,224 @@
+//! The registry side: DNS and WorkloadEntry endpoints, load balancing, visibility,
+//! resets, and requests in flight across a reload.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use wicket_tests::{
+    yaml::{docs, service_entry, GATEWAY},
+    TestGateway, Upstream,
+};
+
+fn vs(host: &str, dest: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{host}, namespace: default}}\nspec:\n  hosts: [{host}]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: {dest}}}}}]\n")
+}
+
+#[tokio::test]
+async fn dns_resolution_finds_localhost() {
+    let up = Upstream::start("dns").await;
+    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: dns}}\nspec:\n  hosts: [dns.example]\n  resolution: DNS\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: localhost, ports: {{http: {}}}}}]\n", up.addr.port());
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs("d.test", "dns.example")])).await;
+    // localhost may resolve to ::1 first, where nothing listens: the default retry
+    // policy retries connect failures on another endpoint.
+    assert_eq!(gw.get("d.test", "/").await.body, "dns");
+}
+
+#[tokio::test]
+async fn workload_selector_picks_workload_entries_by_label() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let we = |name: &str, up: &Upstream, app: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {}}}\n  labels: {{app: {app}}}\n", up.addr.port())
+    };
+    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: sel}\nspec:\n  hosts: [sel.example]\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: shop}}\n";
+    let gw = TestGateway::start(&docs(&[
+        GATEWAY,
+        se,
+        &we("wa", &a, "shop"),
+        &we("wb", &b, "other"),
+        &vs("s.test", "sel.example"),
+    ]))
+    .await;
+    for _ in 0..5 {
+        assert_eq!(gw.get("s.test", "/").await.body, "a");
+    }
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test]
+async fn round_robin_alternates_endpoints() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: rr}\nspec:\n  host: api\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n";
+    let se = service_entry(
+        "api.default.svc.cluster.local",
+        80,
+        "HTTP",
+        &[(&a, "v1"), (&b, "v1")],
+    );
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, dr, &vs("r.test", "api")])).await;
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        bodies.push(gw.get("r.test", "/").await.body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] != w[1]), "{bodies:?}");
+    assert_eq!((a.hits(), b.hits()), (3, 3));
+}
+
+#[tokio::test]
+async fn a_resource_not_exported_to_the_gateway_namespace_is_invisible() {
+    let up = Upstream::start("api").await;
+    let hidden = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: hidden, namespace: other}\nspec:\n  hosts: [h.test]\n  gateways: [default/gw]\n  exportTo: [\".\"]\n  http:\n  - route: [{destination: {host: api.default.svc.cluster.local}}]\n";
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, hidden])).await;
+    assert_eq!(gw.get("h.test", "/").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn virtual_services_sharing_a_host_merge_with_catch_alls_last() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let reg = docs(&[
+        &service_entry("a.default.svc.cluster.local", 80, "HTTP", &[(&a, "v1")]),
+        &service_entry("b.default.svc.cluster.local", 80, "HTTP", &[(&b, "v1")]),
+    ]);
+    let first = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: first}\nspec:\n  hosts: [m.test]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: a}}]\n";
+    let second = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: second}\nspec:\n  hosts: [m.test]\n  gateways: [gw]\n  http:\n  - match: [{uri: {prefix: /b}}]\n    route: [{destination: {host: b}}]\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &reg, first, second])).await;
+    assert_eq!(gw.get("m.test", "/b/x").await.body, "b");
+    assert_eq!(gw.get("m.test", "/other").await.body, "a");
+}
+
+#[tokio::test]
+async fn match_port_and_gateways_select_blocks_at_config_time() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let reg = docs(&[
+        &service_entry("a.default.svc.cluster.local", 80, "HTTP", &[(&a, "v1")]),
+        &service_entry("b.default.svc.cluster.local", 80, "HTTP", &[(&b, "v1")]),
+    ]);
+    let two_ports = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n  - port: {number: 8080, name: alt, protocol: HTTP}\n    hosts: [\"*\"]\n";
+    let rules = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: p}\nspec:\n  hosts: [p.test]\n  gateways: [gw]\n  http:\n  - match: [{port: 8080}]\n    route: [{destination: {host: b}}]\n  - match: [{gateways: [mesh]}]\n    route: [{destination: {host: b}}]\n  - route: [{destination: {host: a}}]\n";
+    let gw = TestGateway::start(&docs(&[two_ports, &reg, rules])).await;
+    assert_eq!(gw.get("p.test", "/").await.body, "a");
+    let alt =
+        wicket_tests::client::send(gw.addr_of(8080), wicket_tests::client::get("p.test", "/"))
+            .await;
+    assert_eq!(alt.body, "b");
+}
+
+#[tokio::test]
+async fn an_upstream_reset_mid_response_ends_that_stream_alone() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                .await;
+            drop(s);
+        }
+    });
+    let ok = Upstream::start("ok").await;
+    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: cut}}\nspec:\n  hosts: [cut.example]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n");
+    let reg = docs(&[
+        &se,
+        &service_entry("ok.default.svc.cluster.local", 80, "HTTP", &[(&ok, "v1")]),
+    ]);
+    let gw = TestGateway::start(&docs(&[
+        GATEWAY,
+        &reg,
+        &vs("cut.test", "cut.example"),
+        &vs("ok.test", "ok"),
+    ]))
+    .await;
+
+    // One HTTP/2 connection carries both streams: the cut one fails, the other is fine.
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = |host: &str| {
+        Request::get(format!("http://{host}/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let mut s1 = sender.clone();
+    let cut = s1.send_request(req("cut.test")).await.unwrap();
+    assert_eq!(cut.status(), StatusCode::OK);
+    assert!(
+        cut.into_body().collect().await.is_err(),
+        "the truncated body is an error, not a short success"
+    );
+    let mut s2 = sender.clone();
+    let fine = s2.send_request(req("ok.test")).await.unwrap();
+    assert_eq!(fine.into_body().collect().await.unwrap().to_bytes(), "ok");
+    let flags: Vec<String> = gw
+        .access_log()
+        .iter()
+        .map(|l| l["response_flags"].as_str().unwrap().to_string())
+        .collect();
+    assert!(flags.contains(&"UC".to_string()), "{flags:?}");
+}
+
+#[tokio::test]
+async fn requests_in_flight_finish_on_the_snapshot_they_started_on() {
+    let old = Upstream::start("old").await;
+    let new = Upstream::start("new").await;
+    let reg = docs(&[
+        &service_entry("old.default.svc.cluster.local", 80, "HTTP", &[(&old, "v1")]),
+        &service_entry("new.default.svc.cluster.local", 80, "HTTP", &[(&new, "v1")]),
+    ]);
+    let mut gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs("f.test", "old")])).await;
+    let addr = gw.addr();
+    let slow = tokio::spawn(wicket_tests::client::send(
+        addr,
+        wicket_tests::client::get("f.test", "/delay/700"),
+    ));
+    while old.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.write("config.yaml", &docs(&[GATEWAY, &reg, &vs("f.test", "new")]))
+        .await;
+    assert_eq!(gw.get("f.test", "/").await.body, "new");
+    assert_eq!(slow.await.unwrap().body, "old");
+}
+
+#[tokio::test]
+async fn request_ids_pass_through_and_http_1_0_is_refused() {
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs("i.test", "api")])).await;
+    let req = Request::get("/")
+        .header("host", "i.test")
+        .header("x-request-id", "abc-123")
+        .body(Default::default())
+        .unwrap();
+    gw.send(req).await;
+    assert_eq!(up.last().headers["x-request-id"], "abc-123");
+    assert_eq!(gw.next_log()["request_id"], "abc-123");
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: i.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.0 426"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
