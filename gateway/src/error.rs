@@ -117,7 +117,7 @@ pub enum ProxyError {
         addr: SocketAddr,
         /// Cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::SendError,
     },
     /// The upstream reset or closed before answering.
     #[error("cluster {cluster}: {addr} reset before answering")]
@@ -128,7 +128,7 @@ pub enum ProxyError {
         addr: SocketAddr,
         /// Cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::SendError,
     },
     /// No response within the route timeout (or the last per-try timeout).
     #[error("cluster {cluster}: no response within {after:?}")]

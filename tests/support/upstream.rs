@@ -30,6 +30,8 @@ pub struct Recorded {
     pub method: String,
     /// Path and query.
     pub path: String,
+    /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
+    pub authority: String,
     /// Headers.
     pub headers: HeaderMap,
     /// Body.
@@ -157,9 +159,19 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let authority = match parts.uri.authority() {
+        Some(a) => a.to_string(),
+        None => parts
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    };
     seen.lock().unwrap().push(Recorded {
         method: parts.method.to_string(),
         path: path.clone(),
+        authority,
         headers: parts.headers,
         body,
     });

@@ -130,7 +130,7 @@ pub async fn call(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let sent = upstreams.send(cluster.protocol, req);
+        let sent = upstreams.send(cluster.protocol, addr, req);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),
@@ -225,21 +225,35 @@ fn build_request(
     protocol: Protocol,
     attempt: u32,
 ) -> Request<UpstreamBody> {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(head.path_and_query.clone())
-        .build()
+    let mut headers = head.headers.clone();
+    headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+    // HTTP/1.1 connects to the URI's authority and keeps `Host`; HTTP/2 sends the
+    // request's authority as `:authority` (the connection is chosen by `addr`).
+    let (version, authority) = match protocol {
+        Protocol::Http1 => (Version::HTTP_11, addr.to_string()),
+        Protocol::Http2 => {
+            let host = headers.remove(http::header::HOST);
+            let authority = host.and_then(|h| h.to_str().ok().map(str::to_string));
+            (
+                Version::HTTP_2,
+                authority.unwrap_or_else(|| addr.to_string()),
+            )
+        }
+    };
+    let uri_for = |authority: String| {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(head.path_and_query.clone())
+            .build()
+    };
+    let uri = uri_for(authority)
+        .or_else(|_| uri_for(addr.to_string()))
         .unwrap_or_default();
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = match protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::Http2 => Version::HTTP_2,
-    };
-    let mut headers = head.headers.clone();
-    headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+    *req.version_mut() = version;
     *req.headers_mut() = headers;
     req
 }

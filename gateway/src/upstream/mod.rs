@@ -10,7 +10,7 @@ mod lb;
 mod retry;
 
 pub use call::{call, CallFailure, CallOutcome, ReplayBody, RequestHead};
-pub use client::{BoxError, UpstreamBody, Upstreams};
+pub use client::{BoxError, SendError, UpstreamBody, Upstreams};
 pub use cluster::{Cluster, Endpoint, EndpointGuard, Protocol};
 pub use dns::{refresh_dns, DnsTarget};
 pub use lb::LbPolicy;
