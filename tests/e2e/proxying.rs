@@ -244,3 +244,43 @@ async fn malformed_requests_get_4xx_and_the_gateway_keeps_serving() {
     assert!(raw(huge).await.starts_with("HTTP/1.1 431"));
     assert_eq!(gw.get("api.test", "/").await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn retriable_4xx_retries_409_only() {
+    let conflict = Upstream::failing_first("api", 1, StatusCode::CONFLICT).await;
+    let rules = "  - retries: {attempts: 2, retryOn: retriable-4xx}\n    route: [{destination: {host: api}}]\n";
+    let gw = TestGateway::start(&docs(&[
+        GATEWAY,
+        &api(&[(&conflict, "v1")], "HTTP"),
+        &vs(rules),
+    ]))
+    .await;
+    assert_eq!(gw.get("api.test", "/").await.status, StatusCode::OK);
+    assert_eq!(conflict.hits(), 2);
+    assert_eq!(
+        gw.get("api.test", "/status/404").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(conflict.hits(), 3, "404 is not retriable");
+}
+
+#[tokio::test]
+async fn reset_before_headers_is_retried_on_another_endpoint() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            drop(s); // close without answering
+        }
+    });
+    let good = Upstream::start("good").await;
+    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api}}\nspec:\n  hosts: [api.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {port}}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n", good.addr.port());
+    let rules =
+        "  - retries: {attempts: 2, retryOn: reset}\n    route: [{destination: {host: api}}]\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs(rules)])).await;
+    for _ in 0..6 {
+        assert_eq!(gw.get("api.test", "/").await.body, "good");
+    }
+}

@@ -210,3 +210,44 @@ async fn fault_abort_and_delay_are_flagged() {
     assert_eq!(gw.get("shop.test", "/never").await.body, "v1");
     assert_eq!(v1.hits(), 2);
 }
+
+#[tokio::test]
+async fn authority_and_scheme_matches_see_the_request_as_sent() {
+    let (_v1, _v2, reg) = two_versions().await;
+    let rules = "  - match: [{authority: {exact: 'shop.test:80'}}]\n    route: [{destination: {host: shop, subset: v2}}]\n  - match: [{scheme: {exact: https}}]\n    route: [{destination: {host: shop, subset: v2}}]\n  - match: [{scheme: {exact: http}}]\n    route: [{destination: {host: shop, subset: v1}}]\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(rules)])).await;
+    // The authority condition includes the port as sent; the vhost lookup ignores it.
+    assert_eq!(gw.get("shop.test:80", "/").await.body, "v2");
+    assert_eq!(gw.get("shop.test", "/").await.body, "v1");
+}
+
+#[tokio::test]
+async fn redirect_scheme_port_and_authority() {
+    let (_v1, _v2, reg) = two_versions().await;
+    let rules = "  - match: [{uri: {prefix: /secure}}]\n    redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}\n  - match: [{uri: {prefix: /elsewhere}}]\n    redirect: {authority: other.test, port: 9000, redirectCode: 308}\n  - match: [{uri: {prefix: /pfx/}}]\n    redirect: {prefixRewrite: /new/}\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(rules)])).await;
+    let r = gw.get("shop.test", "/secure/a").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("location")),
+        (301, Some("https://shop.test:80/secure/a"))
+    );
+    let r = gw.get("shop.test", "/elsewhere").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("location")),
+        (308, Some("http://other.test:9000/elsewhere"))
+    );
+    let r = gw.get("shop.test", "/pfx/x/y").await;
+    assert_eq!(r.header("location"), Some("http://shop.test/new/x/y"));
+}
+
+#[tokio::test]
+async fn mirror_percentage_zero_never_mirrors() {
+    let (v1, v2, reg) = two_versions().await;
+    let rules = "  - route: [{destination: {host: shop, subset: v1}}]\n    mirror: {host: shop, subset: v2}\n    mirrorPercentage: {value: 0}\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(rules)])).await;
+    for _ in 0..20 {
+        gw.get("shop.test", "/").await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!((v1.hits(), v2.hits()), (20, 0));
+}

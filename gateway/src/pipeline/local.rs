@@ -38,9 +38,15 @@ impl LocalReply {
         reply
     }
 
-    /// The answer to a proxy error: status, body and flag from `ProxyError`.
+    /// The answer to a proxy error: status, body and flag from `ProxyError`. A
+    /// malformed request also closes its connection, as Envoy does at the edge.
     pub(super) fn error(e: &ProxyError) -> Self {
         let mut reply = Self::text(e.status(), e.body()).with_flags(e.flag());
+        if e.side() == crate::error::Side::Downstream {
+            reply
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         reply.details = Some(e.to_string());
         reply
     }
