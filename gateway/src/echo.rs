@@ -29,9 +29,7 @@ pub async fn serve(addr: SocketAddr, name: String) -> std::io::Result<SocketAddr
                     let name = name.clone();
                     async move { Ok::<_, Infallible>(describe(&name, &req)) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -42,12 +40,7 @@ fn describe(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                serde_json::Value::from(v.to_str().unwrap_or_default()),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.to_str().unwrap_or_default())))
         .collect();
     let body = serde_json::json!({
         "upstream": name,
@@ -56,9 +49,6 @@ fn describe(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "headers": headers,
     });
     let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
 }

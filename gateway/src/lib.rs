@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use crate::{
     config::{Bootstrap, LoadError},
-    listener::Listeners,
+    listener::{certs::CertStore, Listeners},
     pipeline::Proxy,
     snapshot::{Reloader, Snapshot, SnapshotHandle},
     telemetry::AccessLog,
@@ -47,6 +47,8 @@ use crate::{
 
 /// How often DNS endpoints are resolved again.
 const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// How often certificate files are checked for rotation.
+const CERT_CHECK: Duration = Duration::from_secs(1);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,17 +110,11 @@ impl Drop for Gateway {
 
 /// Starts the ingress gateway: first load, listeners, admin, then a supervisor that
 /// reloads on every change of the config directory.
-pub async fn start_ingress(
-    bootstrap: Bootstrap,
-    access_log: AccessLog,
-) -> Result<Gateway, StartError> {
+pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gateway, StartError> {
     let handle = SnapshotHandle::default();
-    let proxy = Arc::new(Proxy {
-        snapshot: handle.clone(),
-        upstreams: Upstreams::new(),
-        access_log,
-    });
-    let reloader = Reloader::new(bootstrap.clone());
+    let proxy = Arc::new(Proxy { snapshot: handle.clone(), upstreams: Upstreams::new(), access_log });
+    let certs = Arc::new(CertStore::default());
+    let reloader = Reloader::new(bootstrap.clone(), certs.clone());
     let mut listeners = Listeners::new(proxy.clone(), bootstrap.port_map.clone());
     let (watcher, mut changes) = config::watch_dir(&bootstrap.config_dir)?;
     let (mut reloader, first) = reload_off_thread(reloader).await;
@@ -126,15 +122,9 @@ pub async fn start_ingress(
     let ready = Arc::new(AtomicBool::new(false));
     let admin = match bootstrap.admin {
         Some(addr) => Some(
-            admin::serve(
-                addr,
-                admin::AdminState {
-                    snapshot: handle.clone(),
-                    ready: ready.clone(),
-                },
-            )
-            .await
-            .map_err(|source| StartError::Admin { addr, source })?,
+            admin::serve(addr, admin::AdminState { snapshot: handle.clone(), ready: ready.clone() })
+                .await
+                .map_err(|source| StartError::Admin { addr, source })?,
         ),
         None => None,
     };
@@ -149,6 +139,7 @@ pub async fn start_ingress(
         let _watcher = watcher; // dropping it stops the watch
         let mut dns = tokio::time::interval(DNS_REFRESH);
         dns.tick().await;
+        let mut cert_check = tokio::time::interval(CERT_CHECK);
         loop {
             tokio::select! {
                 change = changes.recv() => {
@@ -167,22 +158,18 @@ pub async fn start_ingress(
                         upstream::refresh_dns(c).await;
                     }
                 }
+                _ = cert_check.tick() => {
+                    let certs = certs.clone();
+                    let _ = tokio::task::spawn_blocking(move || certs.refresh()).await;
+                }
             }
         }
     });
-    Ok(Gateway {
-        snapshot: handle,
-        addrs,
-        admin,
-        version: version_rx,
-        _supervisor: supervisor,
-    })
+    Ok(Gateway { snapshot: handle, addrs, admin, version: version_rx, _supervisor: supervisor })
 }
 
 /// Runs a reload on the blocking pool (it reads files and compiles regexes).
-async fn reload_off_thread(
-    mut reloader: Reloader,
-) -> (Reloader, Result<snapshot::ReloadOutcome, LoadError>) {
+async fn reload_off_thread(mut reloader: Reloader) -> (Reloader, Result<snapshot::ReloadOutcome, LoadError>) {
     tokio::task::spawn_blocking(move || {
         let result = reloader.reload();
         (reloader, result)
@@ -217,18 +204,14 @@ async fn apply(
     if let Ok(mut a) = addrs.write() {
         *a = listeners.addrs();
     }
-    tracing::info!(
-        version = snapshot.version,
-        rejected = outcome.rejected.len(),
-        "snapshot applied"
-    );
+    tracing::info!(version = snapshot.version, rejected = outcome.rejected.len(), "snapshot applied");
     version.send_replace(snapshot.version);
 }
 
 /// `wicket validate`: every problem in a config directory, offline.
 pub fn validate(bootstrap: &Bootstrap) -> Result<Vec<config::Diagnostic>, LoadError> {
     let loaded = config::load_dir(&bootstrap.config_dir, &bootstrap.namespace)?;
-    let compiled = snapshot::compile(&loaded.resources, bootstrap);
+    let compiled = snapshot::compile(&loaded.resources, bootstrap, &CertStore::default());
     let mut all = loaded.diagnostics;
     all.extend(compiled.diagnostics);
     Ok(all)

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use wicket::{config::Bootstrap, telemetry::AccessLog};
 
 #[derive(Parser)]
-#[command(
-    name = "wicket",
-    version,
-    about = "A WebAssembly-extensible Istio ingress gateway"
-)]
+#[command(name = "wicket", version, about = "A WebAssembly-extensible Istio ingress gateway")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +35,9 @@ enum Command {
         /// Address listeners bind when a server has no `bind`.
         #[arg(long, default_value = "0.0.0.0")]
         bind_address: std::net::IpAddr,
+        /// Where Gateway `credentialName` secrets live: DIR/<namespace>/<name>/tls.crt, tls.key, ca.crt.
+        #[arg(long, default_value = "credentials")]
+        credentials_dir: PathBuf,
         /// Also serve VirtualServices bound to `mesh` on this port, routed by Host
         /// (a sidecar's outbound listener, without traffic capture).
         #[arg(long)]
@@ -69,9 +68,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -84,54 +81,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate {
-            dir,
-            namespace,
-            labels,
-        } => {
-            let bootstrap = Bootstrap {
-                config_dir: dir.clone(),
-                namespace,
-                labels: parse_map(&labels)?,
-                ..Bootstrap::default()
-            };
-            let diagnostics = wicket::validate(&bootstrap)
-                .with_context(|| format!("reading {}", dir.display()))?;
+        Command::Validate { dir, namespace, labels } => {
+            let bootstrap =
+                Bootstrap { config_dir: dir.clone(), namespace, labels: parse_map(&labels)?, ..Bootstrap::default() };
+            let diagnostics = wicket::validate(&bootstrap).with_context(|| format!("reading {}", dir.display()))?;
             for d in &diagnostics {
                 println!("{d}");
             }
             let errors = diagnostics.iter().filter(|d| d.is_error()).count();
-            println!(
-                "{errors} error(s), {} warning(s)",
-                diagnostics.len() - errors
-            );
-            Ok(if errors > 0 {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            println!("{errors} error(s), {} warning(s)", diagnostics.len() - errors);
+            Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Echo { upstreams } => runtime()?.block_on(async {
             for spec in &upstreams {
                 let (addr, name) = parse_echo(spec)?;
-                let bound = wicket::echo::serve(addr, name.clone())
-                    .await
-                    .with_context(|| format!("binding {addr}"))?;
+                let bound = wicket::echo::serve(addr, name.clone()).await.with_context(|| format!("binding {addr}"))?;
                 tracing::info!(%bound, name, "echo upstream listening");
             }
             shutdown_signal().await;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Run {
-            config,
-            labels,
-            namespace,
-            admin,
-            port_map,
-            bind_address,
-            mesh_port,
-            echo,
-        } => {
+        Command::Run { config, labels, namespace, admin, port_map, bind_address, mesh_port, credentials_dir, echo } => {
             let bootstrap = Bootstrap {
                 config_dir: config.clone(),
                 namespace,
@@ -140,14 +110,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 port_map: parse_port_map(&port_map)?,
                 bind_ip: bind_address,
                 mesh_port,
+                credentials_dir,
                 ..Bootstrap::default()
             };
             runtime()?.block_on(async {
                 for spec in &echo {
                     let (addr, name) = parse_echo(spec)?;
-                    wicket::echo::serve(addr, name)
-                        .await
-                        .with_context(|| format!("binding echo upstream {addr}"))?;
+                    wicket::echo::serve(addr, name).await.with_context(|| format!("binding echo upstream {addr}"))?;
                 }
                 let _gateway = wicket::start_ingress(bootstrap, AccessLog::stdout())
                     .await
@@ -160,10 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
 }
 
 async fn shutdown_signal() {
@@ -188,20 +154,12 @@ fn parse_port_map(s: &str) -> anyhow::Result<BTreeMap<u16, u16>> {
     parse_map(s)?
         .into_iter()
         .map(|(k, v)| {
-            Ok((
-                k.parse().with_context(|| format!("port {k:?}"))?,
-                v.parse().with_context(|| format!("port {v:?}"))?,
-            ))
+            Ok((k.parse().with_context(|| format!("port {k:?}"))?, v.parse().with_context(|| format!("port {v:?}"))?))
         })
         .collect()
 }
 
 fn parse_echo(spec: &str) -> anyhow::Result<(SocketAddr, String)> {
-    let (addr, name) = spec
-        .split_once('=')
-        .with_context(|| format!("{spec:?} is not ADDR=NAME"))?;
-    Ok((
-        addr.parse().with_context(|| format!("address {addr:?}"))?,
-        name.to_string(),
-    ))
+    let (addr, name) = spec.split_once('=').with_context(|| format!("{spec:?} is not ADDR=NAME"))?;
+    Ok((addr.parse().with_context(|| format!("address {addr:?}"))?, name.to_string()))
 }

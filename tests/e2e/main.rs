@@ -6,4 +6,5 @@ mod corpus;
 mod proxying;
 mod reload;
 mod routing;
+mod tls;
 mod upstreams;

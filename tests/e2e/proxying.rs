@@ -24,8 +24,7 @@ fn api(up: &[(&Upstream, &str)], protocol: &str) -> String {
 #[tokio::test]
 async fn retries_on_5xx_then_succeed_with_attempt_count() {
     let up = Upstream::failing_first("api", 2, StatusCode::SERVICE_UNAVAILABLE).await;
-    let rules =
-        "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: api}}]\n";
+    let rules = "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: api}}]\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &api(&[(&up, "v1")], "HTTP"), &vs(rules)])).await;
     let r = gw.get("api.test", "/").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -36,15 +35,11 @@ async fn retries_on_5xx_then_succeed_with_attempt_count() {
 #[tokio::test]
 async fn retry_limit_exceeded_returns_the_last_response_flagged_urx() {
     let up = Upstream::failing_first("api", 100, StatusCode::SERVICE_UNAVAILABLE).await;
-    let rules =
-        "  - retries: {attempts: 2, retryOn: \"503\"}\n    route: [{destination: {host: api}}]\n";
+    let rules = "  - retries: {attempts: 2, retryOn: \"503\"}\n    route: [{destination: {host: api}}]\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &api(&[(&up, "v1")], "HTTP"), &vs(rules)])).await;
-    assert_eq!(
-        gw.get("api.test", "/").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(gw.get("api.test", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(up.hits(), 3);
-    assert_eq!(gw.next_log()["response_flags"], "URX");
+    assert_eq!(gw.next_log().await["response_flags"], "URX");
 }
 
 #[tokio::test]
@@ -56,10 +51,7 @@ async fn without_retry_policy_5xx_is_not_retried() {
         &vs("  - route: [{destination: {host: api}}]\n"),
     ]))
     .await;
-    assert_eq!(
-        gw.get("api.test", "/").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(gw.get("api.test", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(up.hits(), 1);
 }
 
@@ -71,7 +63,7 @@ async fn route_timeout_answers_504_ut() {
     let r = gw.get("api.test", "/delay/5000").await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.body, "upstream request timeout");
-    assert_eq!(gw.next_log()["response_flags"], "UT");
+    assert_eq!(gw.next_log().await["response_flags"], "UT");
 }
 
 #[tokio::test]
@@ -79,21 +71,13 @@ async fn per_try_timeout_retries_on_another_endpoint() {
     let slow = Upstream::slow("slow", Duration::from_secs(30)).await;
     let fast = Upstream::start("fast").await;
     let rules = "  - retries: {attempts: 3, perTryTimeout: 200ms, retryOn: gateway-error}\n    route: [{destination: {host: api}}]\n";
-    let gw = TestGateway::start(&docs(&[
-        GATEWAY,
-        &api(&[(&slow, "v1"), (&fast, "v1")], "HTTP"),
-        &vs(rules),
-    ]))
-    .await;
+    let gw = TestGateway::start(&docs(&[GATEWAY, &api(&[(&slow, "v1"), (&fast, "v1")], "HTTP"), &vs(rules)])).await;
     for _ in 0..6 {
         // Whichever endpoint is tried first, a retry avoids the previous (slow) host.
         let r = gw.get("api.test", "/").await;
         assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "fast"));
     }
-    assert!(
-        slow.hits() > 0,
-        "least-request tried the slow endpoint at least once"
-    );
+    assert!(slow.hits() > 0, "least-request tried the slow endpoint at least once");
 }
 
 #[tokio::test]
@@ -106,20 +90,11 @@ async fn connect_failure_is_503_uf_and_missing_endpoints_503_uh() {
     let gw = TestGateway::start(&docs(&[GATEWAY, &dead, &vs(rules)])).await;
     let r = gw.get("api.test", "/dead").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(gw.next_log()["response_flags"]
-        .as_str()
-        .unwrap()
-        .contains("UF"));
-    assert_eq!(
-        gw.get("api.test", "/empty").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(gw.next_log()["response_flags"], "UH");
-    assert_eq!(
-        gw.get("api.test", "/nowhere").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(gw.next_log()["response_flags"], "NC");
+    assert!(gw.next_log().await["response_flags"].as_str().unwrap().contains("UF"));
+    assert_eq!(gw.get("api.test", "/empty").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(gw.next_log().await["response_flags"], "UH");
+    assert_eq!(gw.get("api.test", "/nowhere").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(gw.next_log().await["response_flags"], "NC");
 }
 
 #[tokio::test]
@@ -128,19 +103,12 @@ async fn mirror_sends_a_shadow_copy_and_the_client_sees_the_primary() {
     let shadow = Upstream::start("shadow").await;
     let reg = docs(&[
         &api(&[(&primary, "v1")], "HTTP"),
-        &service_entry(
-            "shadow.default.svc.cluster.local",
-            80,
-            "HTTP",
-            &[(&shadow, "v1")],
-        ),
+        &service_entry("shadow.default.svc.cluster.local", 80, "HTTP", &[(&shadow, "v1")]),
     ]);
     let rules = "  - route: [{destination: {host: api}}]\n    mirror: {host: shadow}\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(rules)])).await;
-    let req = Request::post("/orders")
-        .header("host", "api.test")
-        .body(Full::new(Bytes::from_static(b"payload")))
-        .unwrap();
+    let req =
+        Request::post("/orders").header("host", "api.test").body(Full::new(Bytes::from_static(b"payload"))).unwrap();
     assert_eq!(gw.send(req).await.body, "primary");
     for _ in 0..200 {
         if shadow.hits() > 0 {
@@ -171,10 +139,7 @@ async fn h2c_downstream_and_grpc_trailers_pass_through() {
     let r = client::send_h2(gw.addr(), "api.test", req).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.trailers.expect("trailers")["grpc-status"], "0");
-    assert_eq!(
-        up.last().headers.get("te").map(|v| v.to_str().unwrap()),
-        Some("trailers")
-    );
+    assert_eq!(up.last().headers.get("te").map(|v| v.to_str().unwrap()), Some("trailers"));
     // Plain HTTP/2 request routed by :authority.
     let r = client::send_h2(gw.addr(), "api.test", client::get("api.test", "/x")).await;
     assert_eq!(r.body, "grpc");
@@ -221,25 +186,12 @@ async fn malformed_requests_get_4xx_and_the_gateway_keeps_serving() {
         }
     };
     assert!(raw(b"GARBAGE\r\n\r\n").await.starts_with("HTTP/1.1 400"));
-    assert!(
-        raw(b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .starts_with("HTTP/1.1 400"),
-        "missing Host"
-    );
-    assert!(
-        raw(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-            .await
-            .starts_with("HTTP/1.1 400"),
-        "repeated Host"
-    );
+    assert!(raw(b"GET / HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 400"), "missing Host");
+    assert!(raw(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").await.starts_with("HTTP/1.1 400"), "repeated Host");
     let huge: &'static [u8] = Box::leak(
-        format!(
-            "GET / HTTP/1.1\r\nHost: api.test\r\nx-big: {}\r\n\r\n",
-            "a".repeat(100_000)
-        )
-        .into_bytes()
-        .into_boxed_slice(),
+        format!("GET / HTTP/1.1\r\nHost: api.test\r\nx-big: {}\r\n\r\n", "a".repeat(100_000))
+            .into_bytes()
+            .into_boxed_slice(),
     );
     assert!(raw(huge).await.starts_with("HTTP/1.1 431"));
     assert_eq!(gw.get("api.test", "/").await.status, StatusCode::OK);
@@ -249,18 +201,10 @@ async fn malformed_requests_get_4xx_and_the_gateway_keeps_serving() {
 async fn retriable_4xx_retries_409_only() {
     let conflict = Upstream::failing_first("api", 1, StatusCode::CONFLICT).await;
     let rules = "  - retries: {attempts: 2, retryOn: retriable-4xx}\n    route: [{destination: {host: api}}]\n";
-    let gw = TestGateway::start(&docs(&[
-        GATEWAY,
-        &api(&[(&conflict, "v1")], "HTTP"),
-        &vs(rules),
-    ]))
-    .await;
+    let gw = TestGateway::start(&docs(&[GATEWAY, &api(&[(&conflict, "v1")], "HTTP"), &vs(rules)])).await;
     assert_eq!(gw.get("api.test", "/").await.status, StatusCode::OK);
     assert_eq!(conflict.hits(), 2);
-    assert_eq!(
-        gw.get("api.test", "/status/404").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(gw.get("api.test", "/status/404").await.status, StatusCode::NOT_FOUND);
     assert_eq!(conflict.hits(), 3, "404 is not retriable");
 }
 
@@ -277,8 +221,7 @@ async fn reset_before_headers_is_retried_on_another_endpoint() {
     });
     let good = Upstream::start("good").await;
     let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api}}\nspec:\n  hosts: [api.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {port}}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n", good.addr.port());
-    let rules =
-        "  - retries: {attempts: 2, retryOn: reset}\n    route: [{destination: {host: api}}]\n";
+    let rules = "  - retries: {attempts: 2, retryOn: reset}\n    route: [{destination: {host: api}}]\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs(rules)])).await;
     for _ in 0..6 {
         assert_eq!(gw.get("api.test", "/").await.body, "good");

@@ -13,10 +13,7 @@ fn vs(name: &str, host: &str, extra: &str) -> String {
 #[tokio::test]
 async fn a_good_change_applies_and_a_bad_one_keeps_the_last_good_version() {
     let up = Upstream::start("api").await;
-    let base = docs(&[
-        GATEWAY,
-        &service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]),
-    ]);
+    let base = docs(&[GATEWAY, &service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")])]);
     let mut gw = TestGateway::start(&base).await;
     assert_eq!(gw.get("a.test", "/").await.status, StatusCode::NOT_FOUND);
 
@@ -24,11 +21,7 @@ async fn a_good_change_applies_and_a_bad_one_keeps_the_last_good_version() {
     assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);
 
     // A typo rejects this VirtualService alone; its last good version keeps serving.
-    gw.write(
-        "a.yaml",
-        &vs("a", "a.test", "retries: {attempts: 2, retryon: 5xx}\n    "),
-    )
-    .await;
+    gw.write("a.yaml", &vs("a", "a.test", "retries: {attempts: 2, retryon: 5xx}\n    ")).await;
     assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);
     let snapshot = gw.gateway.snapshot();
     let d = snapshot
@@ -38,9 +31,7 @@ async fn a_good_change_applies_and_a_bad_one_keeps_the_last_good_version() {
         .find(|d| d.contains("retryon"))
         .expect("the typo is reported");
     assert!(
-        d.contains("a.yaml:")
-            && d.contains("VirtualService/default/a")
-            && d.contains("did you mean `retryOn`"),
+        d.contains("a.yaml:") && d.contains("VirtualService/default/a") && d.contains("did you mean `retryOn`"),
         "{d}"
     );
 
@@ -79,8 +70,5 @@ async fn listeners_open_and_close_with_gateway_servers() {
     assert_eq!(r.status, StatusCode::OK);
     gw.write("config.yaml", &base).await;
     assert!(gw.gateway.listener_addr(8080).is_none());
-    assert!(
-        tokio::net::TcpStream::connect(extra).await.is_err(),
-        "port 8080 closed"
-    );
+    assert!(tokio::net::TcpStream::connect(extra).await.is_err(), "port 8080 closed");
 }

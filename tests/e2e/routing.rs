@@ -14,12 +14,7 @@ async fn two_versions() -> (Upstream, Upstream, String) {
     let v1 = Upstream::start("v1").await;
     let v2 = Upstream::start("v2").await;
     let reg = docs(&[
-        &service_entry(
-            "shop.default.svc.cluster.local",
-            80,
-            "HTTP",
-            &[(&v1, "v1"), (&v2, "v2")],
-        ),
+        &service_entry("shop.default.svc.cluster.local", 80, "HTTP", &[(&v1, "v1"), (&v2, "v2")]),
         &subsets("shop", &["v1", "v2"]),
     ]);
     (v1, v2, reg)
@@ -39,25 +34,16 @@ async fn uri_exact_prefix_regex_and_no_match_404() {
     let rules = "  - match: [{uri: {exact: /exact}}]\n    route: [{destination: {host: shop, subset: v1}}]\n  - match: [{uri: {regex: '/items/[0-9]+'}}]\n    route: [{destination: {host: shop, subset: v2}}]\n  - match: [{uri: {prefix: /api}, ignoreUriCase: true}]\n    route: [{destination: {host: shop, subset: v1}}]\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(rules)])).await;
     assert_eq!(gw.get("shop.test", "/exact").await.body, "v1");
-    assert_eq!(
-        gw.get("shop.test", "/exact/more").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(gw.get("shop.test", "/exact/more").await.status, StatusCode::NOT_FOUND);
     assert_eq!(gw.get("shop.test", "/items/42").await.body, "v2");
     // Regex is a full match.
-    assert_eq!(
-        gw.get("shop.test", "/items/42/x").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(gw.get("shop.test", "/items/42/x").await.status, StatusCode::NOT_FOUND);
     // Prefix is a raw string prefix, case-insensitive here.
     assert_eq!(gw.get("shop.test", "/APIX").await.body, "v1");
     let not_found = gw.get("shop.test", "/nothing").await;
     assert_eq!(not_found.status, StatusCode::NOT_FOUND);
     // Unknown host: no virtual host.
-    assert_eq!(
-        gw.get("other.test", "/exact").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(gw.get("other.test", "/exact").await.status, StatusCode::NOT_FOUND);
     let logs = gw.access_log();
     assert!(logs.iter().any(|l| l["response_flags"] == "NR"), "{logs:?}");
 }
@@ -67,24 +53,15 @@ async fn headers_without_headers_query_params_method_and_port_in_host() {
     let (_v1, _v2, reg) = two_versions().await;
     let rules = "  - match: [{headers: {end-user: {exact: jason}}, method: {exact: GET}}]\n    route: [{destination: {host: shop, subset: v2}}]\n  - match: [{queryParams: {beta: {exact: \"\"}}}]\n    route: [{destination: {host: shop, subset: v2}}]\n  - match: [{withoutHeaders: {x-block: {}}}]\n    route: [{destination: {host: shop, subset: v1}}]\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(rules)])).await;
-    let jason = Request::get("/")
-        .header("host", "shop.test:80")
-        .header("end-user", "jason")
-        .body(Default::default())
-        .unwrap();
+    let jason =
+        Request::get("/").header("host", "shop.test:80").header("end-user", "jason").body(Default::default()).unwrap();
     assert_eq!(gw.send(jason).await.body, "v2");
-    let post = Request::post("/")
-        .header("host", "shop.test")
-        .header("end-user", "jason")
-        .body(Default::default())
-        .unwrap();
+    let post =
+        Request::post("/").header("host", "shop.test").header("end-user", "jason").body(Default::default()).unwrap();
     assert_eq!(gw.send(post).await.body, "v1");
     assert_eq!(gw.get("shop.test", "/?beta").await.body, "v2");
-    let blocked = Request::get("/")
-        .header("host", "shop.test")
-        .header("x-block", "1")
-        .body(Default::default())
-        .unwrap();
+    let blocked =
+        Request::get("/").header("host", "shop.test").header("x-block", "1").body(Default::default()).unwrap();
     assert_eq!(gw.send(blocked).await.status, StatusCode::NOT_FOUND);
 }
 
@@ -130,10 +107,7 @@ async fn header_operations_and_proxy_headers() {
     assert_eq!(h["x-tag"], "edge");
     assert_eq!(h["x-dest"], "one");
     assert!(h.get("x-debug").is_none());
-    assert!(
-        h.get("x-secret").is_none(),
-        "headers named by Connection are hop-by-hop"
-    );
+    assert!(h.get("x-secret").is_none(), "headers named by Connection are hop-by-hop");
     assert_eq!(h["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["host"], "shop.test");
@@ -167,10 +141,7 @@ async fn cors_preflight_is_answered_and_actual_responses_get_headers() {
         .unwrap();
     let r = gw.send(pre).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("http://foo.example")
-    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("http://foo.example"));
     assert_eq!(r.header("access-control-allow-methods"), Some("POST,GET"));
     assert_eq!(r.header("access-control-max-age"), Some("86400"));
     assert_eq!(v1.hits(), 0, "the preflight never reaches the upstream");
@@ -187,10 +158,7 @@ async fn cors_preflight_is_answered_and_actual_responses_get_headers() {
         .header("origin", "http://evil.example")
         .body(Default::default())
         .unwrap();
-    assert_eq!(
-        gw.send(other).await.header("access-control-allow-origin"),
-        None
-    );
+    assert_eq!(gw.send(other).await.header("access-control-allow-origin"), None);
 }
 
 #[tokio::test]
@@ -199,13 +167,10 @@ async fn fault_abort_and_delay_are_flagged() {
     let rules = "  - match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 555, percentage: {value: 100}}}\n    route: [{destination: {host: shop, subset: v1}}]\n  - match: [{uri: {prefix: /delay}}]\n    fault: {delay: {fixedDelay: 50ms, percentage: {value: 100}}}\n    route: [{destination: {host: shop, subset: v1}}]\n  - match: [{uri: {prefix: /never}}]\n    fault: {abort: {httpStatus: 503}}\n    route: [{destination: {host: shop, subset: v1}}]\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(rules)])).await;
     let r = gw.get("shop.test", "/abort").await;
-    assert_eq!(
-        (r.status.as_u16(), r.body.as_str()),
-        (555, "fault filter abort")
-    );
-    assert_eq!(gw.next_log()["response_flags"], "FI");
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (555, "fault filter abort"));
+    assert_eq!(gw.next_log().await["response_flags"], "FI");
     assert_eq!(gw.get("shop.test", "/delay").await.body, "v1");
-    assert_eq!(gw.next_log()["response_flags"], "DI");
+    assert_eq!(gw.next_log().await["response_flags"], "DI");
     // No percentage: no request is affected.
     assert_eq!(gw.get("shop.test", "/never").await.body, "v1");
     assert_eq!(v1.hits(), 2);
@@ -227,15 +192,9 @@ async fn redirect_scheme_port_and_authority() {
     let rules = "  - match: [{uri: {prefix: /secure}}]\n    redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}\n  - match: [{uri: {prefix: /elsewhere}}]\n    redirect: {authority: other.test, port: 9000, redirectCode: 308}\n  - match: [{uri: {prefix: /pfx/}}]\n    redirect: {prefixRewrite: /new/}\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(rules)])).await;
     let r = gw.get("shop.test", "/secure/a").await;
-    assert_eq!(
-        (r.status.as_u16(), r.header("location")),
-        (301, Some("https://shop.test:80/secure/a"))
-    );
+    assert_eq!((r.status.as_u16(), r.header("location")), (301, Some("https://shop.test:80/secure/a")));
     let r = gw.get("shop.test", "/elsewhere").await;
-    assert_eq!(
-        (r.status.as_u16(), r.header("location")),
-        (308, Some("http://other.test:9000/elsewhere"))
-    );
+    assert_eq!((r.status.as_u16(), r.header("location")), (308, Some("http://other.test:9000/elsewhere")));
     let r = gw.get("shop.test", "/pfx/x/y").await;
     assert_eq!(r.header("location"), Some("http://shop.test/new/x/y"));
 }

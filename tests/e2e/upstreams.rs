@@ -53,12 +53,7 @@ async fn round_robin_alternates_endpoints() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: rr}\nspec:\n  host: api\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n";
-    let se = service_entry(
-        "api.default.svc.cluster.local",
-        80,
-        "HTTP",
-        &[(&a, "v1"), (&b, "v1")],
-    );
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&a, "v1"), (&b, "v1")]);
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, dr, &vs("r.test", "api")])).await;
     let mut bodies = Vec::new();
     for _ in 0..6 {
@@ -104,9 +99,7 @@ async fn match_port_and_gateways_select_blocks_at_config_time() {
     let rules = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: p}\nspec:\n  hosts: [p.test]\n  gateways: [gw]\n  http:\n  - match: [{port: 8080}]\n    route: [{destination: {host: b}}]\n  - match: [{gateways: [mesh]}]\n    route: [{destination: {host: b}}]\n  - route: [{destination: {host: a}}]\n";
     let gw = TestGateway::start(&docs(&[two_ports, &reg, rules])).await;
     assert_eq!(gw.get("p.test", "/").await.body, "a");
-    let alt =
-        wicket_tests::client::send(gw.addr_of(8080), wicket_tests::client::get("p.test", "/"))
-            .await;
+    let alt = wicket_tests::client::send(gw.addr_of(8080), wicket_tests::client::get("p.test", "/")).await;
     assert_eq!(alt.body, "b");
 }
 
@@ -118,55 +111,34 @@ async fn an_upstream_reset_mid_response_ends_that_stream_alone() {
         while let Ok((mut s, _)) = listener.accept().await {
             let mut buf = [0u8; 4096];
             let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
-                .await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
             drop(s);
         }
     });
     let ok = Upstream::start("ok").await;
     let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: cut}}\nspec:\n  hosts: [cut.example]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n");
-    let reg = docs(&[
-        &se,
-        &service_entry("ok.default.svc.cluster.local", 80, "HTTP", &[(&ok, "v1")]),
-    ]);
-    let gw = TestGateway::start(&docs(&[
-        GATEWAY,
-        &reg,
-        &vs("cut.test", "cut.example"),
-        &vs("ok.test", "ok"),
-    ]))
-    .await;
+    let reg = docs(&[&se, &service_entry("ok.default.svc.cluster.local", 80, "HTTP", &[(&ok, "v1")])]);
+    let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs("cut.test", "cut.example"), &vs("ok.test", "ok")])).await;
 
     // One HTTP/2 connection carries both streams: the cut one fails, the other is fine.
     let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = |host: &str| {
-        Request::get(format!("http://{host}/"))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap()
+        Request::get(format!("http://{host}/")).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()
     };
     let mut s1 = sender.clone();
     let cut = s1.send_request(req("cut.test")).await.unwrap();
     assert_eq!(cut.status(), StatusCode::OK);
-    assert!(
-        cut.into_body().collect().await.is_err(),
-        "the truncated body is an error, not a short success"
-    );
+    assert!(cut.into_body().collect().await.is_err(), "the truncated body is an error, not a short success");
     let mut s2 = sender.clone();
     let fine = s2.send_request(req("ok.test")).await.unwrap();
     assert_eq!(fine.into_body().collect().await.unwrap().to_bytes(), "ok");
-    let flags: Vec<String> = gw
-        .access_log()
-        .iter()
-        .map(|l| l["response_flags"].as_str().unwrap().to_string())
-        .collect();
+    let flags: Vec<String> =
+        gw.access_log().iter().map(|l| l["response_flags"].as_str().unwrap().to_string()).collect();
     assert!(flags.contains(&"UC".to_string()), "{flags:?}");
 }
 
@@ -180,15 +152,11 @@ async fn requests_in_flight_finish_on_the_snapshot_they_started_on() {
     ]);
     let mut gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs("f.test", "old")])).await;
     let addr = gw.addr();
-    let slow = tokio::spawn(wicket_tests::client::send(
-        addr,
-        wicket_tests::client::get("f.test", "/delay/700"),
-    ));
+    let slow = tokio::spawn(wicket_tests::client::send(addr, wicket_tests::client::get("f.test", "/delay/700")));
     while old.hits() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    gw.write("config.yaml", &docs(&[GATEWAY, &reg, &vs("f.test", "new")]))
-        .await;
+    gw.write("config.yaml", &docs(&[GATEWAY, &reg, &vs("f.test", "new")])).await;
     assert_eq!(gw.get("f.test", "/").await.body, "new");
     assert_eq!(slow.await.unwrap().body, "old");
 }
@@ -198,27 +166,14 @@ async fn request_ids_pass_through_and_http_1_0_is_refused() {
     let up = Upstream::start("api").await;
     let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs("i.test", "api")])).await;
-    let req = Request::get("/")
-        .header("host", "i.test")
-        .header("x-request-id", "abc-123")
-        .body(Default::default())
-        .unwrap();
+    let req =
+        Request::get("/").header("host", "i.test").header("x-request-id", "abc-123").body(Default::default()).unwrap();
     gw.send(req).await;
     assert_eq!(up.last().headers["x-request-id"], "abc-123");
-    assert_eq!(gw.next_log()["request_id"], "abc-123");
+    assert_eq!(gw.next_log().await["request_id"], "abc-123");
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: i.test\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: i.test\r\n\r\n").await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out),
-    )
-    .await;
-    assert!(
-        String::from_utf8_lossy(&out).starts_with("HTTP/1.0 426"),
-        "{}",
-        String::from_utf8_lossy(&out)
-    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.0 426"), "{}", String::from_utf8_lossy(&out));
 }

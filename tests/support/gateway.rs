@@ -51,7 +51,7 @@ impl TestGateway {
         let mut bootstrap = Bootstrap {
             config_dir: dir.path().to_path_buf(),
             admin: Some("127.0.0.1:0".parse().unwrap()),
-            port_map: BTreeMap::from([(80, 0), (8080, 0), (MESH_PORT, 0)]),
+            port_map: BTreeMap::from([(80, 0), (443, 0), (8080, 0), (8443, 0), (9000, 0), (MESH_PORT, 0)]),
             bind_ip: "127.0.0.1".parse().unwrap(),
             ..Bootstrap::default()
         };
@@ -59,12 +59,7 @@ impl TestGateway {
         let (log, logs) = AccessLog::channel();
         let gateway = wicket::start_ingress(bootstrap, log).await.unwrap();
         let version = gateway.snapshot().version;
-        Self {
-            gateway,
-            dir,
-            logs,
-            version,
-        }
+        Self { gateway, dir, logs, version }
     }
 
     /// The config directory.
@@ -110,30 +105,26 @@ impl TestGateway {
 
     /// Waits for the next snapshot (generous limit; never asserts on time).
     pub async fn wait_for_reload(&mut self) -> u64 {
-        let next = tokio::time::timeout(
-            Duration::from_secs(30),
-            self.gateway.wait_for_version_after(self.version),
-        )
-        .await
-        .expect("the gateway reloads");
+        let next = tokio::time::timeout(Duration::from_secs(30), self.gateway.wait_for_version_after(self.version))
+            .await
+            .expect("the gateway reloads");
         self.version = next;
         next
     }
 
     /// The access log lines written so far, parsed.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
-        self.logs
-            .try_iter()
-            .map(|l| serde_json::from_str(&l).unwrap())
-            .collect()
+        self.logs.try_iter().map(|l| serde_json::from_str(&l).unwrap()).collect()
     }
 
-    /// Waits for the next access log line.
-    pub fn next_log(&self) -> serde_json::Value {
-        let line = self
-            .logs
-            .recv_timeout(Duration::from_secs(10))
-            .expect("an access log line");
-        serde_json::from_str(&line).unwrap()
+    /// Waits for the next access log line (without blocking the runtime).
+    pub async fn next_log(&self) -> serde_json::Value {
+        for _ in 0..1000 {
+            if let Ok(line) = self.logs.try_recv() {
+                return serde_json::from_str(&line).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no access log line within 10s");
     }
 }

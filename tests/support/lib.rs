@@ -6,9 +6,11 @@
 
 pub mod client;
 pub mod gateway;
+pub mod pki;
 pub mod upstream;
 pub mod yaml;
 
 pub use client::Resp;
 pub use gateway::TestGateway;
+pub use pki::Pki;
 pub use upstream::Upstream;

@@ -80,11 +80,7 @@ impl Upstream {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
-                        async move {
-                            Ok::<_, Infallible>(
-                                answer(req, &name, &hits, &seen, (n, status, delay)).await,
-                            )
-                        }
+                        async move { Ok::<_, Infallible>(answer(req, &name, &hits, &seen, (n, status, delay)).await) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -124,16 +120,8 @@ async fn answer(
     let (n, status, delay) = behaviour;
     let count = hits.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(delay).await;
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    if req
-        .headers()
-        .get("upgrade")
-        .is_some_and(|v| v == "websocket")
-    {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(io) = upgrade.await {
@@ -154,19 +142,10 @@ async fn answer(
             .unwrap();
     }
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let authority = match parts.uri.authority() {
         Some(a) => a.to_string(),
-        None => parts
-            .headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
+        None => parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string(),
     };
     seen.lock().unwrap().push(Recorded {
         method: parts.method.to_string(),
@@ -181,19 +160,14 @@ async fn answer(
     if path == "/grpc" {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
-        let frames = vec![
-            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
-            Ok(Frame::trailers(trailers)),
-        ];
+        let frames =
+            vec![Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))), Ok(Frame::trailers(trailers))];
         return Response::builder()
             .header("content-type", "application/grpc")
             .body(StreamBody::new(futures_stream(frames)).boxed())
             .unwrap();
     }
-    let code = match path
-        .strip_prefix("/status/")
-        .and_then(|v| v.parse::<u16>().ok())
-    {
+    let code = match path.strip_prefix("/status/").and_then(|v| v.parse::<u16>().ok()) {
         Some(c) => StatusCode::from_u16(c).unwrap(),
         None if count < n => status,
         None => StatusCode::OK,
@@ -209,10 +183,7 @@ fn futures_stream<T: Send + 'static>(items: Vec<T>) -> impl futures_core::Stream
     struct Iter<T>(std::vec::IntoIter<T>);
     impl<T> futures_core::Stream for Iter<T> {
         type Item = T;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<T>> {
+        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
             std::task::Poll::Ready(self.0.next())
         }
     }

@@ -16,12 +16,7 @@ spec:
 
 /// A STATIC ServiceEntry for `host` on service port `port` (protocol `protocol`), with
 /// one endpoint per upstream carrying `version: <label>`.
-pub fn service_entry(
-    host: &str,
-    port: u16,
-    protocol: &str,
-    endpoints: &[(&Upstream, &str)],
-) -> String {
+pub fn service_entry(host: &str, port: u16, protocol: &str, endpoints: &[(&Upstream, &str)]) -> String {
     let mut out = format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se-{}, namespace: default}}\nspec:\n  hosts: [{host}]\n  resolution: STATIC\n  ports:\n  - {{number: {port}, name: http, protocol: {protocol}}}\n  endpoints:\n",
         host.replace('.', "-")

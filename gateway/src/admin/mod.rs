@@ -46,9 +46,7 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Socke
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(route(&state, &req)) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -58,10 +56,7 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Socke
 fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
         "/ready" if state.ready.load(Ordering::Acquire) => (StatusCode::OK, "LIVE\n".to_string()),
-        "/ready" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "PRE_INITIALIZING\n".to_string(),
-        ),
+        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n".to_string()),
         "/healthz" => (StatusCode::OK, "OK\n".to_string()),
         "/config_dump" => (StatusCode::OK, config_dump(&state.snapshot)),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
@@ -76,10 +71,7 @@ fn config_dump(handle: &SnapshotHandle) -> String {
     let listeners: Vec<u16> = s.listeners.iter().map(|l| l.port).collect();
     let clusters: Vec<String> = s.clusters.iter().map(|c| c.name.to_string()).collect();
     let diagnostics: Vec<String> = s.diagnostics.iter().map(ToString::to_string).collect();
-    let created = s
-        .created
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs());
+    let created = s.created.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
     serde_json::json!({
         "version": s.version,
         "created_unix": created,

@@ -25,6 +25,8 @@ pub struct Bootstrap {
     pub domain_suffix: String,
     /// Port of the mesh (outbound) listener serving VirtualServices bound to `mesh`.
     pub mesh_port: Option<u16>,
+    /// Where `credentialName` secrets are read: `<dir>/<namespace>/<name>/tls.crt`.
+    pub credentials_dir: PathBuf,
 }
 
 impl Default for Bootstrap {
@@ -38,6 +40,7 @@ impl Default for Bootstrap {
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             domain_suffix: "cluster.local".into(),
             mesh_port: None,
+            credentials_dir: PathBuf::from("credentials"),
         }
     }
 }
@@ -47,8 +50,7 @@ impl Bootstrap {
     /// `host.<namespace>.svc.<suffix>`; `*`, IPs and dotted names stay as written.
     pub fn fqdn(&self, host: &str, namespace: &str) -> String {
         let host = host.to_ascii_lowercase();
-        if host == "*" || host.contains('.') || host.contains(':') || host.parse::<IpAddr>().is_ok()
-        {
+        if host == "*" || host.contains('.') || host.contains(':') || host.parse::<IpAddr>().is_ok() {
             return host;
         }
         format!("{host}.{namespace}.svc.{}", self.domain_suffix)

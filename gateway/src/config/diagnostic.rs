@@ -52,10 +52,7 @@ impl Diagnostic {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Self {
-            severity: Severity::Warning,
-            ..Self::error(origin, resource, field, message)
-        }
+        Self { severity: Severity::Warning, ..Self::error(origin, resource, field, message) }
     }
 
     /// True for errors.
@@ -75,11 +72,7 @@ impl fmt::Display for Diagnostic {
             Some(r) => write!(f, "{r}: ")?,
             None => f.write_str("-: ")?,
         }
-        let field = if self.field.is_empty() {
-            "-"
-        } else {
-            &self.field
-        };
+        let field = if self.field.is_empty() { "-" } else { &self.field };
         write!(f, "{field}: {level}: {}", self.message)
     }
 }

@@ -26,12 +26,8 @@ impl GoDuration {
                 .find(|c: char| !(c.is_ascii_digit() || c == '.'))
                 .ok_or_else(|| format!("duration {s:?} is missing a unit (e.g. \"5s\")"))?;
             let (num, tail) = rest.split_at(num_len);
-            let value: f64 = num
-                .parse()
-                .map_err(|_| format!("duration {s:?} has an invalid number {num:?}"))?;
-            let unit_len = tail
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(tail.len());
+            let value: f64 = num.parse().map_err(|_| format!("duration {s:?} has an invalid number {num:?}"))?;
+            let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
             let (unit, next) = tail.split_at(unit_len);
             let secs_per_unit = match unit {
                 "ns" => 1e-9,
@@ -40,18 +36,12 @@ impl GoDuration {
                 "s" => 1.0,
                 "m" => 60.0,
                 "h" => 3600.0,
-                _ => {
-                    return Err(format!(
-                        "duration {s:?} has an unknown unit {unit:?} (use ns, us, ms, s, m or h)"
-                    ))
-                }
+                _ => return Err(format!("duration {s:?} has an unknown unit {unit:?} (use ns, us, ms, s, m or h)")),
             };
             total += value * secs_per_unit;
             rest = next;
         }
-        Duration::try_from_secs_f64(total)
-            .map(Self)
-            .map_err(|_| format!("duration {s:?} is out of range"))
+        Duration::try_from_secs_f64(total).map(Self).map_err(|_| format!("duration {s:?} is out of range"))
     }
 }
 

@@ -52,17 +52,11 @@ pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
     let mut warned_kinds = BTreeSet::new();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io {
-            path: file.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
         std::hash::Hash::hash(&(&file, &text), &mut hasher);
         let file: Arc<Path> = file.into();
         for (line, doc) in split_documents(&text) {
-            let origin = Origin {
-                file: file.clone(),
-                line,
-            };
+            let origin = Origin { file: file.clone(), line };
             load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds);
         }
     }
@@ -71,25 +65,16 @@ pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
 }
 
 fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let io_err = |source| LoadError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io_err = |source| LoadError::Io { path: dir.to_path_buf(), source };
     for entry in std::fs::read_dir(dir).map_err(io_err)? {
         let path = entry.map_err(io_err)?.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue;
         }
         if path.is_dir() {
             collect_yaml_files(&path, out)?;
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
             out.push(path);
         }
     }
@@ -142,19 +127,10 @@ struct Document<T> {
     _status: Option<serde::de::IgnoredAny>,
 }
 
-fn load_document(
-    doc: &str,
-    origin: Origin,
-    namespace: &str,
-    loaded: &mut Loaded,
-    warned_kinds: &mut BTreeSet<String>,
-) {
+fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded, warned_kinds: &mut BTreeSet<String>) {
     let doc_diag = |origin: &Origin, line: Option<usize>, message: String| Diagnostic {
         severity: Severity::Error,
-        origin: Origin {
-            file: origin.file.clone(),
-            line: line.map_or(origin.line, |l| origin.line + l - 1),
-        },
+        origin: Origin { file: origin.file.clone(), line: line.map_or(origin.line, |l| origin.line + l - 1) },
         resource: None,
         field: String::new(),
         message,
@@ -173,11 +149,7 @@ fn load_document(
     };
     let Some(header) = header else { return }; // empty document
     let (Some(api_version), Some(kind)) = (header.api_version, header.kind) else {
-        loaded.diagnostics.push(doc_diag(
-            &origin,
-            None,
-            "document has no apiVersion or kind".into(),
-        ));
+        loaded.diagnostics.push(doc_diag(&origin, None, "document has no apiVersion or kind".into()));
         return;
     };
     let group = api_version.split('/').next().unwrap_or_default();
@@ -191,11 +163,7 @@ fn load_document(
     };
     let Some(kind_id) = known else {
         if warned_kinds.insert(kind.clone()) {
-            let mut d = doc_diag(
-                &origin,
-                None,
-                format!("kind {kind} ({api_version}) is not supported yet; ignored"),
-            );
+            let mut d = doc_diag(&origin, None, format!("kind {kind} ({api_version}) is not supported yet; ignored"));
             d.severity = Severity::Warning;
             loaded.diagnostics.push(d);
         }
@@ -204,61 +172,30 @@ fn load_document(
     let meta = header.metadata.unwrap_or_default();
     let id = ResourceRef {
         kind: kind_id,
-        namespace: meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| namespace.to_string()),
+        namespace: meta.namespace.clone().unwrap_or_else(|| namespace.to_string()),
         name: meta.name.clone(),
     };
-    let version = api_version
-        .split_once('/')
-        .map(|(_, v)| v)
-        .unwrap_or_default();
+    let version = api_version.split_once('/').map(|(_, v)| v).unwrap_or_default();
     if !matches!(version, "v1" | "v1beta1" | "v1alpha3") {
-        let msg = format!(
-            "apiVersion {api_version} is not a known version of {kind} (v1, v1beta1, v1alpha3)"
-        );
-        loaded
-            .diagnostics
-            .push(Diagnostic::warning(&origin, &id, "apiVersion", msg));
+        let msg = format!("apiVersion {api_version} is not a known version of {kind} (v1, v1beta1, v1alpha3)");
+        loaded.diagnostics.push(Diagnostic::warning(&origin, &id, "apiVersion", msg));
     }
     if id.name.is_empty() {
-        loaded.diagnostics.push(Diagnostic::error(
-            &origin,
-            &id,
-            "metadata.name",
-            "missing name",
-        ));
+        loaded.diagnostics.push(Diagnostic::error(&origin, &id, "metadata.name", "missing name"));
         return;
     }
     let spec = match kind_id {
         Kind::Gateway => parse_spec::<istio::Gateway>(doc).map(Spec::Gateway),
         Kind::VirtualService => parse_spec::<istio::VirtualService>(doc).map(Spec::VirtualService),
-        Kind::DestinationRule => {
-            parse_spec::<istio::DestinationRule>(doc).map(Spec::DestinationRule)
-        }
+        Kind::DestinationRule => parse_spec::<istio::DestinationRule>(doc).map(Spec::DestinationRule),
         Kind::ServiceEntry => parse_spec::<istio::ServiceEntry>(doc).map(Spec::ServiceEntry),
         Kind::WorkloadEntry => parse_spec::<istio::WorkloadEntry>(doc).map(Spec::WorkloadEntry),
     };
     match spec {
-        Ok(spec) => loaded.resources.push(Resource {
-            id,
-            origin,
-            meta,
-            spec,
-        }),
-        Err(SpecError {
-            line,
-            field,
-            message,
-        }) => {
-            let at = Origin {
-                file: origin.file.clone(),
-                line: line.map_or(origin.line, |l| origin.line + l - 1),
-            };
-            loaded
-                .diagnostics
-                .push(Diagnostic::error(&at, &id, field, message));
+        Ok(spec) => loaded.resources.push(Resource { id, origin, meta, spec }),
+        Err(SpecError { line, field, message }) => {
+            let at = Origin { file: origin.file.clone(), line: line.map_or(origin.line, |l| origin.line + l - 1) };
+            loaded.diagnostics.push(Diagnostic::error(&at, &id, field, message));
             loaded.rejected.push(id);
         }
     }
@@ -285,11 +222,7 @@ fn parse_spec<T: DeserializeOwned + Default>(doc: &str) -> Result<T, SpecError> 
             }
             let message = with_suggestion(&message);
             let field = if field == "." { String::new() } else { field };
-            Err(SpecError {
-                line,
-                field,
-                message,
-            })
+            Err(SpecError { line, field, message })
         }
     }
 }
@@ -338,19 +271,13 @@ mod tests {
     fn splits_documents_keeping_line_numbers() {
         let text = "a: 1\n---\nb: 2\nc: 3\n--- \n---\nd: 4\n";
         let docs = split_documents(text);
-        assert_eq!(
-            docs,
-            vec![(1, "a: 1\n"), (3, "b: 2\nc: 3\n"), (6, ""), (7, "d: 4\n")]
-        );
+        assert_eq!(docs, vec![(1, "a: 1\n"), (3, "b: 2\nc: 3\n"), (6, ""), (7, "d: 4\n")]);
     }
 
     #[test]
     fn suggests_the_closest_field() {
         let msg = "unknown field `retryon`, expected one of `attempts`, `perTryTimeout`, `retryOn`";
-        assert_eq!(
-            with_suggestion(msg),
-            "unknown field `retryon`; did you mean `retryOn`?"
-        );
+        assert_eq!(with_suggestion(msg), "unknown field `retryon`; did you mean `retryOn`?");
         let far = "unknown field `zzzzzz`, expected one of `attempts`, `retryOn`";
         assert_eq!(with_suggestion(far), far);
     }
@@ -369,10 +296,7 @@ mod tests {
         assert!(loaded.resources.is_empty());
         let d = &loaded.diagnostics[0];
         let text = d.to_string();
-        assert!(
-            text.contains("c.yaml:10: VirtualService/default/r: spec.http[0].retries"),
-            "{text}"
-        );
+        assert!(text.contains("c.yaml:10: VirtualService/default/r: spec.http[0].retries"), "{text}");
         assert!(text.contains("did you mean `retryOn`"), "{text}");
     }
 

@@ -1,6 +1,12 @@
 //! Listeners: the accept loops for the ports the snapshot asks for, reconciled after
-//! every reload (new ports opened, removed ports closed), each connection served as
-//! HTTP/1.1 or h2c by hyper and handed to `pipeline::handle`.
+//! every reload (new ports opened, removed ports closed). Each connection is handled
+//! by what its port serves in the current snapshot: plaintext HTTP, TLS chosen by SNI
+//! (terminated to HTTP or TCP, or passed through), or opaque TCP.
+
+pub mod certs;
+pub mod client_hello;
+mod l4;
+pub mod tls;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,12 +22,17 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
 use tracing::Instrument;
 
+use self::client_hello::Prefixed;
 use crate::{
     pipeline::{self, ConnInfo, Proxy},
-    snapshot::ListenerSpec,
+    snapshot::{select_chain, ChainAction, ListenerSpec, PortPlan},
 };
 
 /// HTTP/1 request head limit (Envoy `max_request_headers_kb` 60 plus framing).
@@ -44,18 +55,13 @@ pub struct Listeners {
 impl Listeners {
     /// No listener open yet.
     pub fn new(proxy: Arc<Proxy>, port_map: BTreeMap<u16, u16>) -> Self {
-        Self {
-            proxy,
-            port_map,
-            open: HashMap::new(),
-        }
+        Self { proxy, port_map, open: HashMap::new() }
     }
 
     /// Opens the listeners `specs` has and we lack, closes those it no longer has.
     /// Returns the ports that could not be bound, with why.
     pub async fn reconcile(&mut self, specs: &[ListenerSpec]) -> Vec<(u16, io::Error)> {
-        let wanted: HashMap<(IpAddr, u16), &ListenerSpec> =
-            specs.iter().map(|s| ((s.bind, s.port), s)).collect();
+        let wanted: HashMap<(IpAddr, u16), &ListenerSpec> = specs.iter().map(|s| ((s.bind, s.port), s)).collect();
         self.open.retain(|key, open| {
             let keep = wanted.contains_key(key);
             if !keep {
@@ -72,14 +78,10 @@ impl Listeners {
             let bind_port = self.port_map.get(&spec.port).copied().unwrap_or(spec.port);
             match TcpListener::bind(SocketAddr::new(spec.bind, bind_port)).await {
                 Ok(listener) => {
-                    let local = listener
-                        .local_addr()
-                        .unwrap_or(SocketAddr::new(spec.bind, bind_port));
+                    let local = listener.local_addr().unwrap_or(SocketAddr::new(spec.bind, bind_port));
                     tracing::info!(port = spec.port, addr = %local, "listener bound");
                     let span = tracing::info_span!("listener", port = spec.port, addr = %local);
-                    let task = tokio::spawn(
-                        accept_loop(listener, self.proxy.clone(), spec.port).instrument(span),
-                    );
+                    let task = tokio::spawn(accept_loop(listener, self.proxy.clone(), spec.port).instrument(span));
                     self.open.insert(key, Open { local, task });
                 }
                 Err(e) => {
@@ -93,10 +95,7 @@ impl Listeners {
 
     /// Bound address of each open listener, by the port written in the Gateway.
     pub fn addrs(&self) -> HashMap<u16, SocketAddr> {
-        self.open
-            .iter()
-            .map(|((_, port), o)| (*port, o.local))
-            .collect()
+        self.open.iter().map(|((_, port), o)| (*port, o.local)).collect()
     }
 }
 
@@ -108,19 +107,17 @@ impl Drop for Listeners {
     }
 }
 
+/// Bound on reading the ClientHello and completing a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16) {
     let builder = Arc::new(server_builder());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let conn = Arc::new(ConnInfo {
-                    peer,
-                    port,
-                    scheme: "http",
-                });
                 let span = tracing::debug_span!("conn", peer.addr = %peer);
-                tokio::spawn(serve(stream, conn, proxy.clone(), builder.clone()).instrument(span));
+                tokio::spawn(connection(stream, peer, port, proxy.clone(), builder.clone()).instrument(span));
             }
             Err(e) => {
                 // Out of file descriptors and the like: log, breathe, go on.
@@ -131,21 +128,81 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16) {
     }
 }
 
+/// Serves one connection according to what its port serves right now.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    let snapshot = proxy.snapshot.current();
+    let plain = |sni| Arc::new(ConnInfo { peer, port, scheme: "http", sni });
+    match snapshot.ports.get(&port) {
+        None | Some(PortPlan::Http(_)) => serve_http(stream, plain(None), proxy, builder).await,
+        Some(PortPlan::Tcp(routes)) => l4::proxy(stream, routes, None, port, peer, &proxy).await,
+        Some(PortPlan::Tls(chains)) => {
+            let (hello, raw) = match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::info!(%peer, port, error = %e, "connection closed before TLS");
+                    return;
+                }
+            };
+            let sni = hello.sni.as_deref();
+            let Some(chain) = select_chain(chains, sni) else {
+                tracing::info!(%peer, port, sni, "no server for this SNI; connection closed");
+                return;
+            };
+            let sni: Option<Arc<str>> = hello.sni.as_deref().map(Into::into);
+            let stream = Prefixed::new(raw, stream);
+            match &chain.action {
+                // The ClientHello bytes already read are replayed to the upstream.
+                ChainAction::Passthrough { routes } => {
+                    l4::proxy(stream, routes, sni.as_deref(), port, peer, &proxy).await
+                }
+                ChainAction::Https { tls, .. } => {
+                    let Some(tls_stream) = handshake(tls.clone(), stream, peer).await else { return };
+                    let conn = Arc::new(ConnInfo { peer, port, scheme: "https", sni });
+                    serve_http(tls_stream, conn, proxy, builder).await
+                }
+                ChainAction::TlsTcp { tls, routes } => {
+                    let Some(tls_stream) = handshake(tls.clone(), stream, peer).await else { return };
+                    l4::proxy(tls_stream, routes, sni.as_deref(), port, peer, &proxy).await
+                }
+            }
+        }
+    }
+}
+
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    config: Arc<rustls::ServerConfig>,
+    stream: S,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<S>> {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 fn server_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(100)
-        .max_header_list_size(61_440);
+    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
+    b.http2().timer(TokioTimer::new()).max_concurrent_streams(100).max_header_list_size(61_440);
     b
 }
 
-async fn serve(
-    stream: tokio::net::TcpStream,
+async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     conn: Arc<ConnInfo>,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -154,10 +211,7 @@ async fn serve(
         let (proxy, conn) = (proxy.clone(), conn.clone());
         async move { Ok::<_, Infallible>(pipeline::handle(proxy, conn, req).await) }
     });
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .await
-    {
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -21,9 +21,7 @@ pub type ResponseBody = UpstreamBody;
 
 /// A full body from bytes.
 pub(super) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into())
-        .map_err(|e: std::convert::Infallible| -> BoxError { match e {} })
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|e: std::convert::Infallible| -> BoxError { match e {} }).boxed_unsync()
 }
 
 /// Any body, boxed with its error erased.
@@ -51,10 +49,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(d) = frame.data_ref() {

@@ -26,15 +26,8 @@ use crate::{
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-];
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate"];
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
@@ -55,10 +48,9 @@ pub(super) async fn forward(
     };
     record.upstream_cluster = Some(dest.target.name.to_string());
     let Some(cluster) = dest.target.cluster.clone() else {
-        return Err(LocalReply::error(&ProxyError::ClusterNotFound {
-            cluster: dest.target.name.clone(),
-        })
-        .with_flags(flags));
+        return Err(
+            LocalReply::error(&ProxyError::ClusterNotFound { cluster: dest.target.name.clone() }).with_flags(flags)
+        );
     };
 
     let websocket = is_websocket_upgrade(req.headers());
@@ -80,35 +72,22 @@ pub(super) async fn forward(
     if let Some(a) = authority {
         headers.insert(header::HOST, a);
     } else if !headers.contains_key(header::HOST) {
-        if let Some(a) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
+        if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             headers.insert(header::HOST, a);
         }
     }
     route.headers.request.apply(&mut headers);
     dest.headers.request.apply(&mut headers);
 
-    let path_and_query = match fwd
-        .rewrite
-        .as_ref()
-        .and_then(|r| r.rewrite_path(parts.uri.path(), matched))
-    {
-        None => parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    let path_and_query = match fwd.rewrite.as_ref().and_then(|r| r.rewrite_path(parts.uri.path(), matched)) {
+        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
         Some(path) => {
             let full = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             };
-            PathAndQuery::try_from(full).map_err(|_| {
-                LocalReply::error(&ProxyError::BadRequest("rewritten path is invalid"))
-            })?
+            PathAndQuery::try_from(full)
+                .map_err(|_| LocalReply::error(&ProxyError::BadRequest("rewritten path is invalid")))?
         }
     };
 
@@ -116,33 +95,16 @@ pub(super) async fn forward(
     if let ReplayBody::Full(b) = &body {
         record.bytes_received = b.len() as u64;
     }
-    let head = RequestHead {
-        method: parts.method,
-        path_and_query,
-        headers,
-    };
+    let head = RequestHead { method: parts.method, path_and_query, headers };
     for mirror in &route.mirrors {
         if crate::route::roll(mirror.per_million) {
             spawn_mirror(proxy, mirror, &head, &body, route.timeout);
         }
     }
 
-    let retry = if websocket {
-        crate::upstream::RetryPolicy::none()
-    } else {
-        route.retry.clone()
-    };
+    let retry = if websocket { crate::upstream::RetryPolicy::none() } else { route.retry.clone() };
     let span = tracing::debug_span!("upstream", cluster = %cluster.name);
-    let result = upstream::call(
-        &proxy.upstreams,
-        &cluster,
-        head,
-        body,
-        route.timeout,
-        &retry,
-    )
-    .instrument(span)
-    .await;
+    let result = upstream::call(&proxy.upstreams, &cluster, head, body, route.timeout, &retry).instrument(span).await;
     let outcome = match result {
         Ok(o) => o,
         Err(failure) => {
@@ -157,9 +119,7 @@ pub(super) async fn forward(
     record.upstream_host = Some(outcome.endpoint.endpoint().addr.to_string());
 
     let mut response = outcome.response;
-    if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
-        (downstream_upgrade, response.status())
-    {
+    if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {
         let upstream_io = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
             if let (Ok(down), Ok(up)) = (downstream.await, upstream_io.await) {
@@ -169,10 +129,7 @@ pub(super) async fn forward(
             }
         });
         let (parts, _) = response.into_parts();
-        return Ok((
-            Response::from_parts(parts, super::body::full(bytes::Bytes::new())),
-            received,
-        ));
+        return Ok((Response::from_parts(parts, super::body::full(bytes::Bytes::new())), received));
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
@@ -197,16 +154,11 @@ async fn request_body(body: Incoming) -> Result<(ReplayBody, Option<Arc<AtomicU6
         let collected = Limited::new(body, REPLAY_LIMIT as usize)
             .collect()
             .await
-            .map_err(|_| {
-                LocalReply::error(&ProxyError::BadRequest("request body could not be read"))
-            })?;
+            .map_err(|_| LocalReply::error(&ProxyError::BadRequest("request body could not be read")))?;
         return Ok((ReplayBody::Full(collected.to_bytes()), None));
     }
     let count = Arc::new(AtomicU64::new(0));
-    Ok((
-        ReplayBody::Stream(Some(boxed(Counting::new(body, count.clone())))),
-        Some(count),
-    ))
+    Ok((ReplayBody::Stream(Some(boxed(Counting::new(body, count.clone())))), Some(count)))
 }
 
 /// Istio mirroring: fire and forget, `-shadow` appended to the Host, response dropped.
@@ -230,27 +182,18 @@ fn spawn_mirror(
             headers.insert(header::HOST, v);
         }
     }
-    let head = RequestHead {
-        method: head.method.clone(),
-        path_and_query: head.path_and_query.clone(),
-        headers,
-    };
+    let head = RequestHead { method: head.method.clone(), path_and_query: head.path_and_query.clone(), headers };
     let upstreams = proxy.upstreams.clone();
     let no_retry = crate::upstream::RetryPolicy::none();
     tokio::spawn(async move {
-        if let Ok(outcome) =
-            upstream::call(&upstreams, &cluster, head, body, timeout, &no_retry).await
-        {
+        if let Ok(outcome) = upstream::call(&upstreams, &cluster, head, body, timeout, &no_retry).await {
             let _ = outcome.response.into_body().collect().await;
         }
     });
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// Removes hop-by-hop headers and those named by `Connection`; keeps the WebSocket
@@ -268,11 +211,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("trailers"));
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
         if keep_upgrade && (name == "upgrade" || name == "connection") {
             continue;
         }

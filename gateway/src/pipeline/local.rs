@@ -19,21 +19,13 @@ pub(super) struct LocalReply {
 
 impl LocalReply {
     pub(super) fn bytes(status: StatusCode, body: Bytes) -> Self {
-        Self {
-            status,
-            headers: HeaderMap::new(),
-            body,
-            flags: ResponseFlags::default(),
-            details: None,
-        }
+        Self { status, headers: HeaderMap::new(), body, flags: ResponseFlags::default(), details: None }
     }
 
     pub(super) fn text(status: StatusCode, body: &'static str) -> Self {
         let mut reply = Self::bytes(status, Bytes::from_static(body.as_bytes()));
         if !body.is_empty() {
-            reply
-                .headers
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         reply
     }
@@ -43,9 +35,7 @@ impl LocalReply {
     pub(super) fn error(e: &ProxyError) -> Self {
         let mut reply = Self::text(e.status(), e.body()).with_flags(e.flag());
         if e.side() == crate::error::Side::Downstream {
-            reply
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            reply.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         reply.details = Some(e.to_string());
         reply
@@ -62,14 +52,9 @@ impl LocalReply {
     /// A trailers-only gRPC answer.
     pub(super) fn grpc(code: u32, message: &'static str) -> Self {
         let mut reply = Self::bytes(StatusCode::OK, Bytes::new());
-        reply.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
+        reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         reply.headers.insert("grpc-status", HeaderValue::from(code));
-        reply
-            .headers
-            .insert("grpc-message", HeaderValue::from_static(message));
+        reply.headers.insert("grpc-message", HeaderValue::from_static(message));
         reply
     }
 

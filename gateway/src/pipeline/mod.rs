@@ -43,6 +43,8 @@ pub struct ConnInfo {
     pub port: u16,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// SNI of a TLS connection (selects the server's route table).
+    pub sni: Option<Arc<str>>,
 }
 
 /// Handles one request end to end; never fails (failures become responses).
@@ -53,11 +55,7 @@ pub async fn handle(
 ) -> Response<Logged<ResponseBody>> {
     let snapshot = proxy.snapshot.current();
     let authority = request_authority(&req);
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
     let mut record = AccessRecord::start(
         req.method().as_str(),
         authority.as_deref().unwrap_or(""),
@@ -68,15 +66,9 @@ pub async fn handle(
     record.request_id = ensure_request_id(req.headers_mut());
 
     let reply = match authority {
-        None => Err(LocalReply::error(&ProxyError::BadRequest(
-            "missing or repeated Host header",
-        ))),
-        Some(_) if req.version() == Version::HTTP_10 => {
-            Err(LocalReply::text(StatusCode::UPGRADE_REQUIRED, ""))
-        }
-        Some(authority) => {
-            route_and_forward(&proxy, &snapshot, &conn, req, &authority, &mut record).await
-        }
+        None => Err(LocalReply::error(&ProxyError::BadRequest("missing or repeated Host header"))),
+        Some(_) if req.version() == Version::HTTP_10 => Err(LocalReply::text(StatusCode::UPGRADE_REQUIRED, "")),
+        Some(authority) => route_and_forward(&proxy, &snapshot, &conn, req, &authority, &mut record).await,
     };
     let (response, received) = match reply {
         Ok(forwarded) => forwarded,
@@ -87,10 +79,7 @@ pub async fn handle(
     response.map(|b| Logged::new(b, record, received, log))
 }
 
-type Forwarded = (
-    Response<ResponseBody>,
-    Option<Arc<std::sync::atomic::AtomicU64>>,
-);
+type Forwarded = (Response<ResponseBody>, Option<Arc<std::sync::atomic::AtomicU64>>);
 
 /// Virtual host, route, CORS, fault and action, in Istio's order.
 async fn route_and_forward(
@@ -102,25 +91,21 @@ async fn route_and_forward(
     record: &mut AccessRecord,
 ) -> Result<Forwarded, LocalReply> {
     let no_route = || {
-        LocalReply::error(&ProxyError::NoRoute {
-            authority: authority.to_string(),
-            path: req.uri().path().to_string(),
-        })
+        LocalReply::error(&ProxyError::NoRoute { authority: authority.to_string(), path: req.uri().path().to_string() })
     };
-    let vhost = snapshot
-        .route_table(conn.port)
-        .and_then(|t| t.find_vhost(authority))
-        .ok_or_else(no_route)?;
+    let (table, server_names) = snapshot.route_table(conn.port, conn.sni.as_deref()).ok_or_else(no_route)?;
+    if let Some(names) = server_names {
+        // A reused HTTP/2 connection asking for a host its TLS server does not serve.
+        let host = crate::route::strip_port(authority);
+        if !names.iter().any(|n| crate::route::host_matches(n, host)) {
+            return Err(LocalReply::text(StatusCode::MISDIRECTED_REQUEST, "misdirected request"));
+        }
+    }
+    let vhost = table.find_vhost(authority).ok_or_else(no_route)?;
     if vhost.require_tls && conn.scheme == "http" {
         let host = crate::route::strip_port(authority);
-        let location = format!(
-            "https://{host}{}",
-            req.uri().path_and_query().map_or("/", |p| p.as_str())
-        );
-        return Err(LocalReply::redirect(
-            StatusCode::MOVED_PERMANENTLY,
-            &location,
-        ));
+        let location = format!("https://{host}{}", req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        return Err(LocalReply::redirect(StatusCode::MOVED_PERMANENTLY, &location));
     }
     let view = RequestView {
         path: req.uri().path(),
@@ -135,18 +120,12 @@ async fn route_and_forward(
     record.route_name = Some(route.name.to_string());
 
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let cors = route
-        .cors
-        .as_ref()
-        .zip(origin.as_ref())
-        .filter(|(c, o)| c.allows(o));
+    let cors = route.cors.as_ref().zip(origin.as_ref()).filter(|(c, o)| c.allows(o));
     if let Some(policy) = &route.cors {
         if Cors::is_preflight(req.method(), req.headers()) {
             match cors {
                 Some((c, o)) => return Err(LocalReply::preflight(c, o)),
-                None if !policy.forward_unmatched_preflights => {
-                    return Err(LocalReply::text(StatusCode::OK, ""))
-                }
+                None if !policy.forward_unmatched_preflights => return Err(LocalReply::text(StatusCode::OK, "")),
                 None => {}
             }
         }
@@ -182,18 +161,14 @@ async fn route_and_forward(
                 query: req.uri().query(),
                 listener_port: conn.port,
             };
-            return Err(
-                LocalReply::redirect(r.code, &r.location(&input, matched)).with_flags(flags)
-            );
+            return Err(LocalReply::redirect(r.code, &r.location(&input, matched)).with_flags(flags));
         }
         Action::Direct(d) => {
             let mut reply = LocalReply::bytes(d.status, d.body.clone()).with_flags(flags);
             route.headers.response.apply(reply.headers_mut());
             return Err(reply);
         }
-        Action::Forward(fwd) => {
-            forward::forward(proxy, conn, route, fwd, matched, req, record, flags).await?
-        }
+        Action::Forward(fwd) => forward::forward(proxy, conn, route, fwd, matched, req, record, flags).await?,
     };
     if let Some((c, o)) = cors {
         c.response_headers(o, forwarded.0.headers_mut());
@@ -211,19 +186,12 @@ fn request_authority<B>(req: &Request<B>) -> Option<String> {
     if hosts.next().is_some() {
         return None;
     }
-    host.to_str()
-        .ok()
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
+    host.to_str().ok().filter(|h| !h.is_empty()).map(str::to_string)
 }
 
 /// Envoy generates `x-request-id` when missing and passes it on.
 fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
-    if let Some(id) = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-    {
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
         return id.to_string();
     }
     let id = uuid::Uuid::new_v4().to_string();

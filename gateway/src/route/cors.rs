@@ -21,26 +21,16 @@ pub struct Cors {
 impl Cors {
     /// Compiles a CORS policy.
     pub fn compile(c: &CorsPolicy) -> Result<Self, String> {
-        let mut origins = c
-            .allow_origins
-            .iter()
-            .map(StringMatcher::compile)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut origins = c.allow_origins.iter().map(StringMatcher::compile).collect::<Result<Vec<_>, _>>()?;
         for o in &c.allow_origin {
-            origins.push(if o == "*" {
-                StringMatcher::Present
-            } else {
-                StringMatcher::Exact(o.as_str().into())
-            });
+            origins.push(if o == "*" { StringMatcher::Present } else { StringMatcher::Exact(o.as_str().into()) });
         }
         let join = |v: &[String]| -> Result<Option<HeaderValue>, String> {
             if v.is_empty() {
                 return Ok(None);
             }
             let s = v.join(",");
-            HeaderValue::from_str(&s)
-                .map(Some)
-                .map_err(|_| format!("invalid header value {s:?}"))
+            HeaderValue::from_str(&s).map(Some).map_err(|_| format!("invalid header value {s:?}"))
         };
         let forward = match c.unmatched_preflights.as_deref() {
             None | Some("FORWARD") | Some("UNSPECIFIED") => true,
@@ -60,9 +50,7 @@ impl Cors {
 
     /// True when `origin` is allowed.
     pub fn allows(&self, origin: &HeaderValue) -> bool {
-        origin
-            .to_str()
-            .is_ok_and(|o| self.origins.iter().any(|m| m.matches(o)))
+        origin.to_str().is_ok_and(|o| self.origins.iter().any(|m| m.matches(o)))
     }
 
     /// A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method.
@@ -97,10 +85,7 @@ impl Cors {
     fn common_headers(&self, origin: &HeaderValue, out: &mut HeaderMap) {
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         if self.allow_credentials {
-            out.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
+            out.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         }
     }
 }

@@ -57,9 +57,9 @@ impl Fault {
                             .and_then(|s| StatusCode::from_u16(s).ok())
                             .ok_or_else(|| format!("abort.httpStatus {s} must be in 200..599"))?,
                     ),
-                    (None, Some(g), None) => Abort::Grpc(
-                        grpc_code(g).ok_or_else(|| format!("unknown abort.grpcStatus {g:?}"))?,
-                    ),
+                    (None, Some(g), None) => {
+                        Abort::Grpc(grpc_code(g).ok_or_else(|| format!("unknown abort.grpcStatus {g:?}"))?)
+                    }
                     (None, None, Some(_)) => return Err("abort.http2Error is not supported".into()),
                     _ => return Err("abort needs exactly one of httpStatus and grpcStatus".into()),
                 };

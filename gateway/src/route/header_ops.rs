@@ -30,18 +30,8 @@ impl HeaderRules {
             return Ok(Self::default());
         };
         Ok(Self {
-            request: h
-                .request
-                .as_ref()
-                .map(HeaderOps::compile)
-                .transpose()?
-                .unwrap_or_default(),
-            response: h
-                .response
-                .as_ref()
-                .map(HeaderOps::compile)
-                .transpose()?
-                .unwrap_or_default(),
+            request: h.request.as_ref().map(HeaderOps::compile).transpose()?.unwrap_or_default(),
+            response: h.response.as_ref().map(HeaderOps::compile).transpose()?.unwrap_or_default(),
         })
     }
 }
@@ -50,8 +40,7 @@ impl HeaderOps {
     /// Compiles one direction's operations.
     pub fn compile(ops: &HeaderOperations) -> Result<Self, String> {
         let mut out = Self::default();
-        let value =
-            |v: &str| HeaderValue::from_str(v).map_err(|_| format!("invalid header value {v:?}"));
+        let value = |v: &str| HeaderValue::from_str(v).map_err(|_| format!("invalid header value {v:?}"));
         for (list, target) in [(&ops.set, &mut out.set), (&ops.add, &mut out.add)] {
             for (k, v) in list {
                 if k.eq_ignore_ascii_case("host") || k == ":authority" {
@@ -61,11 +50,7 @@ impl HeaderOps {
                 target.push((name(k)?, value(v)?));
             }
         }
-        out.remove = ops
-            .remove
-            .iter()
-            .map(|k| name(k))
-            .collect::<Result<_, _>>()?;
+        out.remove = ops.remove.iter().map(|k| name(k)).collect::<Result<_, _>>()?;
         Ok(out)
     }
 

@@ -50,9 +50,7 @@ impl StringMatcher {
         match self {
             Self::Exact(e) => value.eq_ignore_ascii_case(e),
             Self::Prefix(p) => {
-                value.len() >= p.len()
-                    && value.is_char_boundary(p.len())
-                    && value[..p.len()].eq_ignore_ascii_case(p)
+                value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p)
             }
             _ => self.matches(value),
         }
@@ -85,9 +83,7 @@ impl HeaderKey {
     /// Parses a header key from a match block.
     pub fn parse(key: &str) -> Result<Self, String> {
         if let Some(rest) = key.strip_prefix("@request.auth.claims") {
-            return parse_claim_path(rest)
-                .map(Self::Claim)
-                .ok_or_else(|| format!("invalid claim key {key:?}"));
+            return parse_claim_path(rest).map(Self::Claim).ok_or_else(|| format!("invalid claim key {key:?}"));
         }
         match key {
             ":method" => Ok(Self::Method),
@@ -211,11 +207,7 @@ impl MatchBlock {
             return false;
         }
         if let Some(uri) = &self.uri {
-            let ok = if self.ignore_uri_case {
-                uri.matches_ignore_case(req.path)
-            } else {
-                uri.matches(req.path)
-            };
+            let ok = if self.ignore_uri_case { uri.matches_ignore_case(req.path) } else { uri.matches(req.path) };
             if !ok {
                 return false;
             }
@@ -227,23 +219,14 @@ impl MatchBlock {
         {
             return false;
         }
-        let headers_ok = self
-            .headers
-            .iter()
-            .all(|c| req.header(&c.key).is_some_and(|v| c.matcher.matches(&v)));
-        let without_ok = self
-            .without_headers
-            .iter()
-            .all(|c| match req.header(&c.key) {
-                Some(v) => !c.matcher.matches(&v),
-                None => matches!(c.matcher, StringMatcher::Present) || !c.matcher.matches(""),
-            });
+        let headers_ok = self.headers.iter().all(|c| req.header(&c.key).is_some_and(|v| c.matcher.matches(&v)));
+        let without_ok = self.without_headers.iter().all(|c| match req.header(&c.key) {
+            Some(v) => !c.matcher.matches(&v),
+            None => matches!(c.matcher, StringMatcher::Present) || !c.matcher.matches(""),
+        });
         headers_ok
             && without_ok
-            && self
-                .query_params
-                .iter()
-                .all(|(name, m)| req.query_param(name).is_some_and(|v| m.matches(v)))
+            && self.query_params.iter().all(|(name, m)| req.query_param(name).is_some_and(|v| m.matches(v)))
     }
 }
 
@@ -252,11 +235,8 @@ mod tests {
     use super::*;
 
     fn sm(exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>) -> StringMatcher {
-        let m = StringMatch {
-            exact: exact.map(Into::into),
-            prefix: prefix.map(Into::into),
-            regex: regex.map(Into::into),
-        };
+        let m =
+            StringMatch { exact: exact.map(Into::into), prefix: prefix.map(Into::into), regex: regex.map(Into::into) };
         StringMatcher::compile(&m).unwrap()
     }
 
@@ -271,11 +251,7 @@ mod tests {
 
     #[test]
     fn two_kinds_in_one_match_are_refused() {
-        let m = StringMatch {
-            exact: Some("a".into()),
-            prefix: Some("b".into()),
-            regex: None,
-        };
+        let m = StringMatch { exact: Some("a".into()), prefix: Some("b".into()), regex: None };
         assert!(StringMatcher::compile(&m).is_err());
     }
 
@@ -294,14 +270,8 @@ mod tests {
     #[test]
     fn without_headers_treats_missing_as_empty() {
         let headers = HeaderMap::new();
-        let cond = |m| HeaderCondition {
-            key: HeaderKey::parse("x").unwrap(),
-            matcher: m,
-        };
-        let block = |m| MatchBlock {
-            without_headers: vec![cond(m)],
-            ..Default::default()
-        };
+        let cond = |m| HeaderCondition { key: HeaderKey::parse("x").unwrap(), matcher: m };
+        let block = |m| MatchBlock { without_headers: vec![cond(m)], ..Default::default() };
         assert!(block(sm(Some("foo"), None, None)).matches(&view(&headers, None)));
         assert!(block(StringMatcher::Present).matches(&view(&headers, None)));
         assert!(!block(sm(None, None, Some(".*"))).matches(&view(&headers, None)));

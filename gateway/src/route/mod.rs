@@ -6,6 +6,7 @@
 mod cors;
 mod fault;
 mod header_ops;
+mod l4;
 pub mod matchers;
 mod redirect;
 mod rewrite;
@@ -16,6 +17,7 @@ use std::{sync::Arc, time::Duration};
 pub use cors::Cors;
 pub use fault::{Abort, Fault};
 pub use header_ops::{HeaderOps, HeaderRules};
+pub use l4::{host_matches, L4Route};
 pub use matchers::{MatchBlock, RequestView};
 pub use redirect::{Redirect, RedirectInput, RedirectPath, RedirectPort};
 pub use rewrite::Rewrite;

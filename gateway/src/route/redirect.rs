@@ -63,14 +63,8 @@ impl Redirect {
     /// Compiles an Istio redirect; refuses codes Envoy cannot express.
     pub fn compile(r: &HttpRedirect) -> Result<Self, String> {
         let code = match r.redirect_code.unwrap_or(301) {
-            c @ (301 | 302 | 303 | 307 | 308) => {
-                StatusCode::from_u16(c as u16).map_err(|e| e.to_string())?
-            }
-            c => {
-                return Err(format!(
-                    "redirectCode {c} is not supported (use 301, 302, 303, 307 or 308)"
-                ))
-            }
+            c @ (301 | 302 | 303 | 307 | 308) => StatusCode::from_u16(c as u16).map_err(|e| e.to_string())?,
+            c => return Err(format!("redirectCode {c} is not supported (use 301, 302, 303, 307 or 308)")),
         };
         let path = match (&r.uri, &r.prefix_rewrite) {
             (Some(_), Some(_)) => return Err("uri and prefixRewrite are mutually exclusive".into()),
@@ -84,9 +78,7 @@ impl Redirect {
             }
         }
         let port = match (r.port, r.derive_port.as_deref()) {
-            (Some(p), _) => RedirectPort::Explicit(
-                u16::try_from(p).map_err(|_| format!("port {p} is out of range"))?,
-            ),
+            (Some(p), _) => RedirectPort::Explicit(u16::try_from(p).map_err(|_| format!("port {p} is out of range"))?),
             (None, Some("FROM_REQUEST_PORT")) => RedirectPort::RequestPort,
             (None, Some("FROM_PROTOCOL_DEFAULT")) => RedirectPort::ProtocolDefault,
             (None, Some(other)) => return Err(format!("unknown derivePort {other:?}")),
@@ -99,13 +91,7 @@ impl Redirect {
         {
             return Err("a redirect must set uri, prefixRewrite, authority, scheme or port".into());
         }
-        Ok(Self {
-            path,
-            authority: r.authority.clone(),
-            scheme: r.scheme.clone(),
-            port,
-            code,
-        })
+        Ok(Self { path, authority: r.authority.clone(), scheme: r.scheme.clone(), port, code })
     }
 
     /// The `Location` for a request; `matched` is the block that selected the rule.
@@ -125,16 +111,12 @@ impl Redirect {
             RedirectPort::Keep if self.authority.is_some() => {
                 split_host_port(self.authority.as_deref().unwrap_or("")).1
             }
-            RedirectPort::Keep => orig_port.filter(|&p| {
-                scheme == req.scheme || p != if req.scheme == "https" { 443 } else { 80 }
-            }),
+            RedirectPort::Keep => {
+                orig_port.filter(|&p| scheme == req.scheme || p != if req.scheme == "https" { 443 } else { 80 })
+            }
         }
         .filter(|&p| {
-            !(p == default_port
-                && matches!(
-                    self.port,
-                    RedirectPort::ProtocolDefault | RedirectPort::RequestPort
-                ))
+            !(p == default_port && matches!(self.port, RedirectPort::ProtocolDefault | RedirectPort::RequestPort))
         });
         let path = match &self.path {
             RedirectPath::Keep => req.path.to_string(),
@@ -171,59 +153,32 @@ mod tests {
     use super::*;
 
     fn input<'a>(authority: &'a str, scheme: &'a str) -> RedirectInput<'a> {
-        RedirectInput {
-            scheme,
-            authority,
-            path: "/old/x",
-            query: Some("a=1"),
-            listener_port: 8080,
-        }
+        RedirectInput { scheme, authority, path: "/old/x", query: Some("a=1"), listener_port: 8080 }
     }
 
     #[test]
     fn uri_redirect_keeps_query_and_host_port() {
-        let r = Redirect::compile(&HttpRedirect {
-            uri: Some("/new".into()),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(
-            r.location(&input("b:8080", "http"), None),
-            "http://b:8080/new?a=1"
-        );
+        let r = Redirect::compile(&HttpRedirect { uri: Some("/new".into()), ..Default::default() }).unwrap();
+        assert_eq!(r.location(&input("b:8080", "http"), None), "http://b:8080/new?a=1");
         assert_eq!(r.code, StatusCode::MOVED_PERMANENTLY);
     }
 
     #[test]
     fn scheme_change_drops_default_port_and_request_port_is_kept() {
-        let https = Redirect::compile(&HttpRedirect {
-            scheme: Some("https".into()),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(
-            https.location(&input("b:80", "http"), None),
-            "https://b/old/x?a=1"
-        );
+        let https = Redirect::compile(&HttpRedirect { scheme: Some("https".into()), ..Default::default() }).unwrap();
+        assert_eq!(https.location(&input("b:80", "http"), None), "https://b/old/x?a=1");
         let from_req = HttpRedirect {
             scheme: Some("https".into()),
             derive_port: Some("FROM_REQUEST_PORT".into()),
             ..Default::default()
         };
         let r = Redirect::compile(&from_req).unwrap();
-        assert_eq!(
-            r.location(&input("b", "http"), None),
-            "https://b:8080/old/x?a=1"
-        );
+        assert_eq!(r.location(&input("b", "http"), None), "https://b:8080/old/x?a=1");
     }
 
     #[test]
     fn unsupported_codes_are_refused() {
-        let r = HttpRedirect {
-            uri: Some("/x".into()),
-            redirect_code: Some(305),
-            ..Default::default()
-        };
+        let r = HttpRedirect { uri: Some("/x".into()), redirect_code: Some(305), ..Default::default() };
         assert!(Redirect::compile(&r).is_err());
     }
 }

@@ -26,18 +26,13 @@ impl Rewrite {
     /// Compiles a rewrite; `uri` and `uriRegexRewrite` are mutually exclusive.
     pub fn compile(r: &HttpRewrite) -> Result<Self, String> {
         let path = match (&r.uri, &r.uri_regex_rewrite) {
-            (Some(_), Some(_)) => {
-                return Err("uri and uriRegexRewrite are mutually exclusive".into())
-            }
+            (Some(_), Some(_)) => return Err("uri and uriRegexRewrite are mutually exclusive".into()),
             (Some(u), None) => PathRewrite::Prefix(u.clone()),
             (None, Some(rr)) => {
-                let re = Regex::new(&rr.pattern)
-                    .map_err(|e| format!("invalid regex {:?}: {e}", rr.pattern))?;
+                let re = Regex::new(&rr.pattern).map_err(|e| format!("invalid regex {:?}: {e}", rr.pattern))?;
                 // RE2 substitutions are written \1; the regex crate wants ${1}.
-                let sub = Regex::new(r"\\(\d)")
-                    .map_err(|e| e.to_string())?
-                    .replace_all(&rr.rewrite, "$${$1}")
-                    .into_owned();
+                let sub =
+                    Regex::new(r"\\(\d)").map_err(|e| e.to_string())?.replace_all(&rr.rewrite, "$${$1}").into_owned();
                 PathRewrite::Regex(re, sub)
             }
             (None, None) => PathRewrite::None,
@@ -76,38 +71,17 @@ mod tests {
 
     #[test]
     fn prefix_rewrite_replaces_only_the_matched_prefix() {
-        let r = Rewrite::compile(&HttpRewrite {
-            uri: Some("/".into()),
-            ..Default::default()
-        })
-        .unwrap();
-        let block = MatchBlock {
-            uri: Some(StringMatcher::Prefix("/app".into())),
-            ..Default::default()
-        };
+        let r = Rewrite::compile(&HttpRewrite { uri: Some("/".into()), ..Default::default() }).unwrap();
+        let block = MatchBlock { uri: Some(StringMatcher::Prefix("/app".into())), ..Default::default() };
         assert_eq!(r.rewrite_path("/app/list", Some(&block)).unwrap(), "//list");
-        let v2 = Rewrite::compile(&HttpRewrite {
-            uri: Some("/v2".into()),
-            ..Default::default()
-        })
-        .unwrap();
+        let v2 = Rewrite::compile(&HttpRewrite { uri: Some("/v2".into()), ..Default::default() }).unwrap();
         assert_eq!(v2.rewrite_path("/x", None).unwrap(), "/v2x");
     }
 
     #[test]
     fn regex_rewrite_substitutes_groups() {
-        let rr = RegexRewrite {
-            pattern: "^/legacy/([^/]+)/(.*)$".into(),
-            rewrite: "/v2/tenants/\\1/\\2".into(),
-        };
-        let r = Rewrite::compile(&HttpRewrite {
-            uri_regex_rewrite: Some(rr),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(
-            r.rewrite_path("/legacy/acme/orders/7", None).unwrap(),
-            "/v2/tenants/acme/orders/7"
-        );
+        let rr = RegexRewrite { pattern: "^/legacy/([^/]+)/(.*)$".into(), rewrite: "/v2/tenants/\\1/\\2".into() };
+        let r = Rewrite::compile(&HttpRewrite { uri_regex_rewrite: Some(rr), ..Default::default() }).unwrap();
+        assert_eq!(r.rewrite_path("/legacy/acme/orders/7", None).unwrap(), "/v2/tenants/acme/orders/7");
     }
 }

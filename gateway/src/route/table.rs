@@ -21,9 +21,7 @@ pub struct VirtualHost {
 impl VirtualHost {
     /// Istio: the first rule whose match holds wins; no rule means 404.
     pub fn find_route(&self, req: &RequestView<'_>) -> Option<(&Route, MatchedBlock<'_>)> {
-        self.routes
-            .iter()
-            .find_map(|r| r.find_match(req).map(|m| (&**r, m)))
+        self.routes.iter().find_map(|r| r.find_match(req).map(|m| (&**r, m)))
     }
 }
 
@@ -44,8 +42,7 @@ impl RouteTable {
             self.any = Some(vhost);
         } else if let Some(suffix) = domain.strip_prefix('*') {
             self.suffixes.push((suffix.into(), vhost));
-            self.suffixes
-                .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+            self.suffixes.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         } else {
             self.exact.insert(domain.into(), vhost);
         }
@@ -98,11 +95,7 @@ mod tests {
     use super::*;
 
     fn vh(domain: &str) -> Arc<VirtualHost> {
-        Arc::new(VirtualHost {
-            domain: domain.into(),
-            routes: vec![],
-            require_tls: false,
-        })
+        Arc::new(VirtualHost { domain: domain.into(), routes: vec![], require_tls: false })
     }
 
     #[test]

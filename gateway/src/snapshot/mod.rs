@@ -11,24 +11,91 @@ use arc_swap::ArcSwap;
 pub use compile::{compile, Compiled};
 pub use reload::{ReloadOutcome, Reloader};
 
-use crate::{config::Diagnostic, route::RouteTable, upstream::Cluster};
+use crate::{
+    config::Diagnostic,
+    route::{host_matches, L4Route, RouteTable},
+    upstream::Cluster,
+};
 
-/// What a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ListenerProtocol {
-    /// Plaintext HTTP/1.1 and h2c on the same port.
-    Http,
-}
-
-/// A listener the snapshot wants open.
+/// A listener the snapshot wants open. What it serves is read from the snapshot for
+/// every new connection, so a reload can change a port's protocol without reopening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenerSpec {
     /// Port as written in the Gateway (routes match on it).
     pub port: u16,
     /// Address to bind.
     pub bind: IpAddr,
-    /// Protocol.
-    pub protocol: ListenerProtocol,
+}
+
+/// What one port serves.
+#[derive(Debug)]
+pub enum PortPlan {
+    /// Plaintext HTTP/1.1 and h2c; one route table for every HTTP server on the port.
+    Http(RouteTable),
+    /// TLS: one filter chain per server, chosen by SNI.
+    Tls(Vec<FilterChain>),
+    /// Opaque TCP, routed by VirtualService `tcp` rules.
+    Tcp(Vec<L4Route>),
+}
+
+/// One Gateway server on a TLS port.
+#[derive(Debug)]
+pub struct FilterChain {
+    /// Server hosts (`name`, `*.suffix`, `*`), the SNI names this chain answers.
+    pub server_names: Vec<String>,
+    /// What happens after the chain is chosen.
+    pub action: ChainAction,
+}
+
+/// Terminate (then HTTP or TCP) or pass the TLS bytes through.
+#[derive(Debug)]
+pub enum ChainAction {
+    /// HTTPS: terminate, then route HTTP with this server's own route table.
+    Https {
+        /// rustls config (certificate resolver follows rotation).
+        tls: Arc<rustls::ServerConfig>,
+        /// The server's route table.
+        table: RouteTable,
+    },
+    /// TLS-terminated TCP: terminate, then VirtualService `tcp` rules.
+    TlsTcp {
+        /// rustls config.
+        tls: Arc<rustls::ServerConfig>,
+        /// TCP rules.
+        routes: Vec<L4Route>,
+    },
+    /// PASSTHROUGH: forward the encrypted bytes by VirtualService `tls` rules.
+    Passthrough {
+        /// TLS rules, matched by SNI.
+        routes: Vec<L4Route>,
+    },
+}
+
+/// Envoy filter chain match: exact server name, then the longest wildcard, then a
+/// chain for `*` (which also takes connections without SNI).
+pub fn select_chain<'a>(chains: &'a [FilterChain], sni: Option<&str>) -> Option<&'a FilterChain> {
+    if let Some(sni) = sni {
+        let exact = chains.iter().find(|c| c.server_names.iter().any(|n| n.eq_ignore_ascii_case(sni)));
+        let wildcard = || {
+            chains
+                .iter()
+                .filter_map(|c| {
+                    let best = c
+                        .server_names
+                        .iter()
+                        .filter(|n| n.starts_with("*.") && host_matches(n, sni))
+                        .map(String::len)
+                        .max()?;
+                    Some((best, c))
+                })
+                .max_by_key(|(len, _)| *len)
+                .map(|(_, c)| c)
+        };
+        if let Some(c) = exact.or_else(wildcard) {
+            return Some(c);
+        }
+    }
+    chains.iter().find(|c| c.server_names.iter().any(|n| n == "*"))
 }
 
 /// One consistent, immutable configuration.
@@ -38,8 +105,8 @@ pub struct Snapshot {
     pub version: u64,
     /// Listeners to keep open.
     pub listeners: Vec<ListenerSpec>,
-    /// Route table of each listener port.
-    pub route_tables: HashMap<u16, RouteTable>,
+    /// What each listener port serves.
+    pub ports: HashMap<u16, PortPlan>,
     /// Every cluster referenced by a route.
     pub clusters: Vec<Arc<Cluster>>,
     /// Problems found while compiling (warnings and reference errors).
@@ -49,9 +116,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The route table of a listener port.
-    pub fn route_table(&self, port: u16) -> Option<&RouteTable> {
-        self.route_tables.get(&port)
+    /// The HTTP route table for a connection: the port's, or on a TLS port the one of
+    /// the server its SNI chose, with that server's names (to answer 421 for others).
+    pub fn route_table(&self, port: u16, sni: Option<&str>) -> Option<(&RouteTable, Option<&[String]>)> {
+        match self.ports.get(&port)? {
+            PortPlan::Http(table) => Some((table, None)),
+            PortPlan::Tls(chains) => {
+                let chain = select_chain(chains, sni)?;
+                match &chain.action {
+                    ChainAction::Https { table, .. } => Some((table, Some(chain.server_names.as_slice()))),
+                    _ => None,
+                }
+            }
+            PortPlan::Tcp(_) => None,
+        }
     }
 }
 

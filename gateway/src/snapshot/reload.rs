@@ -4,7 +4,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{compile, Snapshot};
-use crate::config::{load_dir, Bootstrap, Diagnostic, LoadError, Resource, ResourceRef};
+use crate::{
+    config::{load_dir, Bootstrap, Diagnostic, LoadError, Resource, ResourceRef},
+    listener::certs::CertStore,
+};
 
 /// What one reload produced.
 #[derive(Debug)]
@@ -24,66 +27,43 @@ pub struct Reloader {
     last_good: HashMap<ResourceRef, Resource>,
     version: u64,
     digest: Option<u64>,
+    certs: Arc<CertStore>,
 }
 
 impl Reloader {
     /// A reloader for `bootstrap.config_dir`.
-    pub fn new(bootstrap: Bootstrap) -> Self {
-        Self {
-            bootstrap,
-            last_good: HashMap::new(),
-            version: 0,
-            digest: None,
-        }
+    pub fn new(bootstrap: Bootstrap, certs: Arc<CertStore>) -> Self {
+        Self { bootstrap, last_good: HashMap::new(), version: 0, digest: None, certs }
     }
 
     /// Loads and compiles the directory. Blocking: run it off the async workers.
     pub fn reload(&mut self) -> Result<ReloadOutcome, LoadError> {
         let loaded = load_dir(&self.bootstrap.config_dir, &self.bootstrap.namespace)?;
         if self.digest == Some(loaded.digest) {
-            return Ok(ReloadOutcome {
-                snapshot: None,
-                diagnostics: Vec::new(),
-                rejected: Vec::new(),
-            });
+            return Ok(ReloadOutcome { snapshot: None, diagnostics: Vec::new(), rejected: Vec::new() });
         }
         let mut diagnostics = loaded.diagnostics;
         let mut resources = loaded.resources;
         let mut rejected = loaded.rejected;
         self.keep_last_good(&mut resources, &rejected, &mut diagnostics);
-        let mut compiled = compile(&resources, &self.bootstrap);
-        if compiled
-            .rejected
-            .iter()
-            .any(|r| self.last_good.contains_key(r))
-        {
+        let mut compiled = compile(&resources, &self.bootstrap, &self.certs);
+        if compiled.rejected.iter().any(|r| self.last_good.contains_key(r)) {
             resources.retain(|r| !compiled.rejected.contains(&r.id));
             self.keep_last_good(&mut resources, &compiled.rejected, &mut diagnostics);
             let first_errors = std::mem::take(&mut compiled.diagnostics);
-            compiled = compile(&resources, &self.bootstrap);
-            diagnostics.extend(
-                first_errors
-                    .into_iter()
-                    .filter(|d| d.is_error() && !compiled.diagnostics.contains(d)),
-            );
+            compiled = compile(&resources, &self.bootstrap, &self.certs);
+            diagnostics.extend(first_errors.into_iter().filter(|d| d.is_error() && !compiled.diagnostics.contains(d)));
         }
         diagnostics.extend(compiled.diagnostics);
         rejected.extend(compiled.rejected.iter().cloned());
-        self.last_good = resources
-            .into_iter()
-            .filter(|r| !compiled.rejected.contains(&r.id))
-            .map(|r| (r.id.clone(), r))
-            .collect();
+        self.last_good =
+            resources.into_iter().filter(|r| !compiled.rejected.contains(&r.id)).map(|r| (r.id.clone(), r)).collect();
         self.digest = Some(loaded.digest);
         self.version += 1;
         let mut snapshot = compiled.snapshot;
         snapshot.version = self.version;
         snapshot.diagnostics = diagnostics.clone();
-        Ok(ReloadOutcome {
-            snapshot: Some(Arc::new(snapshot)),
-            diagnostics,
-            rejected,
-        })
+        Ok(ReloadOutcome { snapshot: Some(Arc::new(snapshot)), diagnostics, rejected })
     }
 
     fn keep_last_good(

@@ -56,7 +56,8 @@ impl AccessLog {
         Self(None)
     }
 
-    fn write(&self, record: &AccessRecord) {
+    /// Writes one record as a JSON line (dropped when the writer falls behind).
+    pub fn write<T: Serialize>(&self, record: &T) {
         if let Some(tx) = &self.0 {
             if let Ok(line) = serde_json::to_string(record) {
                 let _ = tx.try_send(line);
@@ -106,13 +107,7 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     /// A record for a request that starts now.
-    pub fn start(
-        method: &str,
-        authority: &str,
-        path: &str,
-        protocol: &'static str,
-        peer: SocketAddr,
-    ) -> Self {
+    pub fn start(method: &str, authority: &str, path: &str, protocol: &'static str, peer: SocketAddr) -> Self {
         Self {
             start_time: rfc3339(SystemTime::now()),
             method: method.to_string(),
@@ -156,12 +151,7 @@ impl<B> Logged<B> {
         received: Option<Arc<std::sync::atomic::AtomicU64>>,
         log: AccessLog,
     ) -> Self {
-        Self {
-            inner,
-            record: Some(record),
-            received,
-            log,
-        }
+        Self { inner, record: Some(record), received, log }
     }
 
     fn finish(&mut self) {
@@ -185,10 +175,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -222,6 +209,61 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// One TCP or TLS-passthrough connection, logged when it closes.
+#[derive(Debug, Serialize)]
+pub struct TcpRecord {
+    /// Connection start, RFC 3339.
+    pub start_time: String,
+    /// `TCP`.
+    pub protocol: &'static str,
+    /// Envoy response flags (`-` when none).
+    pub response_flags: String,
+    /// Bytes from the client.
+    pub bytes_received: u64,
+    /// Bytes to the client.
+    pub bytes_sent: u64,
+    /// Milliseconds the connection lasted.
+    pub duration: u64,
+    /// SNI of a TLS connection.
+    pub requested_server_name: Option<String>,
+    /// Endpoint connected to.
+    pub upstream_host: Option<String>,
+    /// Cluster used.
+    pub upstream_cluster: Option<String>,
+    /// VirtualService whose rule matched.
+    pub route_name: Option<String>,
+    /// Client address.
+    pub downstream_remote_address: String,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+impl TcpRecord {
+    /// A record for a connection that starts now.
+    pub fn start(peer: SocketAddr, sni: Option<&str>) -> Self {
+        Self {
+            start_time: rfc3339(SystemTime::now()),
+            protocol: "TCP",
+            response_flags: "-".into(),
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: 0,
+            requested_server_name: sni.map(str::to_string),
+            upstream_host: None,
+            upstream_cluster: None,
+            route_name: None,
+            downstream_remote_address: peer.to_string(),
+            started: Some(Instant::now()),
+        }
+    }
+
+    /// Writes the record with the connection's duration.
+    pub fn finish(mut self, log: &AccessLog) {
+        self.duration = self.started.map_or(0, |s| s.elapsed().as_millis() as u64);
+        log.write(&self);
     }
 }
 

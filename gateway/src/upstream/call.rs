@@ -4,17 +4,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{
-    header::HeaderValue, uri::PathAndQuery, HeaderMap, Method, Request, Response, Uri, Version,
-};
+use http::{header::HeaderValue, uri::PathAndQuery, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::{
-    retry::AttemptFailure, BoxError, Cluster, EndpointGuard, Protocol, RetryPolicy, UpstreamBody,
-    Upstreams,
-};
+use super::{retry::AttemptFailure, BoxError, Cluster, EndpointGuard, Protocol, RetryPolicy, UpstreamBody, Upstreams};
 use crate::error::{ProxyError, ResponseFlags};
 
 /// A request body that can be sent again when it was small enough to keep.
@@ -31,12 +26,12 @@ pub enum ReplayBody {
 impl ReplayBody {
     fn take(&mut self) -> UpstreamBody {
         match self {
-            Self::Empty => Empty::new()
-                .map_err(|e: std::convert::Infallible| -> BoxError { match e {} })
-                .boxed_unsync(),
-            Self::Full(b) => Full::new(b.clone())
-                .map_err(|e: std::convert::Infallible| -> BoxError { match e {} })
-                .boxed_unsync(),
+            Self::Empty => {
+                Empty::new().map_err(|e: std::convert::Infallible| -> BoxError { match e {} }).boxed_unsync()
+            }
+            Self::Full(b) => {
+                Full::new(b.clone()).map_err(|e: std::convert::Infallible| -> BoxError { match e {} }).boxed_unsync()
+            }
             Self::Stream(s) => s.take().unwrap_or_else(|| Self::Empty.take()),
         }
     }
@@ -105,20 +100,10 @@ pub async fn call(
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let avoid = if retry.avoid_previous_hosts {
-            previous
-        } else {
-            None
-        };
+        let avoid = if retry.avoid_previous_hosts { previous } else { None };
         let Some(endpoint) = cluster.select(avoid) else {
-            let error = ProxyError::NoHealthyUpstream {
-                cluster: cluster.name.clone(),
-            };
-            return Err(CallFailure {
-                error,
-                upstream: previous,
-                flags: ResponseFlags::default(),
-            });
+            let error = ProxyError::NoHealthyUpstream { cluster: cluster.name.clone() };
+            return Err(CallFailure { error, upstream: previous, flags: ResponseFlags::default() });
         };
         let addr = endpoint.addr;
         previous = Some(addr);
@@ -149,61 +134,29 @@ pub async fn call(
             Ok(Ok(response)) => {
                 let retriable = retry.retries_response(response.status(), response.headers());
                 if !(can_retry && retriable) {
-                    return Ok(CallOutcome {
-                        response,
-                        endpoint: guard,
-                        attempts: attempt,
-                        flags: urx(retriable),
-                    });
+                    return Ok(CallOutcome { response, endpoint: guard, attempts: attempt, flags: urx(retriable) });
                 }
                 None
             }
             Ok(Err(source)) => {
-                let kind = if source.is_connect() {
-                    AttemptFailure::ConnectFailure
-                } else {
-                    AttemptFailure::Reset
-                };
+                let kind = if source.is_connect() { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
                 let retriable = retry.retries_failure(kind);
                 if !(can_retry && retriable) {
                     let cluster = cluster.name.clone();
                     let error = match kind {
-                        AttemptFailure::ConnectFailure => ProxyError::UpstreamConnect {
-                            cluster,
-                            addr,
-                            source,
-                        },
-                        _ => ProxyError::UpstreamReset {
-                            cluster,
-                            addr,
-                            source,
-                        },
+                        AttemptFailure::ConnectFailure => ProxyError::UpstreamConnect { cluster, addr, source },
+                        _ => ProxyError::UpstreamReset { cluster, addr, source },
                     };
-                    return Err(CallFailure {
-                        error,
-                        upstream: Some(addr),
-                        flags: urx(retriable),
-                    });
+                    return Err(CallFailure { error, upstream: Some(addr), flags: urx(retriable) });
                 }
                 Some(kind)
             }
             Err(after) => {
                 let retriable = retry.retries_failure(AttemptFailure::PerTryTimeout);
                 if !(can_retry && retriable) {
-                    let after = if out_of_time {
-                        timeout.unwrap_or(after)
-                    } else {
-                        after
-                    };
-                    let error = ProxyError::UpstreamTimeout {
-                        cluster: cluster.name.clone(),
-                        after,
-                    };
-                    return Err(CallFailure {
-                        error,
-                        upstream: Some(addr),
-                        flags: urx(retriable && !out_of_time),
-                    });
+                    let after = if out_of_time { timeout.unwrap_or(after) } else { after };
+                    let error = ProxyError::UpstreamTimeout { cluster: cluster.name.clone(), after };
+                    return Err(CallFailure { error, upstream: Some(addr), flags: urx(retriable && !out_of_time) });
                 }
                 Some(AttemptFailure::PerTryTimeout)
             }
@@ -234,22 +187,13 @@ fn build_request(
         Protocol::Http2 => {
             let host = headers.remove(http::header::HOST);
             let authority = host.and_then(|h| h.to_str().ok().map(str::to_string));
-            (
-                Version::HTTP_2,
-                authority.unwrap_or_else(|| addr.to_string()),
-            )
+            (Version::HTTP_2, authority.unwrap_or_else(|| addr.to_string()))
         }
     };
     let uri_for = |authority: String| {
-        Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(head.path_and_query.clone())
-            .build()
+        Uri::builder().scheme("http").authority(authority).path_and_query(head.path_and_query.clone()).build()
     };
-    let uri = uri_for(authority)
-        .or_else(|_| uri_for(addr.to_string()))
-        .unwrap_or_default();
+    let uri = uri_for(authority).or_else(|_| uri_for(addr.to_string())).unwrap_or_default();
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;

@@ -70,10 +70,7 @@ impl Upstreams {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Self {
-            h1,
-            h2: Arc::default(),
-        }
+        Self { h1, h2: Arc::default() }
     }
 
     /// Sends one request to `addr`. For HTTP/1.1 the URI is `http://addr/path`; for
@@ -94,29 +91,16 @@ impl Upstreams {
             }),
             Protocol::Http2 => {
                 let mut sender = self.h2_sender(addr).await?;
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| SendError::Protocol(e.into()))?;
-                sender
-                    .send_request(req)
-                    .await
-                    .map_err(|e| SendError::Protocol(e.into()))
+                sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
+                sender.send_request(req).await.map_err(|e| SendError::Protocol(e.into()))
             }
         }
     }
 
     /// The open HTTP/2 connection to `addr`, or a new one. The lock is never held
     /// across an await: a race opens two connections and the later one is kept.
-    async fn h2_sender(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
-        let existing = self
-            .h2
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&addr).filter(|s| !s.is_closed()).cloned());
+    async fn h2_sender(&self, addr: SocketAddr) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
+        let existing = self.h2.lock().ok().and_then(|m| m.get(&addr).filter(|s| !s.is_closed()).cloned());
         if let Some(sender) = existing {
             return Ok(sender);
         }

@@ -36,11 +36,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// A new endpoint with no request in flight.
     pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>) -> Self {
-        Self {
-            addr,
-            labels,
-            active: AtomicUsize::new(0),
-        }
+        Self { addr, labels, active: AtomicUsize::new(0) }
     }
 
     /// Requests currently in flight to this endpoint.
@@ -96,13 +92,7 @@ impl Cluster {
         endpoints: Vec<Arc<Endpoint>>,
         dns: Vec<DnsTarget>,
     ) -> Self {
-        Self {
-            name,
-            protocol,
-            lb,
-            endpoints: ArcSwap::from_pointee(endpoints),
-            dns,
-        }
+        Self { name, protocol, lb, endpoints: ArcSwap::from_pointee(endpoints), dns }
     }
 
     /// The current endpoints.
@@ -121,8 +111,7 @@ impl Cluster {
         let eps = self.endpoints.load();
         match previous {
             Some(prev) if eps.len() > 1 => {
-                let others: Vec<Arc<Endpoint>> =
-                    eps.iter().filter(|e| e.addr != prev).cloned().collect();
+                let others: Vec<Arc<Endpoint>> = eps.iter().filter(|e| e.addr != prev).cloned().collect();
                 self.lb.pick(&others).cloned()
             }
             _ => self.lb.pick(&eps).cloned(),

@@ -25,9 +25,7 @@ pub async fn refresh_dns(cluster: &Arc<Cluster>) {
     let mut endpoints = Vec::new();
     for t in &cluster.dns {
         match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
-            Ok(addrs) => {
-                endpoints.extend(addrs.map(|a| Arc::new(Endpoint::new(a, t.labels.clone()))))
-            }
+            Ok(addrs) => endpoints.extend(addrs.map(|a| Arc::new(Endpoint::new(a, t.labels.clone())))),
             Err(e) => {
                 tracing::warn!(cluster = %cluster.name, host = %t.host, error = %e, "dns resolution failed");
                 return;

@@ -77,25 +77,23 @@ impl RetryPolicy {
 
     /// No retries at all (mirrors, upgrades).
     pub fn none() -> Self {
-        Self {
-            attempts: 0,
-            ..Self::istio_default()
-        }
+        Self { attempts: 0, ..Self::istio_default() }
     }
 
     /// Compiles an Istio retry block. Bare integers in `retryOn` are status codes.
     pub fn compile(r: &HttpRetry) -> Result<Self, String> {
-        let attempts = u32::try_from(r.attempts)
-            .map_err(|_| format!("attempts {} must not be negative", r.attempts))?;
+        let attempts =
+            u32::try_from(r.attempts).map_err(|_| format!("attempts {} must not be negative", r.attempts))?;
         let per_try_timeout = r.per_try_timeout.map(|d| d.0);
         if per_try_timeout.is_some_and(|d| d < Duration::from_millis(1)) {
             return Err("perTryTimeout must be at least 1ms".into());
         }
         let mut on = RetryOn::default();
         let mut status_codes = Vec::new();
-        let retry_on = r.retry_on.as_deref().unwrap_or(
-            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-        );
+        let retry_on = r
+            .retry_on
+            .as_deref()
+            .unwrap_or("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes");
         for cond in retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             if let Ok(code) = cond.parse::<u16>() {
                 if !(100..=599).contains(&code) {
@@ -118,9 +116,7 @@ impl RetryPolicy {
                 "internal" => RetryOn::GRPC_INTERNAL,
                 "resource-exhausted" => RetryOn::GRPC_RESOURCE_EXHAUSTED,
                 "unavailable" => RetryOn::GRPC_UNAVAILABLE,
-                "envoy-ratelimited" | "retriable-headers" | "http3-post-connect-failure" => {
-                    RetryOn::OTHER
-                }
+                "envoy-ratelimited" | "retriable-headers" | "http3-post-connect-failure" => RetryOn::OTHER,
                 other => return Err(format!("unknown retryOn condition {other:?}")),
             };
         }
@@ -145,10 +141,7 @@ impl RetryPolicy {
         {
             return true;
         }
-        let grpc = headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok());
+        let grpc = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
         matches!(
             (grpc, on),
             (Some(1), on) if on.has(RetryOn::GRPC_CANCELLED)
@@ -182,12 +175,7 @@ mod tests {
     use super::*;
 
     fn policy(on: &str) -> RetryPolicy {
-        RetryPolicy::compile(&HttpRetry {
-            attempts: 3,
-            retry_on: Some(on.into()),
-            ..Default::default()
-        })
-        .unwrap()
+        RetryPolicy::compile(&HttpRetry { attempts: 3, retry_on: Some(on.into()), ..Default::default() }).unwrap()
     }
 
     #[test]
@@ -205,11 +193,7 @@ mod tests {
         let p = policy("gateway-error");
         assert!(p.retries_response(StatusCode::GATEWAY_TIMEOUT, &HeaderMap::new()));
         assert!(!p.retries_response(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new()));
-        let bad = HttpRetry {
-            attempts: 1,
-            retry_on: Some("5xxx".into()),
-            ..Default::default()
-        };
+        let bad = HttpRetry { attempts: 1, retry_on: Some("5xxx".into()), ..Default::default() };
         assert!(RetryPolicy::compile(&bad).is_err());
     }
 

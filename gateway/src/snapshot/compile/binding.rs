@@ -1,12 +1,39 @@
-//! Gateway servers and VirtualService binding: which listener ports exist, and which
-//! domains of which VirtualService each port serves (Istio host intersection).
+//! Gateway servers and VirtualService binding: which listener ports exist, what each
+//! server on them does, and which domains of which VirtualService a server serves
+//! (Istio host intersection).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
-use crate::config::{Bootstrap, Diagnostic, Resource, Spec};
+use crate::config::{istio::ServerTlsSettings, Bootstrap, Diagnostic, Origin, Resource, ResourceRef, Spec};
+
+/// What a Gateway server does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ServerKind {
+    /// Plaintext HTTP (HTTP, HTTP2, GRPC, GRPC-WEB).
+    Http,
+    /// TLS terminated, then HTTP routes.
+    Https,
+    /// TLS terminated, then TCP routes.
+    TlsTcp,
+    /// TLS passed through by SNI (`tls` routes).
+    Passthrough,
+    /// Opaque TCP (`tcp` routes).
+    Tcp,
+}
+
+impl ServerKind {
+    /// Servers of one family can share a port.
+    fn family(self) -> u8 {
+        match self {
+            Self::Http => 0,
+            Self::Https | Self::TlsTcp | Self::Passthrough => 1,
+            Self::Tcp => 2,
+        }
+    }
+}
 
 /// One Gateway server bound on a port.
 #[derive(Debug)]
@@ -17,9 +44,26 @@ pub(super) struct ServerBinding {
     pub hosts: Vec<(String, String)>,
     /// Gateway `tls.httpsRedirect`.
     pub https_redirect: bool,
+    /// What the server does.
+    pub kind: ServerKind,
+    /// TLS settings of terminating servers.
+    pub tls: Option<ServerTlsSettings>,
+    /// The Gateway, for diagnostics.
+    pub origin: Origin,
+    /// The Gateway, for diagnostics.
+    pub id: ResourceRef,
+    /// `spec.servers[i]`, for diagnostics.
+    pub field: String,
 }
 
-/// The servers sharing one listener port (plaintext HTTP shares one route table).
+impl ServerBinding {
+    /// The server's dnsNames (its SNI names on TLS ports).
+    pub(super) fn names(&self) -> Vec<String> {
+        self.hosts.iter().map(|(_, h)| h.clone()).collect()
+    }
+}
+
+/// The servers sharing one listener port.
 #[derive(Debug)]
 pub(super) struct PortServers {
     pub bind: IpAddr,
@@ -31,9 +75,32 @@ impl PortServers {
     pub(super) fn has_gateway(&self, gw: &str) -> bool {
         self.servers.iter().any(|s| s.gateway == gw)
     }
+
+    /// The kind shared by the servers of this port's family.
+    pub(super) fn family_kind(&self) -> ServerKind {
+        self.servers.first().map_or(ServerKind::Http, |s| s.kind)
+    }
 }
 
-/// The HTTP servers of the Gateways selecting this gateway's labels, by port.
+/// Classifies a server; `Err` carries a warning for servers that are skipped.
+fn kind_of(protocol: &str, tls: Option<&ServerTlsSettings>) -> Result<ServerKind, String> {
+    let mode = tls.and_then(|t| t.mode.as_deref()).unwrap_or("PASSTHROUGH");
+    match protocol {
+        "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Ok(ServerKind::Http),
+        "HTTPS" | "TLS" if tls.is_none() => Err(format!("{protocol} servers need a tls block")),
+        "HTTPS" | "TLS" => match mode {
+            "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if protocol == "HTTPS" => Ok(ServerKind::Https),
+            "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" => Ok(ServerKind::TlsTcp),
+            "PASSTHROUGH" => Ok(ServerKind::Passthrough),
+            "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" => Err(format!("tls mode {mode} is not served yet; server skipped")),
+            other => Err(format!("unknown tls mode {other:?}; server skipped")),
+        },
+        _ => Ok(ServerKind::Tcp),
+    }
+}
+
+/// The servers of the Gateways selecting this gateway's labels, by port. A server
+/// whose protocol family differs from the port's first server is skipped (Istio).
 pub(super) fn gateway_servers(
     resources: &[Resource],
     bootstrap: &Bootstrap,
@@ -42,54 +109,31 @@ pub(super) fn gateway_servers(
     let mut ports: BTreeMap<u16, PortServers> = BTreeMap::new();
     for r in resources {
         let Spec::Gateway(gw) = &r.spec else { continue };
-        if !gw
-            .selector
-            .iter()
-            .all(|(k, v)| bootstrap.labels.get(k) == Some(v))
-        {
+        if !gw.selector.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)) {
             continue;
         }
         let gateway = format!("{}/{}", r.id.namespace, r.id.name);
         for (i, server) in gw.servers.iter().enumerate() {
             let field = format!("spec.servers[{i}]");
             let protocol = server.port.protocol.to_ascii_uppercase();
-            if !matches!(protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB") {
-                let msg = format!("protocol {protocol} is not served yet; server skipped"); // TODO(#3)
-                diags.push(Diagnostic::warning(
-                    &r.origin,
-                    &r.id,
-                    format!("{field}.port.protocol"),
-                    msg,
-                ));
-                continue;
-            }
-            let Ok(port) = u16::try_from(server.port.number)
-                .map_err(|_| ())
-                .and_then(|p| if p == 0 { Err(()) } else { Ok(p) })
-            else {
+            let kind = match kind_of(&protocol, server.tls.as_ref()) {
+                Ok(k) => k,
+                Err(msg) => {
+                    diags.push(Diagnostic::warning(&r.origin, &r.id, format!("{field}.tls"), msg));
+                    continue;
+                }
+            };
+            let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
                 let msg = format!("port {} is not a valid port", server.port.number);
-                diags.push(Diagnostic::error(
-                    &r.origin,
-                    &r.id,
-                    format!("{field}.port.number"),
-                    msg,
-                ));
+                diags.push(Diagnostic::error(&r.origin, &r.id, format!("{field}.port.number"), msg));
                 continue;
             };
             let bind = match server.bind.as_deref().map(str::parse::<IpAddr>) {
                 None => bootstrap.bind_ip,
                 Some(Ok(ip)) => ip,
                 Some(Err(_)) => {
-                    let msg = format!(
-                        "bind {:?} is not an IP address",
-                        server.bind.as_deref().unwrap_or_default()
-                    );
-                    diags.push(Diagnostic::error(
-                        &r.origin,
-                        &r.id,
-                        format!("{field}.bind"),
-                        msg,
-                    ));
+                    let msg = format!("bind {:?} is not an IP address", server.bind.as_deref().unwrap_or_default());
+                    diags.push(Diagnostic::error(&r.origin, &r.id, format!("{field}.bind"), msg));
                     continue;
                 }
             };
@@ -111,15 +155,21 @@ pub(super) fn gateway_servers(
                     None => ("*".to_string(), h.to_ascii_lowercase()),
                 })
                 .collect();
-            let https_redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
-            let entry = ports.entry(port).or_insert_with(|| PortServers {
-                bind,
-                servers: Vec::new(),
-            });
+            let entry = ports.entry(port).or_insert_with(|| PortServers { bind, servers: Vec::new() });
+            if entry.servers.first().is_some_and(|first| first.kind.family() != kind.family()) {
+                let msg = format!("port {port} already serves another protocol family; server skipped");
+                diags.push(Diagnostic::warning(&r.origin, &r.id, format!("{field}.port"), msg));
+                continue;
+            }
             entry.servers.push(ServerBinding {
                 gateway: gateway.clone(),
                 hosts,
-                https_redirect,
+                https_redirect: server.tls.as_ref().is_some_and(|t| t.https_redirect) && kind == ServerKind::Http,
+                kind,
+                tls: server.tls.clone().filter(|_| matches!(kind, ServerKind::Https | ServerKind::TlsTcp)),
+                origin: r.origin.clone(),
+                id: r.id.clone(),
+                field,
             });
         }
     }
@@ -127,11 +177,7 @@ pub(super) fn gateway_servers(
 }
 
 /// Resolves a gateway reference written in namespace `ns`; `None` for `mesh`.
-pub(super) fn resolve_gateway_ref(
-    reference: &str,
-    ns: &str,
-    bootstrap: &Bootstrap,
-) -> Option<String> {
+pub(super) fn resolve_gateway_ref(reference: &str, ns: &str, bootstrap: &Bootstrap) -> Option<String> {
     if reference == "mesh" {
         return None;
     }
@@ -151,20 +197,16 @@ pub(super) fn resolve_gateway_ref(
     Some(format!("{ns}/{reference}"))
 }
 
-/// The domains a VirtualService serves on a port: its hosts intersected with the
-/// hosts of the servers of its gateways that admit its namespace.
+/// The domains a VirtualService serves through `servers`: its hosts intersected with
+/// the hosts of the servers of its gateways that admit its namespace.
 pub(super) fn domains(
     vs_hosts: &[String],
     vs_ns: &str,
     gateways: &BTreeSet<String>,
-    port: &PortServers,
+    servers: &[&ServerBinding],
 ) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for server in port
-        .servers
-        .iter()
-        .filter(|s| gateways.contains(&s.gateway))
-    {
+    for server in servers.iter().filter(|s| gateways.contains(&s.gateway)) {
         for (ns_filter, server_host) in &server.hosts {
             if ns_filter != "*" && ns_filter != vs_ns {
                 continue;
@@ -184,10 +226,7 @@ pub(super) fn domains(
 /// Istio host intersection: the more specific of two overlapping hosts.
 pub(super) fn intersect(a: &str, b: &str) -> Option<String> {
     let covers = |wild: &str, host: &str| {
-        wild == "*"
-            || wild
-                .strip_prefix('*')
-                .is_some_and(|s| host.ends_with(s) && host.len() > s.len())
+        wild == "*" || wild.strip_prefix('*').is_some_and(|s| host.ends_with(s) && host.len() > s.len())
     };
     if a == b {
         Some(a.to_string())
@@ -206,18 +245,9 @@ mod tests {
 
     #[test]
     fn intersection_keeps_the_more_specific_host() {
-        assert_eq!(
-            intersect("*.example.com", "shop.example.com").as_deref(),
-            Some("shop.example.com")
-        );
-        assert_eq!(
-            intersect("shop.example.com", "*").as_deref(),
-            Some("shop.example.com")
-        );
-        assert_eq!(
-            intersect("*.example.com", "*.a.example.com").as_deref(),
-            Some("*.a.example.com")
-        );
+        assert_eq!(intersect("*.example.com", "shop.example.com").as_deref(), Some("shop.example.com"));
+        assert_eq!(intersect("shop.example.com", "*").as_deref(), Some("shop.example.com"));
+        assert_eq!(intersect("*.example.com", "*.a.example.com").as_deref(), Some("*.a.example.com"));
         assert_eq!(intersect("*.example.com", "example.com"), None);
         assert_eq!(intersect("a.com", "b.com"), None);
     }
@@ -225,22 +255,10 @@ mod tests {
     #[test]
     fn gateway_references_resolve_like_istio() {
         let b = Bootstrap::default();
-        assert_eq!(
-            resolve_gateway_ref("gw", "shop", &b).as_deref(),
-            Some("shop/gw")
-        );
-        assert_eq!(
-            resolve_gateway_ref("./gw", "shop", &b).as_deref(),
-            Some("shop/gw")
-        );
-        assert_eq!(
-            resolve_gateway_ref("edge/gw", "shop", &b).as_deref(),
-            Some("edge/gw")
-        );
-        assert_eq!(
-            resolve_gateway_ref("gw.edge.svc.cluster.local", "shop", &b).as_deref(),
-            Some("edge/gw")
-        );
+        assert_eq!(resolve_gateway_ref("gw", "shop", &b).as_deref(), Some("shop/gw"));
+        assert_eq!(resolve_gateway_ref("./gw", "shop", &b).as_deref(), Some("shop/gw"));
+        assert_eq!(resolve_gateway_ref("edge/gw", "shop", &b).as_deref(), Some("edge/gw"));
+        assert_eq!(resolve_gateway_ref("gw.edge.svc.cluster.local", "shop", &b).as_deref(), Some("edge/gw"));
         assert_eq!(resolve_gateway_ref("mesh", "shop", &b), None);
     }
 }

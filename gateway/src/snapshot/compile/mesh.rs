@@ -30,11 +30,7 @@ pub(super) fn route_table(
             continue;
         }
         let no_gateway = |_: &str| false;
-        let cx = routes::PortContext {
-            port: 0,
-            gateways_on_port: &no_gateway,
-            mesh: true,
-        };
+        let cx = routes::PortContext { port: 0, gateways_on_port: &no_gateway, mesh: true };
         let Ok(rules) = routes::compile_http(r, vs, &cx, registry, bootstrap, refs) else {
             continue;
         };
@@ -50,17 +46,12 @@ pub(super) fn route_table(
             continue;
         }
         let port = registry.default_port(&host, 0);
-        let target =
-            routes::resolve(registry, &host, port, None).unwrap_or_else(|(target, _)| target);
+        let target = routes::resolve(registry, &host, port, None).unwrap_or_else(|(target, _)| target);
         let route = Route {
             name: format!("{host}:default").into(),
             matches: Vec::new(),
             action: Action::Forward(Forward {
-                destinations: vec![WeightedDestination {
-                    target,
-                    weight: 1,
-                    headers: HeaderRules::default(),
-                }],
+                destinations: vec![WeightedDestination { target, weight: 1, headers: HeaderRules::default() }],
                 total_weight: 1,
                 rewrite: None,
             }),
@@ -79,17 +70,10 @@ pub(super) fn route_table(
 /// Registers `host` and the names a workload in the mesh may use for it:
 /// `name.ns.svc`, `name.ns`, and `name` within the gateway's own namespace.
 fn insert(table: &mut RouteTable, host: &str, bootstrap: &Bootstrap, routes: Vec<Arc<Route>>) {
-    let vhost = Arc::new(VirtualHost {
-        domain: host.into(),
-        routes,
-        require_tls: false,
-    });
+    let vhost = Arc::new(VirtualHost { domain: host.into(), routes, require_tls: false });
     table.insert(host, vhost.clone());
     let suffix = format!(".svc.{}", bootstrap.domain_suffix);
-    if let Some((name, ns)) = host
-        .strip_suffix(&suffix)
-        .and_then(|rest| rest.split_once('.'))
-    {
+    if let Some((name, ns)) = host.strip_suffix(&suffix).and_then(|rest| rest.split_once('.')) {
         table.insert(&format!("{name}.{ns}.svc"), vhost.clone());
         table.insert(&format!("{name}.{ns}"), vhost.clone());
         if ns == bootstrap.namespace {

@@ -2,20 +2,29 @@
 //! fails is rejected alone (and named), everything else applies.
 
 mod binding;
+mod l4;
 mod mesh;
 mod registry;
 mod routes;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::SystemTime,
 };
 
-use self::{binding::PortServers, registry::Registry, routes::PortContext};
-use super::{ListenerProtocol, ListenerSpec, Snapshot};
+use self::{
+    binding::{ServerBinding, ServerKind},
+    registry::Registry,
+    routes::PortContext,
+};
+use super::{ChainAction, FilterChain, ListenerSpec, PortPlan, Snapshot};
 use crate::{
     config::{Bootstrap, Diagnostic, Resource, ResourceRef, Spec},
+    listener::{
+        certs::CertStore,
+        tls::{self, Credentials},
+    },
     route::{Route, RouteTable, VirtualHost},
 };
 
@@ -37,8 +46,16 @@ struct VhostBuild {
     require_tls: bool,
 }
 
+/// One HTTP route table: a plaintext port's (all its servers), or an HTTPS server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TableKey {
+    port: u16,
+    server: Option<usize>,
+}
+
 /// Compiles `resources` (in Istio order) for the gateway described by `bootstrap`.
-pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
+/// Certificate files are loaded through `certs`, which follows their rotation.
+pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, certs: &CertStore) -> Compiled {
     let mut diagnostics = Vec::new();
     let mut refs = Vec::new();
     let mut rejected = Vec::new();
@@ -49,13 +66,31 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
         .filter(|r| matches!(r.spec, Spec::Gateway(_)))
         .map(|r| format!("{}/{}", r.id.namespace, r.id.name))
         .collect();
-
     for r in resources {
         if let Spec::DestinationRule(dr) = &r.spec {
             diagnostics.extend(check_destination_rule(r, dr));
         }
     }
-    let mut vhosts: BTreeMap<u16, Vec<(String, VhostBuild)>> = BTreeMap::new();
+    let tables: Vec<(TableKey, Vec<&ServerBinding>)> = ports
+        .iter()
+        .flat_map(|(port, servers)| {
+            let port = *port;
+            if servers.family_kind() == ServerKind::Http {
+                vec![(TableKey { port, server: None }, servers.servers.iter().collect())]
+            } else {
+                servers
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.kind == ServerKind::Https)
+                    .map(|(i, s)| (TableKey { port, server: Some(i) }, vec![s]))
+                    .collect()
+            }
+        })
+        .collect();
+
+    let mut vhosts: HashMap<TableKey, Vec<(String, VhostBuild)>> = HashMap::new();
+    let mut l4_sources = Vec::new();
     for r in resources {
         let Spec::VirtualService(vs) = &r.spec else {
             continue;
@@ -68,57 +103,37 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
             rejected.push(r.id.clone());
             continue;
         }
-        if !vs.tls.is_empty() || !vs.tcp.is_empty() {
-            let msg = "tls and tcp routes are not served yet (TODO(#3))";
-            diagnostics.push(Diagnostic::warning(&r.origin, &r.id, "spec", msg));
-        }
         let gateways = routes::vs_gateways(r, vs, bootstrap);
         for (i, g) in vs.gateways.iter().enumerate() {
             if let Some(g) = binding::resolve_gateway_ref(g, &r.id.namespace, bootstrap) {
                 if !gateway_names.contains(&g) {
-                    refs.push(Diagnostic::error(
-                        &r.origin,
-                        &r.id,
-                        format!("spec.gateways[{i}]"),
-                        format!("gateway {g} not found"),
-                    ));
+                    let msg = format!("gateway {g} not found");
+                    refs.push(Diagnostic::error(&r.origin, &r.id, format!("spec.gateways[{i}]"), msg));
                 }
             }
         }
-        let hosts: Vec<String> = vs
-            .hosts
+        let hosts: Vec<String> = vs.hosts.iter().map(|h| bootstrap.fqdn(h, &r.id.namespace)).collect();
+        let bound: Vec<(TableKey, Vec<String>)> = tables
             .iter()
-            .map(|h| bootstrap.fqdn(h, &r.id.namespace))
-            .collect();
-        let bound: Vec<(u16, &PortServers, Vec<String>)> = ports
-            .iter()
-            .map(|(port, servers)| {
-                (
-                    *port,
-                    servers,
-                    binding::domains(&hosts, &r.id.namespace, &gateways, servers),
-                )
-            })
-            .filter(|(_, _, domains)| !domains.is_empty())
+            .map(|(key, servers)| (*key, binding::domains(&hosts, &r.id.namespace, &gateways, servers)))
+            .filter(|(_, domains)| !domains.is_empty())
             .collect();
         // Compile once per bound port (destination ports default to the listener port);
         // an unbound VirtualService is still compiled once so that its errors are found.
-        let mut per_port = Vec::new();
+        let mut bound_ports: Vec<u16> = bound.iter().map(|(k, _)| k.port).collect();
+        bound_ports.dedup();
+        if bound_ports.is_empty() {
+            bound_ports.push(0);
+        }
+        let mut per_port = HashMap::new();
         let mut failed = None;
-        let targets: Vec<(u16, Option<&PortServers>)> = if bound.is_empty() {
-            vec![(0, None)]
-        } else {
-            bound.iter().map(|(p, s, _)| (*p, Some(*s))).collect()
-        };
-        for (port, servers) in targets {
-            let on_port = |g: &str| servers.is_some_and(|s| s.has_gateway(g));
-            let cx = PortContext {
-                port,
-                gateways_on_port: &on_port,
-                mesh: false,
-            };
+        for port in bound_ports {
+            let on_port = |g: &str| ports.get(&port).is_some_and(|s| s.has_gateway(g));
+            let cx = PortContext { port, gateways_on_port: &on_port, mesh: false };
             match routes::compile_http(r, vs, &cx, &mut registry, bootstrap, &mut refs) {
-                Ok(routes) => per_port.push((port, routes)),
+                Ok(routes) => {
+                    per_port.insert(port, routes);
+                }
                 Err(errs) => {
                     failed = Some(errs);
                     break;
@@ -130,8 +145,9 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
             rejected.push(r.id.clone());
             continue;
         }
-        for ((port, _, domains), (_, routes)) in bound.iter().zip(per_port) {
-            let table = vhosts.entry(*port).or_default();
+        for (key, domains) in &bound {
+            let table = vhosts.entry(*key).or_default();
+            let routes = per_port.get(&key.port).map(Vec::as_slice).unwrap_or_default();
             for domain in domains {
                 let idx = match table.iter().position(|(d, _)| d == domain) {
                     Some(i) => i,
@@ -145,62 +161,77 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
                 vh.sources.insert(r.id.clone());
             }
         }
+        if !vs.tls.is_empty() || !vs.tcp.is_empty() {
+            l4_sources.push(l4::Source { resource: r, vs, gateways, hosts });
+        }
     }
 
-    let mut route_tables = HashMap::new();
+    let mut plans = HashMap::new();
     let mut listeners = Vec::new();
+    let mut l4 = l4::Compiler { sources: &l4_sources, registry: &mut registry, bootstrap, refs: &mut refs };
     for (port, servers) in &ports {
-        listeners.push(ListenerSpec {
-            port: *port,
-            bind: servers.bind,
-            protocol: ListenerProtocol::Http,
-        });
-        let table = vhosts.entry(*port).or_default();
-        for server in servers.servers.iter().filter(|s| s.https_redirect) {
-            for (_, host) in &server.hosts {
-                if !table.iter().any(|(d, _)| d == host) {
-                    table.push((host.clone(), VhostBuild::default()));
+        let port = *port;
+        listeners.push(ListenerSpec { port, bind: servers.bind });
+        let mut table_of = |server: Option<usize>| {
+            let entries = vhosts.remove(&TableKey { port, server }).unwrap_or_default();
+            let redirects: Vec<&ServerBinding> = servers.servers.iter().filter(|s| s.https_redirect).collect();
+            build_table(entries, &redirects)
+        };
+        let plan = match servers.family_kind() {
+            ServerKind::Http => PortPlan::Http(table_of(None)),
+            ServerKind::Tcp => PortPlan::Tcp(l4.tcp_routes(&servers.servers.iter().collect::<Vec<_>>(), port)),
+            _ => {
+                let mut chains = Vec::new();
+                for (i, server) in servers.servers.iter().enumerate() {
+                    let creds =
+                        Credentials { dir: bootstrap.credentials_dir.clone(), namespace: bootstrap.namespace.clone() };
+                    let alpn: &[&[u8]] = if server.kind == ServerKind::Https { &[b"h2", b"http/1.1"] } else { &[] };
+                    let tls = match server.tls.as_ref().map(|t| tls::server_config(t, &creds, certs, alpn)) {
+                        None => None,
+                        Some(Ok(compiled)) => {
+                            for w in compiled.warnings {
+                                diagnostics.push(Diagnostic::warning(
+                                    &server.origin,
+                                    &server.id,
+                                    format!("{}.tls", server.field),
+                                    w,
+                                ));
+                            }
+                            Some(compiled.config)
+                        }
+                        Some(Err(e)) => {
+                            diagnostics.push(Diagnostic::error(
+                                &server.origin,
+                                &server.id,
+                                format!("{}.tls", server.field),
+                                e,
+                            ));
+                            continue;
+                        }
+                    };
+                    let action = match (server.kind, tls) {
+                        (ServerKind::Https, Some(tls)) => ChainAction::Https { tls, table: table_of(Some(i)) },
+                        (ServerKind::TlsTcp, Some(tls)) => {
+                            ChainAction::TlsTcp { tls, routes: l4.tcp_routes(&[server], port) }
+                        }
+                        _ => ChainAction::Passthrough { routes: l4.tls_routes(server, port) },
+                    };
+                    chains.push(FilterChain { server_names: server.names(), action });
                 }
-                for (domain, vh) in table.iter_mut() {
-                    if binding::intersect(host, domain).as_deref() == Some(domain.as_str()) {
-                        vh.require_tls = true;
-                    }
-                }
+                PortPlan::Tls(chains)
             }
-        }
-        let mut rt = RouteTable::default();
-        for (domain, mut vh) in std::mem::take(table) {
-            if vh.sources.len() > 1 {
-                // Istio: when VirtualServices merge on a host, catch-all rules go last.
-                let (catch_all, specific): (Vec<_>, Vec<_>) =
-                    vh.routes.into_iter().partition(|r| r.is_catch_all());
-                vh.routes = specific.into_iter().chain(catch_all).collect();
-            }
-            let vhost = VirtualHost {
-                domain: domain.as_str().into(),
-                routes: vh.routes,
-                require_tls: vh.require_tls,
-            };
-            rt.insert(&domain, Arc::new(vhost));
-        }
-        route_tables.insert(*port, rt);
+        };
+        plans.insert(port, plan);
     }
 
     if let Some(port) = bootstrap.mesh_port {
         if ports.contains_key(&port) {
-            let msg = format!(
-                "mesh port {port} is also a Gateway server port; the mesh listener is not opened"
-            );
+            let msg = format!("mesh port {port} is also a Gateway server port; the mesh listener is not opened");
             tracing::error!("{msg}");
         } else {
-            let table =
-                mesh::route_table(resources, &rejected, bootstrap, &mut registry, &mut refs);
-            listeners.push(ListenerSpec {
-                port,
-                bind: bootstrap.bind_ip,
-                protocol: ListenerProtocol::Http,
-            });
-            route_tables.insert(port, table);
+            let table = mesh::route_table(resources, &rejected, bootstrap, &mut registry, &mut refs);
+            listeners.push(ListenerSpec { port, bind: bootstrap.bind_ip });
+            plans.insert(port, PortPlan::Http(table));
         }
     }
 
@@ -209,77 +240,74 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap) -> Compiled {
     let snapshot = Snapshot {
         version: 0,
         listeners,
-        route_tables,
+        ports: plans,
         clusters: registry.into_clusters(),
         diagnostics: diagnostics.iter().chain(&refs).cloned().collect(),
         created: Some(SystemTime::now()),
     };
     diagnostics.extend(refs);
-    Compiled {
-        snapshot,
-        diagnostics,
-        rejected,
+    Compiled { snapshot, diagnostics, rejected }
+}
+
+/// A route table from its virtual hosts; `httpsRedirect` servers mark theirs.
+fn build_table(mut entries: Vec<(String, VhostBuild)>, redirects: &[&ServerBinding]) -> RouteTable {
+    for server in redirects {
+        for (_, host) in &server.hosts {
+            if !entries.iter().any(|(d, _)| d == host) {
+                entries.push((host.clone(), VhostBuild::default()));
+            }
+            for (domain, vh) in entries.iter_mut() {
+                if binding::intersect(host, domain).as_deref() == Some(domain.as_str()) {
+                    vh.require_tls = true;
+                }
+            }
+        }
     }
+    let mut table = RouteTable::default();
+    for (domain, mut vh) in entries {
+        if vh.sources.len() > 1 {
+            // Istio: when VirtualServices merge on a host, catch-all rules go last.
+            let (catch_all, specific): (Vec<_>, Vec<_>) = vh.routes.into_iter().partition(|r| r.is_catch_all());
+            vh.routes = specific.into_iter().chain(catch_all).collect();
+        }
+        let vhost = VirtualHost { domain: domain.as_str().into(), routes: vh.routes, require_tls: vh.require_tls };
+        table.insert(&domain, Arc::new(vhost));
+    }
+    table
 }
 
 /// Istio `exportTo`: empty or `*` is visible everywhere, `.` only in the resource's
 /// own namespace, otherwise in the namespaces listed.
 pub(super) fn exported_to(export_to: &[String], own: &str, viewer: &str) -> bool {
-    export_to.is_empty()
-        || export_to
-            .iter()
-            .any(|e| e == "*" || e == viewer || (e == "." && own == viewer))
+    export_to.is_empty() || export_to.iter().any(|e| e == "*" || e == viewer || (e == "." && own == viewer))
 }
 
 /// Policy blocks read but not enforced yet are reported, never silently accepted.
-fn check_destination_rule(
-    r: &Resource,
-    dr: &crate::config::istio::DestinationRule,
-) -> Vec<Diagnostic> {
+fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRule) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let mut policies = vec![("spec.trafficPolicy".to_string(), dr.traffic_policy.as_ref())];
-    policies.extend(dr.subsets.iter().enumerate().map(|(i, s)| {
-        (
-            format!("spec.subsets[{i}].trafficPolicy"),
-            s.traffic_policy.as_ref(),
-        )
-    }));
+    policies.extend(
+        dr.subsets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("spec.subsets[{i}].trafficPolicy"), s.traffic_policy.as_ref())),
+    );
     for (field, tp) in policies {
         let Some(tp) = tp else { continue };
         let mut unapplied = Vec::new();
-        if tp.connection_pool.is_some()
-            || tp
-                .port_level_settings
-                .iter()
-                .any(|p| p.connection_pool.is_some())
-        {
+        if tp.connection_pool.is_some() || tp.port_level_settings.iter().any(|p| p.connection_pool.is_some()) {
             unapplied.push("connectionPool (TODO(#8))");
         }
-        if tp.outlier_detection.is_some()
-            || tp
-                .port_level_settings
-                .iter()
-                .any(|p| p.outlier_detection.is_some())
-        {
+        if tp.outlier_detection.is_some() || tp.port_level_settings.iter().any(|p| p.outlier_detection.is_some()) {
             unapplied.push("outlierDetection (TODO(#8))");
         }
-        let lb = tp.load_balancer.iter().chain(
-            tp.port_level_settings
-                .iter()
-                .filter_map(|p| p.load_balancer.as_ref()),
-        );
+        let lb = tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
         if lb.clone().any(|l| l.consistent_hash.is_some()) {
             unapplied.push("loadBalancer.consistentHash (TODO(#8); LEAST_REQUEST is used)");
         }
-        let tls_on = |t: &crate::config::istio::ClientTlsSettings| {
-            t.mode.as_deref().is_some_and(|m| m != "DISABLE")
-        };
+        let tls_on = |t: &crate::config::istio::ClientTlsSettings| t.mode.as_deref().is_some_and(|m| m != "DISABLE");
         if tp.tls.as_ref().is_some_and(tls_on)
-            || tp
-                .port_level_settings
-                .iter()
-                .filter_map(|p| p.tls.as_ref())
-                .any(tls_on)
+            || tp.port_level_settings.iter().filter_map(|p| p.tls.as_ref()).any(tls_on)
         {
             unapplied.push("tls (TODO(#3); upstream traffic is plaintext)");
         }
@@ -299,36 +327,18 @@ fn check_destination_rule(
 }
 
 /// Checks of one VirtualService that do not depend on other resources.
-fn check_virtual_service(
-    r: &Resource,
-    vs: &crate::config::istio::VirtualService,
-) -> Result<(), Vec<Diagnostic>> {
+fn check_virtual_service(r: &Resource, vs: &crate::config::istio::VirtualService) -> Result<(), Vec<Diagnostic>> {
     let mut errs = Vec::new();
     if vs.http.is_empty() && vs.tls.is_empty() && vs.tcp.is_empty() {
-        errs.push(Diagnostic::error(
-            &r.origin,
-            &r.id,
-            "spec",
-            "at least one of http, tls and tcp must be set",
-        ));
+        errs.push(Diagnostic::error(&r.origin, &r.id, "spec", "at least one of http, tls and tcp must be set"));
     }
     if vs.hosts.is_empty() && !vs.gateways.is_empty() {
-        errs.push(Diagnostic::error(
-            &r.origin,
-            &r.id,
-            "spec.hosts",
-            "hosts are required",
-        ));
+        errs.push(Diagnostic::error(&r.origin, &r.id, "spec.hosts", "hosts are required"));
     }
     let mut seen = HashSet::new();
     for (i, h) in vs.hosts.iter().enumerate() {
         if !seen.insert(h.to_ascii_lowercase()) {
-            errs.push(Diagnostic::error(
-                &r.origin,
-                &r.id,
-                format!("spec.hosts[{i}]"),
-                format!("duplicate host {h:?}"),
-            ));
+            errs.push(Diagnostic::error(&r.origin, &r.id, format!("spec.hosts[{i}]"), format!("duplicate host {h:?}")));
         }
     }
     if errs.is_empty() {

@@ -10,8 +10,7 @@ use std::{
 use crate::{
     config::{
         istio::{
-            DestinationRule, LoadBalancerSettings, ServiceEntry, ServicePort, SimpleLb,
-            TrafficPolicy, WorkloadEntry,
+            DestinationRule, LoadBalancerSettings, ServiceEntry, ServicePort, SimpleLb, TrafficPolicy, WorkloadEntry,
         },
         Bootstrap, Resource, Spec,
     },
@@ -50,9 +49,7 @@ impl Registry {
             .collect();
         let mut services = HashMap::new();
         let mut rules = Vec::new();
-        let visible = |export_to: &[String], ns: &str| {
-            super::exported_to(export_to, ns, &bootstrap.namespace)
-        };
+        let visible = |export_to: &[String], ns: &str| super::exported_to(export_to, ns, &bootstrap.namespace);
         for r in resources {
             match &r.spec {
                 Spec::ServiceEntry(se) if !visible(&se.export_to, &r.id.namespace) => {}
@@ -64,18 +61,13 @@ impl Registry {
                         services.entry(host).or_insert(service);
                     }
                 }
-                Spec::DestinationRule(dr) => rules.push(Rule {
-                    host: bootstrap.fqdn(&dr.host, &r.id.namespace),
-                    spec: dr.clone(),
-                }),
+                Spec::DestinationRule(dr) => {
+                    rules.push(Rule { host: bootstrap.fqdn(&dr.host, &r.id.namespace), spec: dr.clone() })
+                }
                 _ => {}
             }
         }
-        Self {
-            services,
-            rules,
-            clusters: HashMap::new(),
-        }
+        Self { services, rules, clusters: HashMap::new() }
     }
 
     /// True when `host` is a registry service.
@@ -101,20 +93,13 @@ impl Registry {
     }
 
     /// The cluster for `(host, port, subset)`, built once per compile.
-    pub(super) fn cluster(
-        &mut self,
-        host: &str,
-        port: u16,
-        subset: Option<&str>,
-    ) -> Result<Arc<Cluster>, Unresolved> {
+    pub(super) fn cluster(&mut self, host: &str, port: u16, subset: Option<&str>) -> Result<Arc<Cluster>, Unresolved> {
         let key = (host.to_string(), port, subset.map(str::to_string));
         if let Some(c) = self.clusters.get(&key) {
             return Ok(c.clone());
         }
-        let service = self
-            .services
-            .get(host)
-            .ok_or_else(|| format!("host {host:?} is not in the registry (no ServiceEntry)"))?;
+        let service =
+            self.services.get(host).ok_or_else(|| format!("host {host:?} is not in the registry (no ServiceEntry)"))?;
         let svc_port = service
             .ports
             .iter()
@@ -128,9 +113,7 @@ impl Registry {
                     .iter()
                     .flat_map(|r| r.subsets.iter())
                     .find(|s| s.name == name)
-                    .ok_or_else(|| {
-                        format!("no subset {name:?} for host {host:?} in any DestinationRule")
-                    })?;
+                    .ok_or_else(|| format!("no subset {name:?} for host {host:?} in any DestinationRule"))?;
                 (s.labels.clone(), s.traffic_policy.as_ref())
             }
         };
@@ -142,39 +125,22 @@ impl Registry {
         };
         let mut endpoints = Vec::new();
         let mut dns = Vec::new();
-        for ep in service.endpoints.iter().filter(|e| {
-            subset_labels
-                .iter()
-                .all(|(k, v)| e.labels.get(k) == Some(v))
-        }) {
-            let ep_port = ep
-                .ports
-                .get(&svc_port.name)
-                .copied()
-                .or(svc_port.target_port)
-                .unwrap_or(svc_port.number);
+        for ep in service.endpoints.iter().filter(|e| subset_labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))) {
+            let ep_port = ep.ports.get(&svc_port.name).copied().or(svc_port.target_port).unwrap_or(svc_port.number);
             let Ok(ep_port) = u16::try_from(ep_port) else {
                 continue;
             };
             match ep.address.parse::<IpAddr>() {
-                Ok(ip) => endpoints.push(Arc::new(Endpoint::new(
-                    SocketAddr::new(ip, ep_port),
-                    ep.labels.clone(),
-                ))),
+                Ok(ip) => endpoints.push(Arc::new(Endpoint::new(SocketAddr::new(ip, ep_port), ep.labels.clone()))),
                 Err(_) if service.dns && !ep.address.starts_with("unix://") => {
-                    dns.push(DnsTarget {
-                        host: ep.address.clone(),
-                        port: ep_port,
-                        labels: ep.labels.clone(),
-                    })
+                    dns.push(DnsTarget { host: ep.address.clone(), port: ep_port, labels: ep.labels.clone() })
                 }
                 Err(_) => {
                     tracing::warn!(host, address = %ep.address, "endpoint address is not an IP; skipped")
                 }
             }
         }
-        let name: Arc<str> =
-            format!("outbound|{port}|{}|{host}", subset.unwrap_or_default()).into();
+        let name: Arc<str> = format!("outbound|{port}|{}|{host}", subset.unwrap_or_default()).into();
         let cluster = Arc::new(Cluster::new(name, protocol, lb, endpoints, dns));
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
@@ -188,55 +154,34 @@ impl Registry {
     /// Istio: an exact host rule wins over wildcards; several rules for one host merge
     /// (subsets unioned, the first rule's top-level policy wins).
     fn rules_for(&self, host: &str) -> Vec<&DestinationRule> {
-        let exact: Vec<&DestinationRule> = self
-            .rules
-            .iter()
-            .filter(|r| r.host == host)
-            .map(|r| &r.spec)
-            .collect();
+        let exact: Vec<&DestinationRule> = self.rules.iter().filter(|r| r.host == host).map(|r| &r.spec).collect();
         if !exact.is_empty() {
             return exact;
         }
         let best = self
             .rules
             .iter()
-            .filter(|r| {
-                r.host == "*" || r.host.strip_prefix('*').is_some_and(|s| host.ends_with(s))
-            })
+            .filter(|r| r.host == "*" || r.host.strip_prefix('*').is_some_and(|s| host.ends_with(s)))
             .max_by_key(|r| r.host.len());
         best.map(|r| vec![&r.spec]).unwrap_or_default()
     }
 }
 
-fn service_of(
-    se: &ServiceEntry,
-    host: &str,
-    namespace: &str,
-    workload_entries: &[(&str, &WorkloadEntry)],
-) -> Service {
+fn service_of(se: &ServiceEntry, host: &str, namespace: &str, workload_entries: &[(&str, &WorkloadEntry)]) -> Service {
     let dns = matches!(se.resolution.as_deref(), Some("DNS" | "DNS_ROUND_ROBIN"));
     let mut endpoints = se.endpoints.clone();
     if let Some(sel) = &se.workload_selector {
         endpoints.extend(
             workload_entries
                 .iter()
-                .filter(|(ns, we)| {
-                    *ns == namespace && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
-                })
+                .filter(|(ns, we)| *ns == namespace && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
                 .map(|(_, we)| (*we).clone()),
         );
     }
     if dns && endpoints.is_empty() && !host.starts_with('*') {
-        endpoints.push(WorkloadEntry {
-            address: host.to_string(),
-            ..Default::default()
-        });
+        endpoints.push(WorkloadEntry { address: host.to_string(), ..Default::default() });
     }
-    Service {
-        ports: se.ports.clone(),
-        endpoints,
-        dns,
-    }
+    Service { ports: se.ports.clone(), endpoints, dns }
 }
 
 /// Istio's block-level override: port-level settings replace the top-level block,
@@ -244,11 +189,7 @@ fn service_of(
 fn lb_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> LbPolicy {
     let pick = |tp: Option<&TrafficPolicy>| -> Option<Option<LoadBalancerSettings>> {
         let tp = tp?;
-        match tp
-            .port_level_settings
-            .iter()
-            .find(|p| p.port.is_some_and(|p| p.number == u32::from(port)))
-        {
+        match tp.port_level_settings.iter().find(|p| p.port.is_some_and(|p| p.number == u32::from(port))) {
             Some(pl) => Some(pl.load_balancer.clone()),
             None => tp.load_balancer.clone().map(Some),
         }

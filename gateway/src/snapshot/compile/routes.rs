@@ -13,8 +13,8 @@ use crate::{
     },
     route::{
         matchers::{HeaderCondition, HeaderKey, StringMatcher},
-        per_million, Action, Cors, DirectResponse, Fault, Forward, HeaderRules, MatchBlock, Mirror,
-        Redirect, Rewrite, Route, Target, WeightedDestination,
+        per_million, Action, Cors, DirectResponse, Fault, Forward, HeaderRules, MatchBlock, Mirror, Redirect, Rewrite,
+        Route, Target, WeightedDestination,
     },
     upstream::RetryPolicy,
 };
@@ -57,14 +57,9 @@ pub(super) fn compile_http(
         if !rule.matches.is_empty() && blocks.is_empty() {
             continue; // every block is for other ports, gateways or proxies
         }
-        let name: Arc<str> = rule
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{}.{}.{i}", r.id.name, r.id.namespace))
-            .into();
-        match compile_rule(
-            rule, name, blocks, r, cx.port, registry, bootstrap, refs, &field,
-        ) {
+        let name: Arc<str> =
+            rule.name.clone().unwrap_or_else(|| format!("{}.{}.{i}", r.id.name, r.id.namespace)).into();
+        match compile_rule(rule, name, blocks, r, cx.port, registry, bootstrap, refs, &field) {
             Ok(route) => routes.push(Arc::new(route)),
             Err((f, msg)) => err(format!("{field}{f}"), msg),
         }
@@ -77,15 +72,8 @@ pub(super) fn compile_http(
 }
 
 /// Config-time conditions: `port`, `gateways`, `sourceLabels`, `sourceNamespace`.
-fn applies_here(
-    m: &HttpMatchRequest,
-    r: &Resource,
-    cx: &PortContext<'_>,
-    bootstrap: &Bootstrap,
-) -> bool {
-    if m.port
-        .is_some_and(|p| cx.port != 0 && p != u32::from(cx.port))
-    {
+fn applies_here(m: &HttpMatchRequest, r: &Resource, cx: &PortContext<'_>, bootstrap: &Bootstrap) -> bool {
+    if m.port.is_some_and(|p| cx.port != 0 && p != u32::from(cx.port)) {
         return false;
     }
     if cx.mesh && !m.gateways.is_empty() {
@@ -98,14 +86,8 @@ fn applies_here(
             .filter_map(|g| resolve_gateway_ref(g, &r.id.namespace, bootstrap))
             .any(|g| cx.port == 0 || (cx.gateways_on_port)(&g));
     }
-    let labels_ok = m
-        .source_labels
-        .iter()
-        .all(|(k, v)| bootstrap.labels.get(k) == Some(v));
-    let ns_ok = m
-        .source_namespace
-        .as_ref()
-        .is_none_or(|ns| *ns == bootstrap.namespace);
+    let labels_ok = m.source_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v));
+    let ns_ok = m.source_namespace.as_ref().is_none_or(|ns| *ns == bootstrap.namespace);
     labels_ok && ns_ok
 }
 
@@ -113,24 +95,20 @@ type FieldError = (String, String);
 
 fn compile_block(m: &HttpMatchRequest) -> Result<MatchBlock, FieldError> {
     let matcher = |f: &str, sm: &Option<crate::config::istio::StringMatch>| {
-        sm.as_ref()
-            .map(StringMatcher::compile)
-            .transpose()
-            .map_err(|e| (format!(".{f}"), e))
+        sm.as_ref().map(StringMatcher::compile).transpose().map_err(|e| (format!(".{f}"), e))
     };
-    let conditions =
-        |f: &str, map: &std::collections::BTreeMap<String, crate::config::istio::StringMatch>| {
-            let mut out = Vec::new();
-            for (k, sm) in map {
-                if matches!(k.as_str(), "uri" | "scheme" | "method" | "authority") {
-                    continue; // Istio ignores these keys; the dedicated fields match them.
-                }
-                let key = HeaderKey::parse(k).map_err(|e| (format!(".{f}.{k}"), e))?;
-                let matcher = StringMatcher::compile(sm).map_err(|e| (format!(".{f}.{k}"), e))?;
-                out.push(HeaderCondition { key, matcher });
+    let conditions = |f: &str, map: &std::collections::BTreeMap<String, crate::config::istio::StringMatch>| {
+        let mut out = Vec::new();
+        for (k, sm) in map {
+            if matches!(k.as_str(), "uri" | "scheme" | "method" | "authority") {
+                continue; // Istio ignores these keys; the dedicated fields match them.
             }
-            Ok::<_, FieldError>(out)
-        };
+            let key = HeaderKey::parse(k).map_err(|e| (format!(".{f}.{k}"), e))?;
+            let matcher = StringMatcher::compile(sm).map_err(|e| (format!(".{f}.{k}"), e))?;
+            out.push(HeaderCondition { key, matcher });
+        }
+        Ok::<_, FieldError>(out)
+    };
     let mut query_params = Vec::new();
     for (k, sm) in &m.query_params {
         let matcher = StringMatcher::compile(sm).map_err(|e| (format!(".queryParams.{k}"), e))?;
@@ -138,9 +116,7 @@ fn compile_block(m: &HttpMatchRequest) -> Result<MatchBlock, FieldError> {
     }
     let port = m
         .port
-        .map(|p| {
-            u16::try_from(p).map_err(|_| (".port".to_string(), format!("port {p} is out of range")))
-        })
+        .map(|p| u16::try_from(p).map_err(|_| (".port".to_string(), format!("port {p} is out of range"))))
         .transpose()?;
     Ok(MatchBlock {
         name: m.name.as_deref().map(Into::into),
@@ -168,17 +144,10 @@ fn compile_rule(
     refs: &mut Vec<Diagnostic>,
     field: &str,
 ) -> Result<Route, FieldError> {
-    let actions = [
-        !rule.route.is_empty(),
-        rule.redirect.is_some(),
-        rule.direct_response.is_some(),
-        rule.delegate.is_some(),
-    ];
+    let actions =
+        [!rule.route.is_empty(), rule.redirect.is_some(), rule.direct_response.is_some(), rule.delegate.is_some()];
     if actions.iter().filter(|a| **a).count() != 1 {
-        return Err((
-            String::new(),
-            "exactly one of route, redirect, directResponse and delegate must be set".into(),
-        ));
+        return Err((String::new(), "exactly one of route, redirect, directResponse and delegate must be set".into()));
     }
     if rule.delegate.is_some() {
         return Err((".delegate".into(), "delegate is not supported yet".into()));
@@ -186,10 +155,7 @@ fn compile_rule(
     let mut resolve = |d: &Destination, f: String| target(d, r, port, registry, bootstrap, refs, f);
     let action = if let Some(redirect) = &rule.redirect {
         if rule.rewrite.is_some() || rule.fault.is_some() {
-            return Err((
-                ".redirect".into(),
-                "redirect cannot be combined with rewrite or fault".into(),
-            ));
+            return Err((".redirect".into(), "redirect cannot be combined with rewrite or fault".into()));
         }
         Action::Redirect(Redirect::compile(redirect).map_err(at("redirect"))?)
     } else if let Some(direct) = &rule.direct_response {
@@ -198,32 +164,19 @@ fn compile_rule(
             .and_then(|s| http::StatusCode::from_u16(s).ok())
             .filter(|s| s.as_u16() >= 200)
             .ok_or_else(|| {
-                (
-                    ".directResponse.status".to_string(),
-                    format!("status {} is not a valid HTTP status", direct.status),
-                )
+                (".directResponse.status".to_string(), format!("status {} is not a valid HTTP status", direct.status))
             })?;
         let body = match direct.body.as_ref().map(|b| (&b.string, &b.bytes)) {
             None | Some((None, None)) => Bytes::new(),
             Some((Some(s), None)) => Bytes::from(s.clone()),
-            Some((None, Some(b64))) => Bytes::from(decode_base64(b64).ok_or_else(|| {
-                (
-                    ".directResponse.body.bytes".to_string(),
-                    "invalid base64".to_string(),
-                )
-            })?),
-            Some(_) => {
-                return Err((
-                    ".directResponse.body".into(),
-                    "only one of string and bytes may be set".into(),
-                ))
-            }
+            Some((None, Some(b64))) => Bytes::from(
+                decode_base64(b64)
+                    .ok_or_else(|| (".directResponse.body.bytes".to_string(), "invalid base64".to_string()))?,
+            ),
+            Some(_) => return Err((".directResponse.body".into(), "only one of string and bytes may be set".into())),
         };
         if body.len() > 1 << 20 {
-            return Err((
-                ".directResponse.body".into(),
-                "body is larger than 1 MiB".into(),
-            ));
+            return Err((".directResponse.body".into(), "body is larger than 1 MiB".into()));
         }
         Action::Direct(DirectResponse { status, body })
     } else {
@@ -234,60 +187,33 @@ fn compile_rule(
                 _ if rule.route.len() == 1 => 1,
                 None if all_unset => 1,
                 None => 0,
-                Some(w) => u32::try_from(w).map_err(|_| {
-                    (
-                        format!(".route[{k}].weight"),
-                        format!("weight {w} must not be negative"),
-                    )
-                })?,
+                Some(w) => u32::try_from(w)
+                    .map_err(|_| (format!(".route[{k}].weight"), format!("weight {w} must not be negative")))?,
             };
-            let headers = HeaderRules::compile(d.headers.as_ref())
-                .map_err(at(&format!("route[{k}].headers")))?;
+            let headers = HeaderRules::compile(d.headers.as_ref()).map_err(at(&format!("route[{k}].headers")))?;
             let target = resolve(&d.destination, format!("{field}.route[{k}].destination"));
             if weight > 0 {
-                destinations.push(WeightedDestination {
-                    target,
-                    weight,
-                    headers,
-                });
+                destinations.push(WeightedDestination { target, weight, headers });
             }
         }
         let total_weight = destinations.iter().map(|d| d.weight).sum();
         if total_weight == 0 {
-            return Err((
-                ".route".into(),
-                "at least one destination needs a weight above 0".into(),
-            ));
+            return Err((".route".into(), "at least one destination needs a weight above 0".into()));
         }
-        let rewrite = rule
-            .rewrite
-            .as_ref()
-            .map(Rewrite::compile)
-            .transpose()
-            .map_err(at("rewrite"))?;
-        Action::Forward(Forward {
-            destinations,
-            total_weight,
-            rewrite,
-        })
+        let rewrite = rule.rewrite.as_ref().map(Rewrite::compile).transpose().map_err(at("rewrite"))?;
+        Action::Forward(Forward { destinations, total_weight, rewrite })
     };
     let mut mirrors = Vec::new();
     if let Some(m) = &rule.mirror {
         if !rule.mirrors.is_empty() {
-            return Err((
-                ".mirror".into(),
-                "mirror and mirrors cannot both be set".into(),
-            ));
+            return Err((".mirror".into(), "mirror and mirrors cannot both be set".into()));
         }
         let share = match (rule.mirror_percentage, rule.mirror_percent) {
             (Some(p), _) => per_million(p.value),
             (None, Some(p)) => per_million(f64::from(p)),
             (None, None) => 1_000_000,
         };
-        mirrors.push(Mirror {
-            target: resolve(m, format!("{field}.mirror")),
-            per_million: share,
-        });
+        mirrors.push(Mirror { target: resolve(m, format!("{field}.mirror")), per_million: share });
     }
     for (k, m) in rule.mirrors.iter().enumerate() {
         let share = m.percentage.map_or(1_000_000, |p| per_million(p.value));
@@ -308,24 +234,14 @@ fn compile_rule(
         headers: HeaderRules::compile(rule.headers.as_ref()).map_err(at("headers"))?,
         timeout,
         retry,
-        fault: rule
-            .fault
-            .as_ref()
-            .map(Fault::compile)
-            .transpose()
-            .map_err(at("fault"))?,
+        fault: rule.fault.as_ref().map(Fault::compile).transpose().map_err(at("fault"))?,
         mirrors,
-        cors: rule
-            .cors_policy
-            .as_ref()
-            .map(Cors::compile)
-            .transpose()
-            .map_err(at("corsPolicy"))?,
+        cors: rule.cors_policy.as_ref().map(Cors::compile).transpose().map_err(at("corsPolicy"))?,
     })
 }
 
 /// Resolves a destination; an unknown host or subset is reported and answers 503 NC.
-fn target(
+pub(super) fn target(
     d: &Destination,
     r: &Resource,
     port: u16,
@@ -341,11 +257,7 @@ fn target(
     };
     resolve(registry, &host, dest_port, d.subset.as_deref()).unwrap_or_else(|(target, why)| {
         // At validation time (port 0) a service with several ports has no default.
-        if !(port == 0
-            && d.port.is_none()
-            && registry.has_service(&host)
-            && why.contains("has no port"))
-        {
+        if !(port == 0 && d.port.is_none() && registry.has_service(&host) && why.contains("has no port")) {
             refs.push(Diagnostic::error(&r.origin, &r.id, field, why));
         }
         target
@@ -360,19 +272,10 @@ pub(super) fn resolve(
     subset: Option<&str>,
 ) -> Result<Target, (Target, String)> {
     match registry.cluster(host, port, subset) {
-        Ok(cluster) => Ok(Target {
-            name: cluster.name.clone(),
-            cluster: Some(cluster),
-        }),
+        Ok(cluster) => Ok(Target { name: cluster.name.clone(), cluster: Some(cluster) }),
         Err(why) => {
             let name = format!("outbound|{port}|{}|{host}", subset.unwrap_or_default()).into();
-            Err((
-                Target {
-                    name,
-                    cluster: None,
-                },
-                why,
-            ))
+            Err((Target { name, cluster: None }, why))
         }
     }
 }
@@ -393,10 +296,7 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     };
-    let clean: Vec<u8> = s
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .collect();
+    let clean: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
     let mut out = Vec::with_capacity(clean.len() * 3 / 4);
     for chunk in clean.chunks(4) {
         let mut acc = 0u32;
@@ -410,15 +310,8 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The gateways a VirtualService names, resolved (without `mesh`).
-pub(super) fn vs_gateways(
-    r: &Resource,
-    vs: &VirtualService,
-    bootstrap: &Bootstrap,
-) -> BTreeSet<String> {
-    vs.gateways
-        .iter()
-        .filter_map(|g| resolve_gateway_ref(g, &r.id.namespace, bootstrap))
-        .collect()
+pub(super) fn vs_gateways(r: &Resource, vs: &VirtualService, bootstrap: &Bootstrap) -> BTreeSet<String> {
+    vs.gateways.iter().filter_map(|g| resolve_gateway_ref(g, &r.id.namespace, bootstrap)).collect()
 }
 
 #[cfg(test)]

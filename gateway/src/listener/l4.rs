@@ -1,0 +1,61 @@
+//! Connection-level proxying for TCP servers, TLS-terminated TCP and TLS passthrough:
+//! the first matching rule picks a weighted destination, the bytes are copied both
+//! ways, and one access log line records the byte counts when the connection ends.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+use crate::{error::ResponseFlags, pipeline::Proxy, route::L4Route, telemetry::TcpRecord};
+
+/// Upstream connect timeout (Istio mesh `connectTimeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Proxies `client` by `routes`; closes it when no rule or no endpoint is found.
+pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: S,
+    routes: &[L4Route],
+    sni: Option<&str>,
+    port: u16,
+    peer: SocketAddr,
+    proxy: &Proxy,
+) {
+    let mut record = TcpRecord::start(peer, sni);
+    let fail = |mut record: TcpRecord, flag: ResponseFlags| {
+        record.response_flags = flag.to_string();
+        record.finish(&proxy.access_log);
+    };
+    let Some(route) = routes.iter().find(|r| r.matches(sni, port)) else {
+        tracing::info!(%peer, port, sni, "no tls/tcp route matches; connection closed");
+        return fail(record, ResponseFlags::NR);
+    };
+    record.route_name = Some(route.name.to_string());
+    let Some(target) = route.choose() else { return fail(record, ResponseFlags::NR) };
+    record.upstream_cluster = Some(target.name.to_string());
+    let Some(cluster) = &target.cluster else { return fail(record, ResponseFlags::NC) };
+    let Some(endpoint) = cluster.select(None) else { return fail(record, ResponseFlags::UH) };
+    record.upstream_host = Some(endpoint.addr.to_string());
+    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, upstream = %endpoint.addr, error = %e, "upstream connect failed");
+            return fail(record, ResponseFlags::UF);
+        }
+        Err(_) => return fail(record, ResponseFlags::UF),
+    };
+    let _ = upstream.set_nodelay(true);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((received, sent)) => {
+            record.bytes_received = received;
+            record.bytes_sent = sent;
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "tcp proxying ended with an error");
+            record.response_flags = ResponseFlags::UC.to_string();
+        }
+    }
+    record.finish(&proxy.access_log);
+}

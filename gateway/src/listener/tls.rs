@@ -1,0 +1,167 @@
+//! Gateway `ServerTLSSettings` → rustls server configuration: key pair from files or a
+//! credential directory, client certificate verification (MUTUAL, OPTIONAL_MUTUAL),
+//! protocol versions, cipher suites with Envoy's names, ALPN, session tickets.
+
+use std::{path::PathBuf, sync::Arc};
+
+use rustls::{crypto::ring, server::WebPkiClientVerifier, RootCertStore, ServerConfig, SupportedCipherSuite};
+
+use super::certs::{read_certs, CertStore};
+use crate::config::istio::ServerTlsSettings;
+
+/// Where `credentialName` secrets live, laid out like Kubernetes TLS secrets:
+/// `<dir>/<namespace>/<name>/{tls.crt,tls.key,ca.crt}`.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Root directory.
+    pub dir: PathBuf,
+    /// Namespace the gateway reads secrets from (its own).
+    pub namespace: String,
+}
+
+/// A compiled TLS server config plus the problems worth a warning.
+pub struct CompiledTls {
+    /// The rustls config.
+    pub config: Arc<ServerConfig>,
+    /// Non-fatal problems (e.g. cipher names rustls does not implement).
+    pub warnings: Vec<String>,
+}
+
+/// Envoy (OpenSSL) cipher names rustls implements, and their suites.
+fn suite(name: &str) -> Option<SupportedCipherSuite> {
+    use ring::cipher_suite as cs;
+    Some(match name {
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-RSA-AES128-GCM-SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-RSA-AES256-GCM-SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        "ECDHE-RSA-CHACHA20-POLY1305" => cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        "TLS_AES_128_GCM_SHA256" => cs::TLS13_AES_128_GCM_SHA256,
+        "TLS_AES_256_GCM_SHA384" => cs::TLS13_AES_256_GCM_SHA384,
+        "TLS_CHACHA20_POLY1305_SHA256" => cs::TLS13_CHACHA20_POLY1305_SHA256,
+        _ => return None,
+    })
+}
+
+/// Names Envoy accepts that rustls deliberately does not implement (CBC, RSA key
+/// exchange, 3DES): filtered out with a warning, as Istio filters unsupported names.
+const LEGACY_SUITES: [&str; 12] = [
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "AES256-SHA",
+    "DES-CBC3-SHA",
+    "ECDHE-ECDSA-AES128-SHA256",
+    "ECDHE-RSA-AES128-SHA256",
+    "AES128-SHA256",
+];
+
+fn version(name: &str) -> Result<u8, String> {
+    match name {
+        "TLS_AUTO" => Ok(0),
+        "TLSV1_0" => Ok(10),
+        "TLSV1_1" => Ok(11),
+        "TLSV1_2" => Ok(12),
+        "TLSV1_3" => Ok(13),
+        other => Err(format!("unknown TLS version {other:?} (TLS_AUTO, TLSV1_0..TLSV1_3)")),
+    }
+}
+
+/// Builds the config of a terminating server. `alpn` is offered in order
+/// (`h2`, `http/1.1` for HTTPS; none for TLS-terminated TCP).
+pub fn server_config(
+    s: &ServerTlsSettings,
+    creds: &Credentials,
+    store: &CertStore,
+    alpn: &[&[u8]],
+) -> Result<CompiledTls, String> {
+    let mut warnings = Vec::new();
+    let mode = s.mode.as_deref().unwrap_or("PASSTHROUGH");
+    let (cert, key, ca) = match (&s.credential_name, &s.server_certificate, &s.private_key) {
+        (Some(name), None, None) => {
+            let dir = creds.dir.join(&creds.namespace).join(name);
+            let pick = |a: &str, b: &str| {
+                if dir.join(a).exists() || !dir.join(b).exists() {
+                    dir.join(a)
+                } else {
+                    dir.join(b)
+                }
+            };
+            let ca = [dir.join("ca.crt"), dir.join("cacert")].into_iter().find(|p| p.exists());
+            (pick("tls.crt", "cert"), pick("tls.key", "key"), ca)
+        }
+        (None, Some(c), Some(k)) => (PathBuf::from(c), PathBuf::from(k), None),
+        (None, None, None) => {
+            return Err(format!("mode {mode} needs serverCertificate and privateKey, or credentialName"))
+        }
+        _ => return Err("set either credentialName or serverCertificate with privateKey".into()),
+    };
+    let ca = s.ca_certificates.as_ref().map(PathBuf::from).or(ca);
+    let resolver = store.get(&cert, &key).map_err(|e| e.describe())?;
+
+    let mut provider = ring::default_provider();
+    if !s.cipher_suites.is_empty() {
+        let mut chosen: Vec<SupportedCipherSuite> =
+            provider.cipher_suites.iter().filter(|cs| cs.tls13().is_some()).copied().collect();
+        for name in &s.cipher_suites {
+            match suite(name) {
+                Some(cs) if !chosen.contains(&cs) => chosen.push(cs),
+                Some(_) => {}
+                None if LEGACY_SUITES.contains(&name.as_str()) => {
+                    warnings.push(format!("cipher suite {name} is not supported by rustls; ignored"))
+                }
+                None => return Err(format!("unknown cipher suite {name:?}")),
+            }
+        }
+        if !chosen.iter().any(|cs| cs.tls13().is_none()) {
+            warnings.push("no TLS 1.2 cipher suite left; only TLS 1.3 clients can connect".into());
+        }
+        provider.cipher_suites = chosen;
+    }
+    let min = version(s.min_protocol_version.as_deref().unwrap_or("TLS_AUTO"))?;
+    let max = version(s.max_protocol_version.as_deref().unwrap_or("TLS_AUTO"))?;
+    if matches!(min, 10 | 11) {
+        warnings.push("TLS 1.0 and 1.1 are not supported by rustls; TLS 1.2 is the minimum".into());
+    }
+    let (min, max) = (min.max(12), if max == 0 { 13 } else { max });
+    if max < min {
+        return Err(format!(
+            "maxProtocolVersion (TLS 1.{}) is below minProtocolVersion (TLS 1.{})",
+            max - 10,
+            min - 10
+        ));
+    }
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (min..=max).contains(v))
+            .map(|(_, p)| p)
+            .collect();
+    let provider = Arc::new(provider);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("TLS settings are inconsistent: {e}"))?;
+    let builder = match mode {
+        "SIMPLE" => builder.with_no_client_auth(),
+        "MUTUAL" | "OPTIONAL_MUTUAL" => {
+            let ca = ca.ok_or_else(|| format!("mode {mode} needs caCertificates (or ca.crt in the credential)"))?;
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(&ca).map_err(|e| e.describe())? {
+                roots.add(c).map_err(|e| format!("{}: unusable CA certificate: {e}", ca.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+            let verifier = if mode == "OPTIONAL_MUTUAL" { verifier.allow_unauthenticated() } else { verifier };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("client verification: {e}"))?)
+        }
+        other => return Err(format!("tls mode {other} cannot terminate here")),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.ticketer = ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
+    Ok(CompiledTls { config: Arc::new(config), warnings })
+}
