@@ -7,4 +7,5 @@ mod proxying;
 mod reload;
 mod routing;
 mod tls;
+mod upstream_tls;
 mod upstreams;

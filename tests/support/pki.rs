@@ -110,15 +110,32 @@ impl Pki {
 
     /// A rustls server config for a test upstream with a leaf for `names`.
     pub fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        self.server_with(names, None, &["h2", "http/1.1"])
+    }
+
+    /// A server config that, with `clients`, requires client certificates that CA
+    /// signed, and offers `alpn`.
+    pub fn server_with(&self, names: &[&str], clients: Option<&Pki>, alpn: &[&str]) -> Arc<rustls::ServerConfig> {
         let leaf = self.leaf(names);
         let certs = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
         let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
             .unwrap();
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(CertificateDer::from_pem_slice(ca.ca_pem.as_bytes()).unwrap()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(certs, key).unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Arc::new(config)
     }
 }

@@ -44,6 +44,18 @@ pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Recorded>>>,
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
+}
+
+/// What a TLS upstream saw of a handshake.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    /// SNI sent by the gateway.
+    pub sni: Option<String>,
+    /// Whether the gateway presented a client certificate.
+    pub client_cert: bool,
+    /// ALPN protocol agreed.
+    pub alpn: Option<String>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -64,7 +76,21 @@ impl Upstream {
         Self::spawn(name, 0, StatusCode::OK, delay).await
     }
 
+    /// An upstream speaking TLS with `config`; it records each handshake's SNI and
+    /// whether the client presented a certificate.
+    pub async fn tls(name: &str, config: Arc<rustls::ServerConfig>) -> Self {
+        Self::serve(name, (0, StatusCode::OK, Duration::ZERO), Some(config)).await
+    }
+
     async fn spawn(name: &str, n: usize, status: StatusCode, delay: Duration) -> Self {
+        Self::serve(name, (n, status, delay), None).await
+    }
+
+    async fn serve(name: &str, behaviour: Behaviour, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let (n, status, delay) = behaviour;
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let hs = handshakes.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -77,18 +103,38 @@ impl Upstream {
                     continue;
                 };
                 let (name, hits, seen) = (name.clone(), h.clone(), s.clone());
+                let (acceptor, hs) = (acceptor.clone(), hs.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
                         async move { Ok::<_, Infallible>(answer(req, &name, &hits, &seen, (n, status, delay)).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        None => {
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else { return };
+                            let (_, conn) = tls.get_ref();
+                            let seen = Handshake {
+                                sni: conn.server_name().map(str::to_string),
+                                client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                                alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                            };
+                            hs.lock().unwrap().push(seen);
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await;
+                        }
+                    }
                 });
             }
         });
-        Self { addr, hits, seen }
+        Self { addr, hits, seen, handshakes }
+    }
+
+    /// TLS handshakes accepted so far.
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.handshakes.lock().unwrap().clone()
     }
 
     /// Requests received so far.

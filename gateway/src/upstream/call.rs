@@ -115,7 +115,7 @@ pub async fn call(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let sent = upstreams.send(cluster.protocol, addr, req);
+        let sent = upstreams.send(cluster.protocol, addr, cluster.tls.as_deref(), req);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),

@@ -1,7 +1,8 @@
 //! The pooled upstream HTTP clients, shared by every snapshot so that reloads keep warm
-//! connections. HTTP/1.1 goes through hyper-util's keep-alive pool (one connection per
-//! request in flight); HTTP/2 keeps one multiplexed connection per endpoint, so that the
-//! request's own authority is sent as `:authority`, as Envoy does.
+//! connections. Plaintext HTTP/1.1 goes through hyper-util's keep-alive pool; HTTP/2
+//! keeps one multiplexed connection per endpoint (so the request's own authority is
+//! sent as `:authority`, as Envoy does); HTTP/1.1 over TLS keeps idle connections per
+//! endpoint, TLS settings and SNI.
 
 use std::{
     collections::HashMap,
@@ -12,13 +13,18 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::{body::Incoming, client::conn::http2};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Protocol;
+use super::{tls::UpstreamTls, Protocol};
 
 /// Boxed error of request and response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,7 +38,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why sending a request upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// No connection could be made.
+    /// No connection could be made (TCP or TLS handshake).
     #[error("connect failed")]
     Connect(#[source] BoxError),
     /// The connection failed or was reset before a response arrived.
@@ -41,17 +47,24 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// True when the TCP connection could not be made (Envoy `connect-failure`).
+    /// True when the connection could not be made (Envoy `connect-failure`).
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect(_))
     }
 }
 
+/// A connection's identity: endpoint, TLS settings (0 for plaintext) and SNI.
+type ConnKey = (SocketAddr, u64, Option<ServerName<'static>>);
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// The upstream clients.
 #[derive(Clone)]
 pub struct Upstreams {
     h1: Client<HttpConnector, UpstreamBody>,
-    h2: Arc<Mutex<HashMap<SocketAddr, http2::SendRequest<UpstreamBody>>>>,
+    h2: Arc<Mutex<HashMap<ConnKey, http2::SendRequest<UpstreamBody>>>>,
+    h1_tls: Arc<Mutex<HashMap<ConnKey, Vec<http1::SendRequest<UpstreamBody>>>>>,
 }
 
 impl Default for Upstreams {
@@ -70,58 +83,130 @@ impl Upstreams {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Self { h1, h2: Arc::default() }
+        Self { h1, h2: Arc::default(), h1_tls: Arc::default() }
     }
 
     /// Sends one request to `addr`. For HTTP/1.1 the URI is `http://addr/path`; for
-    /// HTTP/2 it carries the authority to send, and `addr` says where to connect.
+    /// HTTP/2 it carries the authority to send. With `tls`, the connection is TLS and
+    /// its SNI is the configured one or the request's host.
     pub async fn send(
         &self,
         protocol: Protocol,
         addr: SocketAddr,
-        req: http::Request<UpstreamBody>,
+        tls: Option<&UpstreamTls>,
+        mut req: http::Request<UpstreamBody>,
     ) -> Result<http::Response<Incoming>, SendError> {
-        match protocol {
-            Protocol::Http1 => self.h1.request(req).await.map_err(|e| {
+        let tls = tls.map(|t| {
+            let sni = t.sni.clone().unwrap_or_else(|| request_server_name(&req, addr));
+            (t, sni)
+        });
+        let key: ConnKey = (addr, tls.as_ref().map_or(0, |(t, _)| t.key), tls.as_ref().map(|(_, n)| n.clone()));
+        match (protocol, &tls) {
+            (Protocol::Http1, None) => self.h1.request(req).await.map_err(|e| {
                 if e.is_connect() {
                     SendError::Connect(e.into())
                 } else {
                     SendError::Protocol(e.into())
                 }
             }),
-            Protocol::Http2 => {
-                let mut sender = self.h2_sender(addr).await?;
+            (Protocol::Http2, _) => {
+                let mut sender = self.h2_sender(key, tls).await?;
                 sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
                 sender.send_request(req).await.map_err(|e| SendError::Protocol(e.into()))
+            }
+            (Protocol::Http1, Some(_)) => {
+                // The low-level HTTP/1 client sends the URI as written: origin-form.
+                let origin =
+                    req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                *req.uri_mut() = origin.into();
+                let mut sender = self.h1_tls_sender(&key, tls).await?;
+                sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
+                let response = sender.send_request(req);
+                // Back to the pool at once: it is ready again when this response ends.
+                if let Ok(mut pool) = self.h1_tls.lock() {
+                    pool.entry(key).or_default().push(sender);
+                }
+                response.await.map_err(|e| SendError::Protocol(e.into()))
             }
         }
     }
 
-    /// The open HTTP/2 connection to `addr`, or a new one. The lock is never held
-    /// across an await: a race opens two connections and the later one is kept.
-    async fn h2_sender(&self, addr: SocketAddr) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
-        let existing = self.h2.lock().ok().and_then(|m| m.get(&addr).filter(|s| !s.is_closed()).cloned());
+    /// An idle HTTP/1.1 TLS connection for `key`, or a new one.
+    async fn h1_tls_sender(
+        &self,
+        key: &ConnKey,
+        tls: Option<(&UpstreamTls, ServerName<'static>)>,
+    ) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
+        let idle = self.h1_tls.lock().ok().and_then(|mut pool| {
+            let list = pool.get_mut(key)?;
+            list.retain(|s| !s.is_closed());
+            let ready = list.iter().position(|s| s.is_ready())?;
+            Some(list.swap_remove(ready))
+        });
+        if let Some(sender) = idle {
+            return Ok(sender);
+        }
+        let io = connect(key.0, tls).await?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| SendError::Connect(e.into()))?;
+        let addr = key.0;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn h2_sender(
+        &self,
+        key: ConnKey,
+        tls: Option<(&UpstreamTls, ServerName<'static>)>,
+    ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
+        let existing = self.h2.lock().ok().and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
         if let Some(sender) = existing {
             return Ok(sender);
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|e| SendError::Connect(e.into()))?
-            .map_err(|e| SendError::Connect(e.into()))?;
-        let _ = stream.set_nodelay(true);
+        let io = connect(key.0, tls).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
+        let addr = key.0;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
             }
         });
+        // A race opens two connections; the later one is kept. No lock across awaits.
         if let Ok(mut m) = self.h2.lock() {
-            m.insert(addr, sender.clone());
+            m.insert(key, sender.clone());
         }
         Ok(sender)
     }
+}
+
+/// Opens a TCP connection to `addr`, with TLS when asked.
+async fn connect(addr: SocketAddr, tls: Option<(&UpstreamTls, ServerName<'static>)>) -> Result<Box<dyn Io>, SendError> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|e| SendError::Connect(e.into()))?
+        .map_err(|e| SendError::Connect(e.into()))?;
+    let _ = tcp.set_nodelay(true);
+    let Some((tls, sni)) = tls else { return Ok(Box::new(tcp)) };
+    let handshake = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(sni, tcp);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|e| SendError::Connect(e.into()))?
+        .map_err(|e| SendError::Connect(e.into()))?;
+    Ok(Box::new(stream))
+}
+
+/// Istio "auto SNI": the request's host, or the endpoint's IP when it has none.
+fn request_server_name(req: &http::Request<UpstreamBody>, addr: SocketAddr) -> ServerName<'static> {
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host());
+    host.map(crate::route::strip_port)
+        .and_then(|h| ServerName::try_from(h.to_string()).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
 }

@@ -11,7 +11,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use super::{dns::DnsTarget, lb::LbPolicy};
+use super::{dns::DnsTarget, lb::LbPolicy, UpstreamTls};
 
 /// The protocol spoken to the endpoints, from the service port's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,8 @@ pub struct Cluster {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// Names to resolve, for DNS resolution.
     pub dns: Vec<DnsTarget>,
+    /// TLS towards the endpoints (DestinationRule `tls`), if any.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 impl Cluster {
@@ -92,7 +94,13 @@ impl Cluster {
         endpoints: Vec<Arc<Endpoint>>,
         dns: Vec<DnsTarget>,
     ) -> Self {
-        Self { name, protocol, lb, endpoints: ArcSwap::from_pointee(endpoints), dns }
+        Self { name, protocol, lb, endpoints: ArcSwap::from_pointee(endpoints), dns, tls: None }
+    }
+
+    /// Speaks TLS to the endpoints.
+    pub fn with_tls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The current endpoints.

@@ -8,6 +8,7 @@ mod cluster;
 mod dns;
 mod lb;
 mod retry;
+mod tls;
 
 pub use call::{call, CallFailure, CallOutcome, ReplayBody, RequestHead};
 pub use client::{BoxError, SendError, UpstreamBody, Upstreams};
@@ -15,3 +16,4 @@ pub use cluster::{Cluster, Endpoint, EndpointGuard, Protocol};
 pub use dns::{refresh_dns, DnsTarget};
 pub use lb::LbPolicy;
 pub use retry::RetryPolicy;
+pub use tls::UpstreamTls;

@@ -23,14 +23,14 @@ pub(super) struct Source<'a> {
 }
 
 /// Compiles L4 rules for servers, resolving destinations through the registry.
-pub(super) struct Compiler<'a, 'r> {
+pub(super) struct Compiler<'a, 'r, 'c> {
     pub sources: &'a [Source<'a>],
-    pub registry: &'r mut Registry,
+    pub registry: &'r mut Registry<'c>,
     pub bootstrap: &'a Bootstrap,
     pub refs: &'r mut Vec<Diagnostic>,
 }
 
-impl Compiler<'_, '_> {
+impl Compiler<'_, '_, '_> {
     /// `tls` rules for a passthrough server: a rule applies when its `sniHosts` fall
     /// within the server's hosts; rules keep VirtualService order.
     pub(super) fn tls_routes(&mut self, server: &ServerBinding, port: u16) -> Vec<L4Route> {

@@ -59,7 +59,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, certs: &CertStore)
     let mut diagnostics = Vec::new();
     let mut refs = Vec::new();
     let mut rejected = Vec::new();
-    let mut registry = Registry::build(resources, bootstrap);
+    let mut registry = Registry::build(resources, bootstrap, certs, &mut diagnostics, &mut rejected);
     let ports = binding::gateway_servers(resources, bootstrap, &mut diagnostics);
     let gateway_names: HashSet<String> = resources
         .iter()

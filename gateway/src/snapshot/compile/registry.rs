@@ -10,11 +10,12 @@ use std::{
 use crate::{
     config::{
         istio::{
-            DestinationRule, LoadBalancerSettings, ServiceEntry, ServicePort, SimpleLb, TrafficPolicy, WorkloadEntry,
+            DestinationRule, PortTrafficPolicy, ServiceEntry, ServicePort, SimpleLb, TrafficPolicy, WorkloadEntry,
         },
-        Bootstrap, Resource, Spec,
+        Bootstrap, Diagnostic, Resource, ResourceRef, Spec,
     },
-    upstream::{Cluster, DnsTarget, Endpoint, LbPolicy, Protocol},
+    listener::certs::CertStore,
+    upstream::{Cluster, DnsTarget, Endpoint, LbPolicy, Protocol, UpstreamTls},
 };
 
 struct Service {
@@ -29,17 +30,26 @@ struct Rule {
 }
 
 /// Services and destination rules by host, and the clusters built so far.
-pub(super) struct Registry {
+pub(super) struct Registry<'a> {
     services: HashMap<String, Service>,
     rules: Vec<Rule>,
     clusters: HashMap<(String, u16, Option<String>), Arc<Cluster>>,
+    certs: &'a CertStore,
 }
 
 /// Why a destination does not resolve (Istio answers 503 NC when it is hit).
 pub(super) type Unresolved = String;
 
-impl Registry {
-    pub(super) fn build(resources: &[Resource], bootstrap: &Bootstrap) -> Self {
+impl<'a> Registry<'a> {
+    /// Reads the registry. DestinationRules whose TLS settings cannot be used (files
+    /// missing, mismatched, expired) are reported and left out.
+    pub(super) fn build(
+        resources: &[Resource],
+        bootstrap: &Bootstrap,
+        certs: &'a CertStore,
+        diags: &mut Vec<Diagnostic>,
+        rejected: &mut Vec<ResourceRef>,
+    ) -> Self {
         let workload_entries: Vec<(&str, &WorkloadEntry)> = resources
             .iter()
             .filter_map(|r| match &r.spec {
@@ -61,13 +71,22 @@ impl Registry {
                         services.entry(host).or_insert(service);
                     }
                 }
-                Spec::DestinationRule(dr) => {
-                    rules.push(Rule { host: bootstrap.fqdn(&dr.host, &r.id.namespace), spec: dr.clone() })
-                }
+                Spec::DestinationRule(dr) => match check_tls(dr, certs) {
+                    Ok(warnings) => {
+                        for (field, w) in warnings {
+                            diags.push(Diagnostic::warning(&r.origin, &r.id, field, w));
+                        }
+                        rules.push(Rule { host: bootstrap.fqdn(&dr.host, &r.id.namespace), spec: dr.clone() })
+                    }
+                    Err((field, e)) => {
+                        diags.push(Diagnostic::error(&r.origin, &r.id, field, e));
+                        rejected.push(r.id.clone());
+                    }
+                },
                 _ => {}
             }
         }
-        Self { services, rules, clusters: HashMap::new() }
+        Self { services, rules, clusters: HashMap::new(), certs }
     }
 
     /// True when `host` is a registry service.
@@ -123,6 +142,10 @@ impl Registry {
             "HTTP2" | "GRPC" | "GRPC-WEB" => Protocol::Http2,
             _ => Protocol::Http1,
         };
+        let tls = match block(top, subset_policy, port, |t| t.tls.clone(), |p| p.tls.clone()) {
+            Some(settings) => UpstreamTls::compile(&settings, protocol, self.certs)?.map(Arc::new),
+            None => None,
+        };
         let mut endpoints = Vec::new();
         let mut dns = Vec::new();
         for ep in service.endpoints.iter().filter(|e| subset_labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))) {
@@ -141,7 +164,7 @@ impl Registry {
             }
         }
         let name: Arc<str> = format!("outbound|{port}|{}|{host}", subset.unwrap_or_default()).into();
-        let cluster = Arc::new(Cluster::new(name, protocol, lb, endpoints, dns));
+        let cluster = Arc::new(Cluster::new(name, protocol, lb, endpoints, dns).with_tls(tls));
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
     }
@@ -184,21 +207,64 @@ fn service_of(se: &ServiceEntry, host: &str, namespace: &str, workload_entries: 
     Service { ports: se.ports.clone(), endpoints, dns }
 }
 
-/// Istio's block-level override: port-level settings replace the top-level block,
-/// a subset's block replaces both.
-fn lb_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> LbPolicy {
-    let pick = |tp: Option<&TrafficPolicy>| -> Option<Option<LoadBalancerSettings>> {
-        let tp = tp?;
+/// Istio's block-level override for one policy block: a matching `portLevelSettings`
+/// entry replaces the block (absent there means the default), and a subset's policy
+/// replaces the top level's.
+fn block<T>(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+    port: u16,
+    of_policy: impl Fn(&TrafficPolicy) -> Option<T>,
+    of_port: impl Fn(&PortTrafficPolicy) -> Option<T>,
+) -> Option<T> {
+    let decide = |tp: &TrafficPolicy| -> Option<Option<T>> {
         match tp.port_level_settings.iter().find(|p| p.port.is_some_and(|p| p.number == u32::from(port))) {
-            Some(pl) => Some(pl.load_balancer.clone()),
-            None => tp.load_balancer.clone().map(Some),
+            Some(entry) => Some(of_port(entry)),
+            None => of_policy(tp).map(Some),
         }
     };
-    let settings = pick(subset).flatten().or_else(|| pick(top).flatten());
-    match settings.and_then(|s| s.simple) {
+    subset.and_then(&decide).or_else(|| top.and_then(&decide)).flatten()
+}
+
+fn lb_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> LbPolicy {
+    match block(top, subset, port, |t| t.load_balancer.clone(), |p| p.load_balancer.clone()).and_then(|s| s.simple) {
         Some(SimpleLb::RoundRobin) => LbPolicy::round_robin(),
         Some(SimpleLb::Random) => LbPolicy::Random,
         // TODO(#8): consistentHash; Istio's default and LEAST_CONN are least request.
         _ => LbPolicy::LeastRequest,
     }
+}
+
+/// Every TLS block of a DestinationRule must be usable (files present and valid);
+/// blocks that cannot be honoured yet come back as warnings.
+fn check_tls(dr: &DestinationRule, certs: &CertStore) -> Result<Vec<(String, String)>, (String, String)> {
+    let mut blocks = Vec::new();
+    let mut add = |field: String, tp: &TrafficPolicy| {
+        if let Some(t) = &tp.tls {
+            blocks.push((format!("{field}.tls"), t.clone()));
+        }
+        for (i, p) in tp.port_level_settings.iter().enumerate() {
+            if let Some(t) = &p.tls {
+                blocks.push((format!("{field}.portLevelSettings[{i}].tls"), t.clone()));
+            }
+        }
+    };
+    if let Some(tp) = &dr.traffic_policy {
+        add("spec.trafficPolicy".into(), tp);
+    }
+    for (i, s) in dr.subsets.iter().enumerate() {
+        if let Some(tp) = &s.traffic_policy {
+            add(format!("spec.subsets[{i}].trafficPolicy"), tp);
+        }
+    }
+    let mut warnings = Vec::new();
+    for (field, settings) in blocks {
+        if settings.mode.as_deref() == Some("ISTIO_MUTUAL") {
+            warnings
+                .push((field, "ISTIO_MUTUAL needs mesh identities (sidecar mode, #10); traffic is plaintext".into()));
+            continue;
+        }
+        UpstreamTls::compile(&settings, Protocol::Http1, certs).map_err(|e| (field, e))?;
+    }
+    Ok(warnings)
 }
