@@ -23,6 +23,7 @@ pub mod error;
 pub mod listener;
 pub mod pipeline;
 pub mod route;
+pub mod security;
 pub mod snapshot;
 pub mod telemetry;
 pub mod upstream;

@@ -186,6 +186,13 @@ async fn rotated_certificates_serve_new_handshakes_and_broken_ones_are_refused()
     };
     let (_, _, leaf) = send_tls(addr, "a.test", cfg(), get("a.test")).await.unwrap();
     assert_eq!(org(&leaf).as_deref(), Some("first"));
+    // A connection opened before the rotation keeps working after it.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let open = tokio_rustls::TlsConnector::from(cfg()).connect(name, tcp).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(open)).await.unwrap();
+    tokio::spawn(conn);
 
     // A broken pair (key of another certificate) is refused; the old one keeps serving.
     let other = pki.leaf(&["a.test"]);
@@ -207,6 +214,8 @@ async fn rotated_certificates_serve_new_handshakes_and_broken_ones_are_refused()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(rotated, "new handshakes use the rotated certificate");
+    let resp = sender.send_request(get("a.test")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the connection opened before the rotation still serves");
 }
 
 #[tokio::test]
@@ -331,4 +340,124 @@ fn validate_reports_missing_mismatched_and_expired_files() {
     );
     assert!(problems[1].contains("does not match"), "{}", problems[1]);
     assert!(problems[2].contains("not valid now"), "{}", problems[2]);
+}
+
+#[tokio::test]
+async fn verified_client_certificates_reach_the_upstream_as_xfcc_and_pins_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::default();
+    let up = Upstream::start("a").await;
+    let (cert, key) = pki.leaf(&["a.test", "p.test", "r.test"]).write(dir.path(), "a");
+    let ca = pki.write_ca(dir.path(), "ca");
+    let revoked = pki.leaf_with(&["spiffe://cluster.local/ns/default/sa/revoked"], |p| {
+        p.serial_number = Some(rcgen::SerialNumber::from(4242u64))
+    });
+    std::fs::write(dir.path().join("ca.crl"), pki.crl(&[4242])).unwrap();
+    let crl = dir.path().join("ca.crl").display().to_string();
+    let base = format!("mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {ca}");
+    let servers = [
+        server("m", "a.test", &format!("{{{base}}}")),
+        server("p", "p.test", &format!("{{{base}, subjectAltNames: [\"spiffe://cluster.local/ns/default/sa/good\"]}}")),
+        server("r", "r.test", &format!("{{{base}, caCrl: {crl}}}")),
+    ];
+    let reg = service_entry("a.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start(&docs(&[
+        &gateway(&servers),
+        &reg,
+        &vs("a", "a.test", "a"),
+        &vs("p", "p.test", "a"),
+        &vs("r", "r.test", "a"),
+    ]))
+    .await;
+    let addr = gw.addr_of(443);
+    let good = pki.leaf(&["spiffe://cluster.local/ns/default/sa/good"]);
+    let other = pki.leaf(&["spiffe://cluster.local/ns/default/sa/other"]);
+
+    let mut forged = get("a.test");
+    forged.headers_mut().insert("x-forwarded-client-cert", "URI=spiffe://forged".parse().unwrap());
+    send_tls(addr, "a.test", pki.client(&[], Some(&good)), forged).await.unwrap();
+    let xfcc = up.last().headers["x-forwarded-client-cert"].to_str().unwrap().to_string();
+    assert!(xfcc.starts_with("Hash=") && xfcc.contains(";URI=spiffe://cluster.local/ns/default/sa/good"), "{xfcc}");
+    assert!(!xfcc.contains("forged"));
+
+    // subjectAltNames pins the client identity.
+    assert!(send_tls(addr, "p.test", pki.client(&[], Some(&good)), get("p.test")).await.is_ok());
+    assert!(send_tls(addr, "p.test", pki.client(&[], Some(&other)), get("p.test")).await.is_err());
+    // caCrl refuses a revoked client certificate.
+    assert!(send_tls(addr, "r.test", pki.client(&[], Some(&good)), get("r.test")).await.is_ok());
+    assert!(send_tls(addr, "r.test", pki.client(&[], Some(&revoked)), get("r.test")).await.is_err());
+
+    // Plaintext clients cannot inject an identity either.
+    let plain = docs(&[wicket_tests::yaml::GATEWAY, &reg, &vs("a", "a.test", "a")]);
+    let gw2 = TestGateway::start(&plain).await;
+    let mut req = get("a.test");
+    req.headers_mut().insert("x-forwarded-client-cert", "URI=spiffe://forged".parse().unwrap());
+    gw2.send(req).await;
+    assert!(up.last().headers.get("x-forwarded-client-cert").is_none());
+}
+
+/// A client that can only verify Ed25519 handshake signatures.
+fn ed25519_only_client(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let algs = provider.signature_verification_algorithms;
+    let mapping: Vec<_> =
+        algs.mapping.iter().filter(|(s, _)| *s == rustls::SignatureScheme::ED25519).cloned().collect();
+    provider.signature_verification_algorithms =
+        rustls::crypto::WebPkiSupportedAlgorithms { all: algs.all, mapping: Box::leak(mapping.into_boxed_slice()) };
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider.into())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+#[tokio::test]
+async fn credential_names_offer_the_pair_the_client_can_verify() {
+    let creds = tempfile::tempdir().unwrap();
+    let pki = Pki::default();
+    for (name, leaf) in [("ecdsa-cred", pki.leaf(&["a.test"])), ("ed25519-cred", pki.leaf_ed25519(&["a.test"]))] {
+        let dir = creds.path().join("default").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
+    }
+    let up = Upstream::start("a").await;
+    let tls = "{mode: SIMPLE, credentialNames: [ecdsa-cred, ed25519-cred]}";
+    let reg = service_entry("a.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let dir = creds.path().to_path_buf();
+    let gw = TestGateway::start_with(
+        &docs(&[&gateway(&[server("h", "a.test", tls)]), &reg, &vs("a", "a.test", "a")]),
+        |b| b.credentials_dir = dir,
+    )
+    .await;
+    let key_alg = |der: &[u8]| {
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        let oid = c.public_key().algorithm.algorithm.to_id_string();
+        oid
+    };
+    let (_, _, leaf) = send_tls(gw.addr_of(443), "a.test", pki.client(&[], None), get("a.test")).await.unwrap();
+    assert_eq!(key_alg(&leaf), "1.2.840.10045.2.1", "ECDSA for a client that verifies anything");
+    let (_, _, leaf) = send_tls(gw.addr_of(443), "a.test", ed25519_only_client(&pki), get("a.test")).await.unwrap();
+    assert_eq!(key_alg(&leaf), "1.3.101.112", "Ed25519 for an Ed25519-only client");
+}
+
+#[tokio::test]
+async fn insecure_skip_verify_lets_unverified_client_certificates_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::default();
+    let stranger = Pki::new("another ca");
+    let up = Upstream::start("a").await;
+    let (cert, key) = pki.leaf(&["a.test"]).write(dir.path(), "a");
+    let ca = pki.write_ca(dir.path(), "ca");
+    let tls = format!("{{mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {ca}, insecureSkipVerify: true}}");
+    let reg = service_entry("a.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw =
+        TestGateway::start(&docs(&[&gateway(&[server("h", "a.test", &tls)]), &reg, &vs("a", "a.test", "a")])).await;
+    let wrong = stranger.leaf(&["spiffe://elsewhere/client"]);
+    let (resp, _, _) = send_tls(gw.addr_of(443), "a.test", pki.client(&[], Some(&wrong)), get("a.test")).await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
 }

@@ -56,7 +56,15 @@ impl Pki {
 
     /// A leaf whose parameters `tune` changes (e.g. an expired validity).
     pub fn leaf_with(&self, names: &[&str], tune: impl FnOnce(&mut CertificateParams)) -> Leaf {
-        let key = KeyPair::generate().unwrap();
+        self.leaf_keyed(names, KeyPair::generate().unwrap(), tune)
+    }
+
+    /// A leaf with an Ed25519 key (the default is ECDSA P-256).
+    pub fn leaf_ed25519(&self, names: &[&str]) -> Leaf {
+        self.leaf_keyed(names, KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(), |_| {})
+    }
+
+    fn leaf_keyed(&self, names: &[&str], key: KeyPair, tune: impl FnOnce(&mut CertificateParams)) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
         for n in names {
@@ -69,6 +77,28 @@ impl Pki {
         tune(&mut params);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
+    /// A CRL (PEM) revoking the certificates with these serial numbers.
+    pub fn crl(&self, serials: &[u64]) -> String {
+        let revoked = serials
+            .iter()
+            .map(|n| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*n),
+                revocation_time: rcgen::date_time_ymd(2020, 1, 2),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
     }
 
     /// Writes the CA certificate to `dir/<stem>.crt`.

@@ -71,6 +71,18 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     Ok(certs)
 }
 
+/// Reads every CRL of a PEM file (`caCrl`).
+pub fn read_crls(path: &Path) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, CertError> {
+    let bytes = std::fs::read(path).map_err(|source| CertError::Read { path: path.to_path_buf(), source })?;
+    let crls = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, format!("invalid PEM: {e}")))?;
+    if crls.is_empty() {
+        return Err(invalid(path, "no certificate revocation list found"));
+    }
+    Ok(crls)
+}
+
 fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), CertError> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(cert).map_err(|e| invalid(path, format!("invalid certificate: {e}")))?;
@@ -150,6 +162,11 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 impl RotatingCert {
+    /// The pair in use now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
     fn stamps(&self) -> Stamp {
         (modified(&self.cert_path), modified(&self.key_path))
     }

@@ -29,9 +29,10 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use self::client_hello::Prefixed;
+use self::{client_hello::Prefixed, tls::TlsTermination};
 use crate::{
     pipeline::{self, ConnInfo, Proxy},
+    security::peer::PeerCert,
     snapshot::{select_chain, ChainAction, ListenerSpec, PortPlan},
 };
 
@@ -137,9 +138,11 @@ async fn connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
 ) {
     let snapshot = proxy.snapshot.current();
-    let plain = |sni| Arc::new(ConnInfo { peer, port, scheme: "http", sni });
     match snapshot.ports.get(&port) {
-        None | Some(PortPlan::Http(_)) => serve_http(stream, plain(None), proxy, builder).await,
+        None | Some(PortPlan::Http(_)) => {
+            let conn = Arc::new(ConnInfo { peer, port, scheme: "http", sni: None, peer_cert: None });
+            serve_http(stream, conn, proxy, builder).await
+        }
         Some(PortPlan::Tcp(routes)) => l4::proxy(stream, routes, None, port, peer, &proxy).await,
         Some(PortPlan::Tls(chains)) => {
             let (hello, raw) = match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
@@ -162,12 +165,12 @@ async fn connection(
                     l4::proxy(stream, routes, sni.as_deref(), port, peer, &proxy).await
                 }
                 ChainAction::Https { tls, .. } => {
-                    let Some(tls_stream) = handshake(tls.clone(), stream, peer).await else { return };
-                    let conn = Arc::new(ConnInfo { peer, port, scheme: "https", sni });
+                    let Some((tls_stream, peer_cert)) = handshake(tls, stream, peer).await else { return };
+                    let conn = Arc::new(ConnInfo { peer, port, scheme: "https", sni, peer_cert });
                     serve_http(tls_stream, conn, proxy, builder).await
                 }
                 ChainAction::TlsTcp { tls, routes } => {
-                    let Some(tls_stream) = handshake(tls.clone(), stream, peer).await else { return };
+                    let Some((tls_stream, _)) = handshake(tls, stream, peer).await else { return };
                     l4::proxy(tls_stream, routes, sni.as_deref(), port, peer, &proxy).await
                 }
             }
@@ -175,14 +178,23 @@ async fn connection(
     }
 }
 
+/// Completes the handshake and applies the server's client-certificate pinning.
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    config: Arc<rustls::ServerConfig>,
+    tls: &TlsTermination,
     stream: S,
     peer: SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<S>> {
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+) -> Option<(tokio_rustls::server::TlsStream<S>, Option<Arc<PeerCert>>)> {
+    let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(s)) => Some(s),
+        Ok(Ok(s)) => {
+            let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
+            if let Err(why) = tls.peer.check(leaf) {
+                tracing::info!(%peer, why, "client certificate refused");
+                return None;
+            }
+            let peer_cert = leaf.and_then(PeerCert::from_leaf).map(Arc::new);
+            Some((s, peer_cert))
+        }
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "TLS handshake failed");
             None

@@ -4,10 +4,20 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use rustls::{crypto::ring, server::WebPkiClientVerifier, RootCertStore, ServerConfig, SupportedCipherSuite};
+use rustls::{
+    client::danger::HandshakeSignatureValid,
+    crypto::ring,
+    pki_types::{CertificateDer, UnixTime},
+    server::{
+        danger::{ClientCertVerified, ClientCertVerifier},
+        ClientHello, ResolvesServerCert, WebPkiClientVerifier,
+    },
+    sign::CertifiedKey,
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme, SupportedCipherSuite,
+};
 
-use super::certs::{read_certs, CertStore};
-use crate::config::istio::ServerTlsSettings;
+use super::certs::{read_certs, read_crls, CertStore, RotatingCert};
+use crate::{config::istio::ServerTlsSettings, security::peer::PeerPolicy};
 
 /// Where `credentialName` secrets live, laid out like Kubernetes TLS secrets:
 /// `<dir>/<namespace>/<name>/{tls.crt,tls.key,ca.crt}`.
@@ -19,10 +29,19 @@ pub struct Credentials {
     pub namespace: String,
 }
 
-/// A compiled TLS server config plus the problems worth a warning.
-pub struct CompiledTls {
-    /// The rustls config.
+/// How a server terminates TLS: the rustls config and the client-certificate pins.
+#[derive(Debug)]
+pub struct TlsTermination {
+    /// The rustls config (its certificate resolver follows rotation).
     pub config: Arc<ServerConfig>,
+    /// `subjectAltNames` / SPKI / hash pins on client certificates.
+    pub peer: PeerPolicy,
+}
+
+/// A compiled TLS server plus the problems worth a warning.
+pub struct CompiledTls {
+    /// The termination settings.
+    pub tls: TlsTermination,
     /// Non-fatal problems (e.g. cipher names rustls does not implement).
     pub warnings: Vec<String>,
 }
@@ -82,27 +101,36 @@ pub fn server_config(
 ) -> Result<CompiledTls, String> {
     let mut warnings = Vec::new();
     let mode = s.mode.as_deref().unwrap_or("PASSTHROUGH");
-    let (cert, key, ca) = match (&s.credential_name, &s.server_certificate, &s.private_key) {
-        (Some(name), None, None) => {
-            let dir = creds.dir.join(&creds.namespace).join(name);
-            let pick = |a: &str, b: &str| {
-                if dir.join(a).exists() || !dir.join(b).exists() {
-                    dir.join(a)
-                } else {
-                    dir.join(b)
-                }
-            };
-            let ca = [dir.join("ca.crt"), dir.join("cacert")].into_iter().find(|p| p.exists());
-            (pick("tls.crt", "cert"), pick("tls.key", "key"), ca)
-        }
-        (None, Some(c), Some(k)) => (PathBuf::from(c), PathBuf::from(k), None),
-        (None, None, None) => {
+    let secret = |name: &str| {
+        let dir = creds.dir.join(&creds.namespace).join(name);
+        let pick =
+            |a: &str, b: &str| if dir.join(a).exists() || !dir.join(b).exists() { dir.join(a) } else { dir.join(b) };
+        let ca = [dir.join("ca.crt"), dir.join("cacert")].into_iter().find(|p| p.exists());
+        (pick("tls.crt", "cert"), pick("tls.key", "key"), ca)
+    };
+    // `credentialNames` holds several pairs (RSA and ECDSA); the CA comes from the first.
+    let mut names: Vec<&String> = s.credential_name.iter().chain(&s.credential_names).collect();
+    names.dedup();
+    let (pairs, ca) = match (names.as_slice(), &s.server_certificate, &s.private_key) {
+        ([], Some(c), Some(k)) => (vec![(PathBuf::from(c), PathBuf::from(k))], None),
+        ([], None, None) => {
             return Err(format!("mode {mode} needs serverCertificate and privateKey, or credentialName"))
         }
-        _ => return Err("set either credentialName or serverCertificate with privateKey".into()),
+        ([first, ..], None, None) => {
+            let ca = secret(first).2;
+            (names.iter().map(|n| secret(n)).map(|(c, k, _)| (c, k)).collect(), ca)
+        }
+        _ => return Err("set either credentialName(s) or serverCertificate with privateKey".into()),
     };
     let ca = s.ca_certificates.as_ref().map(PathBuf::from).or(ca);
-    let resolver = store.get(&cert, &key).map_err(|e| e.describe())?;
+    let mut keys = Vec::new();
+    for (cert, key) in &pairs {
+        keys.push(store.get(cert, key).map_err(|e| e.describe())?);
+    }
+    let resolver: Arc<dyn ResolvesServerCert> = match keys.len() {
+        1 => keys.remove(0),
+        _ => Arc::new(ByScheme(keys)),
+    };
 
     let mut provider = ring::default_provider();
     if !s.cipher_suites.is_empty() {
@@ -154,14 +182,87 @@ pub fn server_config(
             for c in read_certs(&ca).map_err(|e| e.describe())? {
                 roots.add(c).map_err(|e| format!("{}: unusable CA certificate: {e}", ca.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+            let crls = s.ca_crl.as_ref().map(|p| read_crls(p.as_ref())).transpose().map_err(|e| e.describe())?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+                .with_crls(crls.unwrap_or_default());
             let verifier = if mode == "OPTIONAL_MUTUAL" { verifier.allow_unauthenticated() } else { verifier };
-            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("client verification: {e}"))?)
+            let verifier = verifier.build().map_err(|e| format!("client verification: {e}"))?;
+            if s.insecure_skip_verify.unwrap_or(false) {
+                builder.with_client_cert_verifier(Arc::new(LetThrough(verifier)))
+            } else {
+                builder.with_client_cert_verifier(verifier)
+            }
         }
         other => return Err(format!("tls mode {other} cannot terminate here")),
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.ticketer = ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
-    Ok(CompiledTls { config: Arc::new(config), warnings })
+    Ok(CompiledTls { tls: TlsTermination { config: Arc::new(config), peer: PeerPolicy::compile(s) }, warnings })
+}
+
+/// Several key pairs (`credentialNames`): the first whose key can sign with a scheme
+/// the client offers, so ECDSA and RSA clients both get a certificate.
+#[derive(Debug)]
+struct ByScheme(Vec<Arc<RotatingCert>>);
+
+impl ResolvesServerCert for ByScheme {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let schemes = hello.signature_schemes().to_vec();
+        let keys: Vec<Arc<CertifiedKey>> = self.0.iter().map(|c| c.current()).collect();
+        keys.iter().find(|k| k.key.choose_scheme(&schemes).is_some()).or(keys.first()).cloned()
+    }
+}
+
+/// Istio server `insecureSkipVerify`: client certificates are verified, and a failure
+/// is logged but lets the connection through.
+#[derive(Debug)]
+struct LetThrough(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for LetThrough {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end: &CertificateDer<'_>,
+        mids: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end, mids, now).or_else(|e| {
+            tracing::info!(error = %e, "client certificate failed verification; let through (insecureSkipVerify)");
+            Ok(ClientCertVerified::assertion())
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }

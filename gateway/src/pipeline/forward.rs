@@ -59,6 +59,11 @@ pub(super) async fn forward(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, websocket);
     append_forwarded_for(&mut headers, conn);
+    // Envoy SANITIZE_SET: never trust a client's XFCC; set it from the verified cert.
+    headers.remove("x-forwarded-client-cert");
+    if let Some(peer) = &conn.peer_cert {
+        headers.insert("x-forwarded-client-cert", peer.xfcc.clone());
+    }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
 
     // Authority: route-level header rules win over destination-level, then rewrite.

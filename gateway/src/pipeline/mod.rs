@@ -45,6 +45,8 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// SNI of a TLS connection (selects the server's route table).
     pub sni: Option<Arc<str>>,
+    /// The client's verified certificate (mutual TLS).
+    pub peer_cert: Option<Arc<crate::security::peer::PeerCert>>,
 }
 
 /// Handles one request end to end; never fails (failures become responses).

@@ -13,6 +13,7 @@ pub use reload::{ReloadOutcome, Reloader};
 
 use crate::{
     config::Diagnostic,
+    listener::tls::TlsTermination,
     route::{host_matches, L4Route, RouteTable},
     upstream::Cluster,
 };
@@ -52,15 +53,15 @@ pub struct FilterChain {
 pub enum ChainAction {
     /// HTTPS: terminate, then route HTTP with this server's own route table.
     Https {
-        /// rustls config (certificate resolver follows rotation).
-        tls: Arc<rustls::ServerConfig>,
+        /// rustls config (certificate resolver follows rotation) and client pins.
+        tls: TlsTermination,
         /// The server's route table.
         table: RouteTable,
     },
     /// TLS-terminated TCP: terminate, then VirtualService `tcp` rules.
     TlsTcp {
-        /// rustls config.
-        tls: Arc<rustls::ServerConfig>,
+        /// rustls config and client pins.
+        tls: TlsTermination,
         /// TCP rules.
         routes: Vec<L4Route>,
     },

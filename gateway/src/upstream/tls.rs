@@ -21,7 +21,7 @@ use rustls::{
 use super::Protocol;
 use crate::{
     config::istio::ClientTlsSettings,
-    listener::certs::{read_certs, CertStore},
+    listener::certs::{read_certs, read_crls, CertStore},
 };
 
 /// TLS towards one cluster's endpoints.
@@ -64,7 +64,9 @@ impl UpstreamTls {
         let verifier: Arc<dyn ServerCertVerifier> = if s.insecure_skip_verify.unwrap_or(false) {
             Arc::new(SkipVerify(provider.clone()))
         } else {
+            let crls = s.ca_crl.as_ref().map(|p| read_crls(p.as_ref())).transpose().map_err(|e| e.describe())?;
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .with_crls(crls.unwrap_or_default())
                 .build()
                 .map_err(|e| format!("server verification: {e}"))?;
             if s.subject_alt_names.is_empty() {

@@ -197,7 +197,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, certs: &CertStore)
                                     w,
                                 ));
                             }
-                            Some(compiled.config)
+                            Some(compiled.tls)
                         }
                         Some(Err(e)) => {
                             diagnostics.push(Diagnostic::error(

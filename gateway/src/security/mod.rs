@@ -1,0 +1,4 @@
+//! Security: who the peer is. Today the verified client certificate of a TLS
+//! connection; JWT authentication and authorization arrive with issue #4.
+
+pub mod peer;
