@@ -210,15 +210,11 @@ async fn retriable_4xx_retries_409_only() {
 
 #[tokio::test]
 async fn reset_before_headers_is_retried_on_another_endpoint() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            drop(s); // close without answering
-        }
-    });
+    let port = wicket_tests::upstream::raw(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await; // then close without answering
+    })
+    .await;
     let good = Upstream::start("good").await;
     let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api}}\nspec:\n  hosts: [api.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {port}}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n", good.addr.port());
     let rules = "  - retries: {attempts: 2, retryOn: reset}\n    route: [{destination: {host: api}}]\n";

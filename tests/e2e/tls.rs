@@ -221,21 +221,18 @@ async fn rotated_certificates_serve_new_handshakes_and_broken_ones_are_refused()
 #[tokio::test]
 async fn passthrough_routes_by_sni_to_a_tls_upstream() {
     let upstream_pki = Pki::new("upstream ca");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let acceptor = tokio_rustls::TlsAcceptor::from(upstream_pki.server(&["nginx.example.com"]));
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(s).await else { return };
-                let mut buf = [0u8; 1024];
-                let _ = tls.read(&mut buf).await;
-                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nnginx").await;
-                let _ = tls.shutdown().await;
-            });
+    let port = wicket_tests::upstream::raw(move |s| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(s).await else { return };
+            let mut buf = [0u8; 1024];
+            let _ = tls.read(&mut buf).await;
+            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nnginx").await;
+            let _ = tls.shutdown().await;
         }
-    });
+    })
+    .await;
     let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: my-nginx}}\nspec:\n  hosts: [my-nginx.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{https: {port}}}}}]\n");
     let corpus = std::fs::read_to_string(format!(
         "{}/../../shared/corpus/docs-ingress/sni-passthrough-nginx.yaml",
@@ -259,20 +256,15 @@ async fn passthrough_routes_by_sni_to_a_tls_upstream() {
 
 #[tokio::test]
 async fn tcp_servers_route_by_port_with_weights() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    let port = wicket_tests::upstream::raw(|mut s| async move {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
         }
-    });
+    })
+    .await;
     let yaml = format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 9000, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo}}\nspec:\n  hosts: [echo.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 9000, name: tcp, protocol: TCP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tcp:\n  - match: [{{port: 9000}}]\n    route: [{{destination: {{host: echo, port: {{number: 9000}}}}}}]\n");
     let gw = TestGateway::start(&yaml).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr_of(9000)).await.unwrap();

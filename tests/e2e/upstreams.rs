@@ -105,16 +105,12 @@ async fn match_port_and_gateways_select_blocks_at_config_time() {
 
 #[tokio::test]
 async fn an_upstream_reset_mid_response_ends_that_stream_alone() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
-            drop(s);
-        }
-    });
+    let port = wicket_tests::upstream::raw(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
+    })
+    .await;
     let ok = Upstream::start("ok").await;
     let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: cut}}\nspec:\n  hosts: [cut.example]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n");
     let reg = docs(&[&se, &service_entry("ok.default.svc.cluster.local", 80, "HTTP", &[(&ok, "v1")])]);

@@ -236,3 +236,20 @@ fn futures_stream<T: Send + 'static>(items: Vec<T>) -> impl futures_core::Stream
     impl<T> Unpin for Iter<T> {}
     Iter(items.into_iter())
 }
+
+/// A raw TCP server on loopback: `handle` runs for every accepted connection (each in
+/// its own task). Returns the bound port.
+pub async fn raw<F, Fut>(handle: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(handle(s));
+        }
+    });
+    port
+}
