@@ -42,6 +42,9 @@ enum Command {
         /// (a sidecar's outbound listener, without traffic capture).
         #[arg(long)]
         mesh_port: Option<u16>,
+        /// Worker threads serving traffic (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
         /// Also start a built-in echo upstream: ADDR=NAME (repeatable; for demos).
         #[arg(long = "echo", value_name = "ADDR=NAME")]
         echo: Vec<String>,
@@ -92,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{errors} error(s), {} warning(s)", diagnostics.len() - errors);
             Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Echo { upstreams } => runtime()?.block_on(async {
+        Command::Echo { upstreams } => runtime(None)?.block_on(async {
             for spec in &upstreams {
                 let (addr, name) = parse_echo(spec)?;
                 let bound = wicket::echo::serve(addr, name.clone()).await.with_context(|| format!("binding {addr}"))?;
@@ -101,7 +104,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shutdown_signal().await;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Run { config, labels, namespace, admin, port_map, bind_address, mesh_port, credentials_dir, echo } => {
+        Command::Run {
+            config,
+            labels,
+            namespace,
+            admin,
+            port_map,
+            bind_address,
+            mesh_port,
+            credentials_dir,
+            workers,
+            echo,
+        } => {
             let bootstrap = Bootstrap {
                 config_dir: config.clone(),
                 namespace,
@@ -113,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 credentials_dir,
                 ..Bootstrap::default()
             };
-            runtime()?.block_on(async {
+            runtime(workers)?.block_on(async {
                 for spec in &echo {
                     let (addr, name) = parse_echo(spec)?;
                     wicket::echo::serve(addr, name).await.with_context(|| format!("binding echo upstream {addr}"))?;
@@ -128,8 +142,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    builder.enable_all().build().context("starting the runtime")
 }
 
 async fn shutdown_signal() {

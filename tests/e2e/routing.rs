@@ -44,8 +44,7 @@ async fn uri_exact_prefix_regex_and_no_match_404() {
     assert_eq!(not_found.status, StatusCode::NOT_FOUND);
     // Unknown host: no virtual host.
     assert_eq!(gw.get("other.test", "/exact").await.status, StatusCode::NOT_FOUND);
-    let logs = gw.access_log();
-    assert!(logs.iter().any(|l| l["response_flags"] == "NR"), "{logs:?}");
+    gw.find_log(|l| l["response_flags"] == "NR").await;
 }
 
 #[tokio::test]

@@ -112,9 +112,18 @@ impl TestGateway {
         next
     }
 
-    /// The access log lines written so far, parsed.
-    pub fn access_log(&self) -> Vec<serde_json::Value> {
-        self.logs.try_iter().map(|l| serde_json::from_str(&l).unwrap()).collect()
+    /// Waits for an access log line that satisfies `pred` (lines before it are skipped).
+    pub async fn find_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        for _ in 0..1000 {
+            while let Ok(line) = self.logs.try_recv() {
+                let value = serde_json::from_str(&line).unwrap();
+                if pred(&value) {
+                    return value;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no matching access log line within 10s");
     }
 
     /// Waits for the next access log line (without blocking the runtime).

@@ -5,9 +5,12 @@ use std::{
     io::Write,
     net::SocketAddr,
     pin::Pin,
-    sync::{mpsc, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
     task::{Context, Poll},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -17,38 +20,63 @@ use tokio::time::Instant;
 
 use crate::error::ResponseFlags;
 
-/// Lines buffered for the writer before new ones are dropped.
-const QUEUE: usize = 16 * 1024;
+/// Bytes buffered for the writer before new lines are dropped.
+const MAX_BUFFERED: usize = 8 << 20;
+/// How often the writer flushes (Envoy's access log flush interval is 1 s; shorter
+/// keeps `tail -f` lively at no measurable cost).
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
-/// Where access log lines go.
+/// Where access log lines go. Requests serialize into a shared buffer under a short
+/// lock; a writer thread swaps it out and writes it every `FLUSH_EVERY`, so the request
+/// path never waits on the writer nor wakes it.
 #[derive(Debug, Clone)]
-pub struct AccessLog(Option<mpsc::SyncSender<String>>);
+pub struct AccessLog(Option<Arc<Sink>>);
+
+#[derive(Debug)]
+struct Sink {
+    buffer: Mutex<Vec<u8>>,
+    dropped: AtomicU64,
+}
 
 impl AccessLog {
     /// Lines to standard output, from a dedicated thread.
     pub fn stdout() -> Self {
-        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || {
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::new(stdout.lock());
-                while let Ok(line) = rx.recv() {
-                    let _ = writeln!(out, "{line}");
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = writeln!(out, "{line}");
-                    }
-                    let _ = out.flush();
+        Self::to_writer(std::io::stdout())
+    }
+
+    /// Lines to any writer, flushed from a dedicated thread.
+    pub fn to_writer<W: Write + Send + 'static>(mut out: W) -> Self {
+        let sink = Arc::new(Sink { buffer: Mutex::new(Vec::with_capacity(64 << 10)), dropped: AtomicU64::new(0) });
+        let writer = sink.clone();
+        let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || {
+            let mut spare = Vec::with_capacity(64 << 10);
+            loop {
+                // The last handle gone: drain once more, then stop.
+                let last = Arc::strong_count(&writer) == 1;
+                if let Ok(mut buffer) = writer.buffer.lock() {
+                    std::mem::swap(&mut *buffer, &mut spare);
                 }
-            })
-            .map(|_| Self(Some(tx)))
-            .unwrap_or(Self(None))
+                if !spare.is_empty() {
+                    let _ = out.write_all(&spare).and_then(|()| out.flush());
+                    spare.clear();
+                }
+                let dropped = writer.dropped.swap(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    tracing::warn!(dropped, "access log lines dropped: the writer fell behind");
+                }
+                if last {
+                    break;
+                }
+                std::thread::park_timeout(FLUSH_EVERY);
+            }
+        });
+        Self(spawned.ok().map(|_| sink))
     }
 
     /// Lines to a channel the caller reads (tests, embedding).
     pub fn channel() -> (Self, mpsc::Receiver<String>) {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
-        (Self(Some(tx)), rx)
+        let (tx, rx) = mpsc::channel();
+        (Self::to_writer(LineSender { tx, partial: Vec::new() }), rx)
     }
 
     /// No access log.
@@ -56,13 +84,42 @@ impl AccessLog {
         Self(None)
     }
 
-    /// Writes one record as a JSON line (dropped when the writer falls behind).
+    /// Writes one record as a JSON line (dropped, and counted, when the writer falls
+    /// behind by more than `MAX_BUFFERED` bytes).
     pub fn write<T: Serialize>(&self, record: &T) {
-        if let Some(tx) = &self.0 {
-            if let Ok(line) = serde_json::to_string(record) {
-                let _ = tx.try_send(line);
-            }
+        let Some(sink) = &self.0 else { return };
+        let Ok(mut buffer) = sink.buffer.lock() else { return };
+        if buffer.len() > MAX_BUFFERED {
+            sink.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        let start = buffer.len();
+        if serde_json::to_writer(&mut *buffer, record).is_ok() {
+            buffer.push(b'\n');
+        } else {
+            buffer.truncate(start);
+        }
+    }
+}
+
+/// Splits written bytes into lines for `AccessLog::channel`.
+struct LineSender {
+    tx: mpsc::Sender<String>,
+    partial: Vec<u8>,
+}
+
+impl Write for LineSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(buf);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let _ = self.tx.send(String::from_utf8_lossy(&line[..end]).into_owned());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
