@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 use http::StatusCode;
 
 /// Envoy response flags, combinable (`DI,FI`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u16);
 
 impl ResponseFlags {
@@ -47,6 +47,11 @@ impl ResponseFlags {
     /// Adds `other`.
     pub fn insert(&mut self, other: Self) {
         self.0 |= other.0;
+    }
+
+    /// The first flag set, as a static name (for metric labels).
+    pub fn first_name(self) -> &'static str {
+        Self::NAMES.iter().find(|(f, _)| self.contains(*f)).map_or("-", |(_, n)| n)
     }
 
     /// True when all flags of `other` are set.

@@ -25,14 +25,14 @@ pub mod pipeline;
 pub mod route;
 pub mod security;
 pub mod snapshot;
+mod supervisor;
 pub mod telemetry;
 pub mod upstream;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{atomic::AtomicBool, Arc, RwLock},
-    time::Duration,
+    sync::{Arc, RwLock},
 };
 
 use tokio::sync::watch;
@@ -42,14 +42,10 @@ use crate::{
     listener::{certs::CertStore, Listeners},
     pipeline::Proxy,
     snapshot::{Reloader, Snapshot, SnapshotHandle},
+    supervisor::Supervisor,
     telemetry::AccessLog,
     upstream::Upstreams,
 };
-
-/// How often DNS endpoints are resolved again.
-const DNS_REFRESH: Duration = Duration::from_secs(30);
-/// How often certificate files are checked for rotation.
-const CERT_CHECK: Duration = Duration::from_secs(1);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,101 +108,38 @@ impl Drop for Gateway {
 /// Starts the ingress gateway: first load, listeners, admin, then a supervisor that
 /// reloads on every change of the config directory.
 pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gateway, StartError> {
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let telemetry = telemetry::Telemetry::new(access_log, metrics.clone(), &bootstrap.labels, &bootstrap.namespace);
     let handle = SnapshotHandle::default();
-    let proxy = Arc::new(Proxy { snapshot: handle.clone(), upstreams: Upstreams::new(), access_log });
+    let proxy = Arc::new(Proxy { snapshot: handle.clone(), upstreams: Upstreams::new(), telemetry });
     let certs = Arc::new(CertStore::default());
-    let reloader = Reloader::new(bootstrap.clone(), certs.clone());
-    let mut listeners = Listeners::new(proxy.clone(), bootstrap.port_map.clone());
-    let (watcher, mut changes) = config::watch_dir(&bootstrap.config_dir)?;
-    let (mut reloader, first) = reload_off_thread(reloader).await;
-    let first = first?;
-    let ready = Arc::new(AtomicBool::new(false));
+    let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
+    let (version_tx, version_rx) = watch::channel(0);
+    let status = Arc::new(RwLock::new(supervisor::ReloadStatus::default()));
+    let mut supervisor = Supervisor {
+        reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap.clone(), certs.clone()))),
+        handle: handle.clone(),
+        listeners: Listeners::new(proxy.clone(), bootstrap.port_map.clone()),
+        addrs: Arc::new(RwLock::new(HashMap::new())),
+        version: version_tx,
+        metrics: metrics.clone(),
+        certs,
+        status: status.clone(),
+    };
+    supervisor.reload().await?;
     let admin = match bootstrap.admin {
-        Some(addr) => Some(
-            admin::serve(addr, admin::AdminState { snapshot: handle.clone(), ready: ready.clone() })
-                .await
-                .map_err(|source| StartError::Admin { addr, source })?,
-        ),
+        Some(addr) => {
+            let state = admin::AdminState { snapshot: handle.clone(), metrics, status };
+            Some(admin::serve(addr, state).await.map_err(|source| StartError::Admin { addr, source })?)
+        }
         None => None,
     };
-    let addrs = Arc::new(RwLock::new(HashMap::new()));
-    let (version_tx, version_rx) = watch::channel(0);
-    apply(first, &handle, &mut listeners, &addrs, &version_tx).await;
-    ready.store(true, std::sync::atomic::Ordering::Release);
-
-    let supervisor_addrs = addrs.clone();
-    let supervisor_handle = handle.clone();
-    let supervisor = tokio::spawn(async move {
+    let addrs = supervisor.addrs.clone();
+    let task = tokio::spawn(async move {
         let _watcher = watcher; // dropping it stops the watch
-        let mut dns = tokio::time::interval(DNS_REFRESH);
-        dns.tick().await;
-        let mut cert_check = tokio::time::interval(CERT_CHECK);
-        loop {
-            tokio::select! {
-                change = changes.recv() => {
-                    if change.is_none() {
-                        break;
-                    }
-                    let (back, result) = reload_off_thread(reloader).await;
-                    reloader = back;
-                    match result {
-                        Ok(outcome) => apply(outcome, &supervisor_handle, &mut listeners, &supervisor_addrs, &version_tx).await,
-                        Err(e) => tracing::error!(error = %e, source = ?std::error::Error::source(&e), "reload failed; keeping the last good configuration"),
-                    }
-                }
-                _ = dns.tick() => {
-                    for c in &supervisor_handle.current().clusters {
-                        upstream::refresh_dns(c).await;
-                    }
-                }
-                _ = cert_check.tick() => {
-                    let certs = certs.clone();
-                    let _ = tokio::task::spawn_blocking(move || certs.refresh()).await;
-                }
-            }
-        }
+        supervisor.run(changes).await;
     });
-    Ok(Gateway { snapshot: handle, addrs, admin, version: version_rx, _supervisor: supervisor })
-}
-
-/// Runs a reload on the blocking pool (it reads files and compiles regexes).
-async fn reload_off_thread(mut reloader: Reloader) -> (Reloader, Result<snapshot::ReloadOutcome, LoadError>) {
-    tokio::task::spawn_blocking(move || {
-        let result = reloader.reload();
-        (reloader, result)
-    })
-    .await
-    .expect("a reload does not panic")
-}
-
-/// Logs the reload's diagnostics, resolves DNS, publishes and reconciles listeners.
-async fn apply(
-    outcome: snapshot::ReloadOutcome,
-    handle: &SnapshotHandle,
-    listeners: &mut Listeners,
-    addrs: &RwLock<HashMap<u16, SocketAddr>>,
-    version: &watch::Sender<u64>,
-) {
-    for d in &outcome.diagnostics {
-        if d.is_error() {
-            tracing::error!("{d}");
-        } else {
-            tracing::warn!("{d}");
-        }
-    }
-    let Some(snapshot) = outcome.snapshot else {
-        return;
-    };
-    for c in &snapshot.clusters {
-        upstream::refresh_dns(c).await;
-    }
-    handle.publish(snapshot.clone());
-    listeners.reconcile(&snapshot.listeners).await;
-    if let Ok(mut a) = addrs.write() {
-        *a = listeners.addrs();
-    }
-    tracing::info!(version = snapshot.version, rejected = outcome.rejected.len(), "snapshot applied");
-    version.send_replace(snapshot.version);
+    Ok(Gateway { snapshot: handle, addrs, admin, version: version_rx, _supervisor: task })
 }
 
 /// `wicket validate`: every problem in a config directory, offline.

@@ -69,10 +69,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    wicket::telemetry::log_level::init("info");
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

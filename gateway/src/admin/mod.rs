@@ -1,17 +1,18 @@
-//! The admin listener: `/ready`, `/healthz`, `/config_dump`. Loopback by default and
-//! never on a data-plane port.
+//! The admin listener: `/ready`, `/healthz`, `/metrics`, `/config_dump`, `/clusters`,
+//! `POST /logging`. It binds the `--admin` address (loopback by default) and never a
+//! data-plane port.
+
+mod clusters;
+mod config_dump;
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::{Arc, RwLock},
 };
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -20,26 +21,32 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 
-use crate::snapshot::SnapshotHandle;
+use crate::{
+    snapshot::SnapshotHandle,
+    supervisor::ReloadStatus,
+    telemetry::{log_level, Metrics},
+};
 
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
     /// Live configuration.
     pub snapshot: SnapshotHandle,
-    /// Set once listeners are bound and the first config is loaded.
-    pub ready: Arc<AtomicBool>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The last reload's outcome.
+    pub status: Arc<RwLock<ReloadStatus>>,
 }
 
 /// Binds the admin listener and serves it in the background; returns its address.
+/// It starts after the first configuration is loaded and the listeners are bound, so
+/// `/ready` answers 200 as soon as it answers at all.
 pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+            let Ok((stream, _)) = listener.accept().await else { continue };
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -54,30 +61,66 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Socke
 }
 
 fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/ready" if state.ready.load(Ordering::Acquire) => (StatusCode::OK, "LIVE\n".to_string()),
-        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n".to_string()),
-        "/healthz" => (StatusCode::OK, "OK\n".to_string()),
-        "/config_dump" => (StatusCode::OK, config_dump(&state.snapshot)),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ready") => text(StatusCode::OK, "LIVE\n"),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "OK\n"),
+        (&Method::GET, "/metrics" | "/stats/prometheus") => metrics(state, req),
+        (&Method::GET, "/config_dump") => json(config_dump::render(&state.snapshot.current(), &state.status)),
+        (&Method::GET, "/clusters") => json(clusters::render(&state.snapshot.current())),
+        (&Method::POST, "/logging") => logging(req),
+        (_, "/ready" | "/healthz" | "/metrics" | "/config_dump" | "/clusters" | "/logging") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the same text
+/// labelled as Prometheus' text format.
+fn metrics(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let wants_openmetrics = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let content_type = if wants_openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
+    let mut resp = text(StatusCode::OK, "");
+    *resp.body_mut() = Full::new(Bytes::from(state.metrics.encode()));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
-fn config_dump(handle: &SnapshotHandle) -> String {
-    let s = handle.current();
-    let listeners: Vec<u16> = s.listeners.iter().map(|l| l.port).collect();
-    let clusters: Vec<String> = s.clusters.iter().map(|c| c.name.to_string()).collect();
-    let diagnostics: Vec<String> = s.diagnostics.iter().map(ToString::to_string).collect();
-    let created = s.created.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
-    serde_json::json!({
-        "version": s.version,
-        "created_unix": created,
-        "listeners": listeners,
-        "clusters": clusters,
-        "diagnostics": diagnostics,
-    })
-    .to_string()
+fn logging(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let level = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")))
+        .map(|l| l.replace("%2C", ",").replace("%3D", "="));
+    match level {
+        None => text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=debug\n"),
+        Some(level) => match log_level::set(&level) {
+            Ok(()) => {
+                tracing::info!(level, "log level changed");
+                text(StatusCode::OK, "level changed\n")
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        },
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+fn json(value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{value:#}\n"))));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }

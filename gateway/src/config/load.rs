@@ -216,9 +216,11 @@ fn parse_spec<T: DeserializeOwned + Default>(doc: &str) -> Result<T, SpecError> 
             let inner = e.into_inner();
             let line = inner.location().map(|l| l.line());
             let mut message = strip_location(&inner.to_string());
-            // serde_yaml prefixes its own path; the field is reported separately.
-            if let Some(rest) = message.strip_prefix(&format!("{field}: ")) {
-                message = rest.to_string();
+            // serde_yaml prefixes its own (partial) path; the field is reported separately.
+            if let Some((head, rest)) = message.split_once(": ") {
+                if !head.contains(' ') && field.starts_with(head) {
+                    message = rest.to_string();
+                }
             }
             let message = with_suggestion(&message);
             let field = if field == "." { String::new() } else { field };
@@ -298,6 +300,7 @@ mod tests {
         let text = d.to_string();
         assert!(text.contains("c.yaml:10: VirtualService/default/r: spec.http[0].retries"), "{text}");
         assert!(text.contains("did you mean `retryOn`"), "{text}");
+        assert!(text.contains("error: unknown field"), "no repeated path: {text}");
     }
 
     #[test]

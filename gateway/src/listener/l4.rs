@@ -9,7 +9,12 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{error::ResponseFlags, pipeline::Proxy, route::L4Route, telemetry::TcpRecord};
+use crate::{
+    error::ResponseFlags,
+    pipeline::Proxy,
+    route::L4Route,
+    telemetry::{metrics::TcpLabels, DestinationLabels, TcpRecord},
+};
 
 /// Upstream connect timeout (Istio mesh `connectTimeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,9 +29,14 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
 ) {
     let mut record = TcpRecord::start(peer, sni);
+    let telemetry = &proxy.telemetry;
+    let labels = |destination, flags| TcpLabels { source: telemetry.source.clone(), destination, flags };
     let fail = |mut record: TcpRecord, flag: ResponseFlags| {
         record.response_flags = flag.to_string();
-        record.finish(&proxy.access_log);
+        let l = labels(DestinationLabels::unknown(), flag);
+        telemetry.metrics.tcp_opened(&l);
+        telemetry.metrics.tcp_closed(&l, 0, 0);
+        record.finish(&telemetry.log);
     };
     let Some(route) = routes.iter().find(|r| r.matches(sni, port)) else {
         tracing::info!(%peer, port, sni, "no tls/tcp route matches; connection closed");
@@ -47,6 +57,9 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return fail(record, ResponseFlags::UF),
     };
     let _ = upstream.set_nodelay(true);
+    // Opened and closed share one label set (Istio labels TCP metrics at open).
+    let open = labels(endpoint.metrics.clone(), ResponseFlags::default());
+    telemetry.metrics.tcp_opened(&open);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((received, sent)) => {
             record.bytes_received = received;
@@ -57,5 +70,6 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
             record.response_flags = ResponseFlags::UC.to_string();
         }
     }
-    record.finish(&proxy.access_log);
+    telemetry.metrics.tcp_closed(&open, record.bytes_sent, record.bytes_received);
+    record.finish(&telemetry.log);
 }

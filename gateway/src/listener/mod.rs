@@ -22,6 +22,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -108,17 +109,42 @@ impl Drop for Listeners {
     }
 }
 
+/// Counts a connection in `wicket_listener_active_connections` while it lives.
+struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Bound on reading the ClientHello and completing a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16) {
     let builder = Arc::new(server_builder());
+    let active = proxy.telemetry.metrics.active_connections(port);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("conn", peer.addr = %peer);
-                tokio::spawn(connection(stream, peer, port, proxy.clone(), builder.clone()).instrument(span));
+                let open = OpenConnection::new(&active);
+                let conn = connection(stream, peer, port, proxy.clone(), builder.clone());
+                tokio::spawn(
+                    async move {
+                        conn.await;
+                        drop(open);
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 // Out of file descriptors and the like: log, breathe, go on.

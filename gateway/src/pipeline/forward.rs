@@ -110,10 +110,14 @@ pub(super) async fn forward(
     let retry = if websocket { crate::upstream::RetryPolicy::none() } else { route.retry.clone() };
     let span = tracing::debug_span!("upstream", cluster = %cluster.name);
     let result = upstream::call(&proxy.upstreams, &cluster, head, body, route.timeout, &retry).instrument(span).await;
+    record.destination = Some(cluster.metrics.clone());
+    record.mutual_tls = cluster.tls.as_ref().is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
+    let metrics = &proxy.telemetry.metrics;
     let outcome = match result {
         Ok(o) => o,
         Err(failure) => {
             record.upstream_host = failure.upstream.map(|a| a.to_string());
+            metrics.upstream(&cluster.name, failure.error.flag().first_name());
             flags.insert(failure.flags);
             tracing::debug!(error = %failure.error, "upstream failed");
             return Err(LocalReply::error(&failure.error).with_flags(flags));
@@ -122,6 +126,8 @@ pub(super) async fn forward(
     flags.insert(outcome.flags);
     record.flags(flags);
     record.upstream_host = Some(outcome.endpoint.endpoint().addr.to_string());
+    record.destination = Some(outcome.endpoint.endpoint().metrics.clone());
+    metrics.upstream(&cluster.name, crate::telemetry::metrics::status_class(outcome.response.status().as_u16()));
 
     let mut response = outcome.response;
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {

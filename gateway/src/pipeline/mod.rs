@@ -18,7 +18,7 @@ use crate::{
     error::{ProxyError, ResponseFlags},
     route::{Abort, Action, Cors, RequestView},
     snapshot::SnapshotHandle,
-    telemetry::{AccessLog, AccessRecord, Logged},
+    telemetry::{AccessRecord, Logged, Telemetry},
     upstream::Upstreams,
 };
 
@@ -30,8 +30,8 @@ pub struct Proxy {
     pub snapshot: SnapshotHandle,
     /// Pooled upstream clients.
     pub upstreams: Upstreams,
-    /// Access log sink.
-    pub access_log: AccessLog,
+    /// Access log and metrics.
+    pub telemetry: Telemetry,
 }
 
 /// The connection a request arrived on.
@@ -66,6 +66,8 @@ pub async fn handle(
         conn.peer,
     );
     record.request_id = ensure_request_id(req.headers_mut());
+    record.grpc =
+        req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 
     let reply = match authority {
         None => Err(LocalReply::error(&ProxyError::BadRequest("missing or repeated Host header"))),
@@ -77,8 +79,8 @@ pub async fn handle(
         Err(local) => (local.into_response(&mut record), None),
     };
     record.response_code = response.status().as_u16();
-    let log = proxy.access_log.clone();
-    response.map(|b| Logged::new(b, record, received, log))
+    record.grpc_status = crate::telemetry::grpc_status(response.headers()).or(record.grpc_status);
+    response.map(|b| Logged::new(b, record, received, proxy.telemetry.clone()))
 }
 
 type Forwarded = (Response<ResponseBody>, Option<Arc<std::sync::atomic::AtomicU64>>);

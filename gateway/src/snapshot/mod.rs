@@ -12,7 +12,7 @@ pub use compile::{compile, Compiled};
 pub use reload::{ReloadOutcome, Reloader};
 
 use crate::{
-    config::Diagnostic,
+    config::{Diagnostic, ResourceRef},
     listener::tls::TlsTermination,
     route::{host_matches, L4Route, RouteTable},
     upstream::Cluster,
@@ -99,6 +99,30 @@ pub fn select_chain<'a>(chains: &'a [FilterChain], sni: Option<&str>) -> Option<
     chains.iter().find(|c| c.server_names.iter().any(|n| n == "*"))
 }
 
+/// What became of one resource in the reload that built a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceState {
+    /// In force as written.
+    Applied,
+    /// The new version was rejected; the last good one is in force.
+    LastGood,
+    /// Rejected, with no earlier version to fall back on.
+    Rejected,
+}
+
+/// A resource's status, for the admin config dump and logs.
+#[derive(Debug, Clone)]
+pub struct ResourceStatus {
+    /// `kind/namespace/name`.
+    pub id: ResourceRef,
+    /// `file:line` of the version in force (empty when none).
+    pub origin: String,
+    /// Applied, last good, or rejected.
+    pub state: ResourceState,
+    /// Errors naming it in this reload.
+    pub errors: Vec<String>,
+}
+
 /// One consistent, immutable configuration.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -112,6 +136,8 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// Problems found while compiling (warnings and reference errors).
     pub diagnostics: Vec<Diagnostic>,
+    /// Every resource read and what became of it.
+    pub resources: Vec<ResourceStatus>,
     /// When it was compiled.
     pub created: Option<SystemTime>,
 }

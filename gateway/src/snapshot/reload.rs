@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{compile, Snapshot};
+use super::{compile, ResourceState, ResourceStatus, Snapshot};
 use crate::{
     config::{load_dir, Bootstrap, Diagnostic, LoadError, Resource, ResourceRef},
     listener::certs::CertStore,
@@ -56,6 +56,7 @@ impl Reloader {
         }
         diagnostics.extend(compiled.diagnostics);
         rejected.extend(compiled.rejected.iter().cloned());
+        let statuses = statuses(&resources, &rejected, &compiled.rejected, &diagnostics);
         self.last_good =
             resources.into_iter().filter(|r| !compiled.rejected.contains(&r.id)).map(|r| (r.id.clone(), r)).collect();
         self.digest = Some(loaded.digest);
@@ -63,6 +64,7 @@ impl Reloader {
         let mut snapshot = compiled.snapshot;
         snapshot.version = self.version;
         snapshot.diagnostics = diagnostics.clone();
+        snapshot.resources = statuses;
         Ok(ReloadOutcome { snapshot: Some(Arc::new(snapshot)), diagnostics, rejected })
     }
 
@@ -80,4 +82,40 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Each resource's state in this reload: applied, serving its last good version, or
+/// rejected (with the errors that name it).
+fn statuses(
+    resources: &[Resource],
+    rejected: &[ResourceRef],
+    not_applied: &[ResourceRef],
+    diagnostics: &[Diagnostic],
+) -> Vec<ResourceStatus> {
+    let errors_of = |id: &ResourceRef| -> Vec<String> {
+        diagnostics
+            .iter()
+            .filter(|d| d.is_error() && d.resource.as_ref() == Some(id))
+            .map(ToString::to_string)
+            .collect()
+    };
+    let mut out: Vec<ResourceStatus> = resources
+        .iter()
+        .filter(|r| !not_applied.contains(&r.id))
+        .map(|r| {
+            let state = if rejected.contains(&r.id) { ResourceState::LastGood } else { ResourceState::Applied };
+            ResourceStatus { id: r.id.clone(), origin: r.origin.to_string(), state, errors: errors_of(&r.id) }
+        })
+        .collect();
+    for id in rejected.iter().chain(not_applied) {
+        if !out.iter().any(|s| &s.id == id) {
+            out.push(ResourceStatus {
+                id: id.clone(),
+                origin: String::new(),
+                state: ResourceState::Rejected,
+                errors: errors_of(id),
+            });
+        }
+    }
+    out
 }

@@ -18,6 +18,10 @@ use http_body::{Body, Frame, SizeHint};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::{
+    metrics::{RequestLabels, RequestProtocol},
+    DestinationLabels, Telemetry,
+};
 use crate::error::ResponseFlags;
 
 /// Bytes buffered for the writer before new lines are dropped.
@@ -158,8 +162,22 @@ pub struct AccessRecord {
     pub downstream_remote_address: String,
     /// Why the gateway answered itself, when it did.
     pub response_details: Option<String>,
+    /// gRPC status of the response, when it carried one.
+    pub grpc_status: Option<u16>,
     #[serde(skip)]
     started: Option<Instant>,
+    /// The flags as a value, for metrics.
+    #[serde(skip)]
+    pub flag_bits: ResponseFlags,
+    /// Where the request went, for metrics (`unknown` when nowhere).
+    #[serde(skip)]
+    pub destination: Option<Arc<DestinationLabels>>,
+    /// gRPC request (`content-type: application/grpc`).
+    #[serde(skip)]
+    pub grpc: bool,
+    /// The upstream connection used client certificates.
+    #[serde(skip)]
+    pub mutual_tls: bool,
 }
 
 impl AccessRecord {
@@ -182,12 +200,18 @@ impl AccessRecord {
             request_id: String::new(),
             downstream_remote_address: peer.to_string(),
             response_details: None,
+            grpc_status: None,
             started: Some(Instant::now()),
+            flag_bits: ResponseFlags::default(),
+            destination: None,
+            grpc: false,
+            mutual_tls: false,
         }
     }
 
     /// Sets the response flags.
     pub fn flags(&mut self, flags: ResponseFlags) {
+        self.flag_bits = flags;
         self.response_flags = flags.to_string();
     }
 }
@@ -197,7 +221,7 @@ pub struct Logged<B> {
     inner: B,
     record: Option<AccessRecord>,
     received: Option<Arc<std::sync::atomic::AtomicU64>>,
-    log: AccessLog,
+    telemetry: Telemetry,
 }
 
 impl<B> Logged<B> {
@@ -206,19 +230,31 @@ impl<B> Logged<B> {
         inner: B,
         record: AccessRecord,
         received: Option<Arc<std::sync::atomic::AtomicU64>>,
-        log: AccessLog,
+        telemetry: Telemetry,
     ) -> Self {
-        Self { inner, record: Some(record), received, log }
+        Self { inner, record: Some(record), received, telemetry }
     }
 
+    /// Istio's `telemetry::finish`: one access log line and the request metrics.
     fn finish(&mut self) {
-        if let Some(mut r) = self.record.take() {
-            if let Some(rx) = &self.received {
-                r.bytes_received = rx.load(std::sync::atomic::Ordering::Relaxed);
-            }
-            r.duration = r.started.map_or(0, |s| s.elapsed().as_millis() as u64);
-            self.log.write(&r);
+        let Some(mut r) = self.record.take() else { return };
+        if let Some(rx) = &self.received {
+            r.bytes_received = rx.load(std::sync::atomic::Ordering::Relaxed);
         }
+        let elapsed = r.started.map(|s| s.elapsed()).unwrap_or_default();
+        r.duration = elapsed.as_millis() as u64;
+        let labels = RequestLabels {
+            source: self.telemetry.source.clone(),
+            destination: r.destination.clone().unwrap_or_else(DestinationLabels::unknown),
+            protocol: if r.grpc { RequestProtocol::Grpc } else { RequestProtocol::Http },
+            response_code: r.response_code,
+            grpc_status: r.grpc_status,
+            flags: r.flag_bits,
+            mutual_tls: r.mutual_tls,
+        };
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        self.telemetry.metrics.record_request(&labels, millis, r.bytes_received, r.bytes_sent);
+        self.telemetry.log.write(&r);
     }
 }
 
@@ -239,6 +275,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(r)) = (frame.data_ref(), this.record.as_mut()) {
                     r.bytes_sent += data.len() as u64;
+                }
+                if let (Some(trailers), Some(r)) = (frame.trailers_ref(), this.record.as_mut()) {
+                    r.grpc_status = grpc_status(trailers).or(r.grpc_status);
                 }
                 if this.inner.is_end_stream() {
                     this.finish();
@@ -267,6 +306,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The `grpc-status` of response headers or trailers.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// One TCP or TLS-passthrough connection, logged when it closes.

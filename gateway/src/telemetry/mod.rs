@@ -1,6 +1,42 @@
-//! Telemetry: the JSON access log for HTTP requests and TCP connections (metrics and
-//! traces arrive with issue #7).
+//! Telemetry: the JSON access log for HTTP requests and TCP connections, and Istio's
+//! Prometheus metrics (traces arrive later with issue #7).
 
 mod access_log;
+pub mod log_level;
+pub mod metrics;
 
-pub use access_log::{AccessLog, AccessRecord, Logged, TcpRecord};
+use std::sync::Arc;
+
+pub use access_log::{grpc_status, AccessLog, AccessRecord, Logged, TcpRecord};
+pub use metrics::{DestinationLabels, Metrics, SourceLabels};
+
+/// Where finished requests and connections are reported.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// Access log sink.
+    pub log: AccessLog,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The gateway's own labels (`source_*`).
+    pub source: Arc<SourceLabels>,
+}
+
+impl Telemetry {
+    /// Telemetry for a gateway described by its workload labels and namespace.
+    pub fn new(
+        log: AccessLog,
+        metrics: Arc<Metrics>,
+        labels: &std::collections::BTreeMap<String, String>,
+        namespace: &str,
+    ) -> Self {
+        let get = |k: &str, default: &str| -> Arc<str> { labels.get(k).map_or(default, String::as_str).into() };
+        let source = Arc::new(SourceLabels {
+            workload: get("app", "istio-ingressgateway"),
+            namespace: namespace.into(),
+            principal: "unknown".into(),
+            app: get("app", "istio-ingressgateway"),
+            version: get("version", "unknown"),
+        });
+        Self { log, metrics, source }
+    }
+}

@@ -12,6 +12,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use super::{dns::DnsTarget, lb::LbPolicy, UpstreamTls};
+use crate::telemetry::DestinationLabels;
 
 /// The protocol spoken to the endpoints, from the service port's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,14 +30,16 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Endpoint labels (subsets select on them).
     pub labels: BTreeMap<String, String>,
+    /// Istio `destination_*` metric labels of this endpoint.
+    pub metrics: Arc<DestinationLabels>,
     /// Requests in flight, for LEAST_REQUEST.
     active: AtomicUsize,
 }
 
 impl Endpoint {
     /// A new endpoint with no request in flight.
-    pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>) -> Self {
-        Self { addr, labels, active: AtomicUsize::new(0) }
+    pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>, metrics: Arc<DestinationLabels>) -> Self {
+        Self { addr, labels, metrics, active: AtomicUsize::new(0) }
     }
 
     /// Requests currently in flight to this endpoint.
@@ -83,6 +86,8 @@ pub struct Cluster {
     pub dns: Vec<DnsTarget>,
     /// TLS towards the endpoints (DestinationRule `tls`), if any.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// `destination_*` metric labels of the service, for failures before an endpoint.
+    pub metrics: Arc<DestinationLabels>,
 }
 
 impl Cluster {
@@ -94,7 +99,21 @@ impl Cluster {
         endpoints: Vec<Arc<Endpoint>>,
         dns: Vec<DnsTarget>,
     ) -> Self {
-        Self { name, protocol, lb, endpoints: ArcSwap::from_pointee(endpoints), dns, tls: None }
+        Self {
+            name,
+            protocol,
+            lb,
+            endpoints: ArcSwap::from_pointee(endpoints),
+            dns,
+            tls: None,
+            metrics: DestinationLabels::unknown(),
+        }
+    }
+
+    /// Reports metrics with these service labels.
+    pub fn with_metrics(mut self, metrics: Arc<DestinationLabels>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Speaks TLS to the endpoints.

@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{Cluster, Endpoint};
+use crate::telemetry::DestinationLabels;
 
 /// A name to resolve into endpoints.
 #[derive(Debug, Clone)]
@@ -14,6 +15,8 @@ pub struct DnsTarget {
     pub port: u16,
     /// Labels of the resulting endpoints.
     pub labels: BTreeMap<String, String>,
+    /// Metric labels of the resulting endpoints.
+    pub metrics: Arc<DestinationLabels>,
 }
 
 /// Resolves every DNS target of `cluster` and installs the addresses found. When a
@@ -25,7 +28,9 @@ pub async fn refresh_dns(cluster: &Arc<Cluster>) {
     let mut endpoints = Vec::new();
     for t in &cluster.dns {
         match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
-            Ok(addrs) => endpoints.extend(addrs.map(|a| Arc::new(Endpoint::new(a, t.labels.clone())))),
+            Ok(addrs) => {
+                endpoints.extend(addrs.map(|a| Arc::new(Endpoint::new(a, t.labels.clone(), t.metrics.clone()))))
+            }
             Err(e) => {
                 tracing::warn!(cluster = %cluster.name, host = %t.host, error = %e, "dns resolution failed");
                 return;

@@ -243,6 +243,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, certs: &CertStore)
         ports: plans,
         clusters: registry.into_clusters(),
         diagnostics: diagnostics.iter().chain(&refs).cloned().collect(),
+        resources: Vec::new(),
         created: Some(SystemTime::now()),
     };
     diagnostics.extend(refs);

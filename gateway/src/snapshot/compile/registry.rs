@@ -15,6 +15,7 @@ use crate::{
         Bootstrap, Diagnostic, Resource, ResourceRef, Spec,
     },
     listener::certs::CertStore,
+    telemetry::DestinationLabels,
     upstream::{Cluster, DnsTarget, Endpoint, LbPolicy, Protocol, UpstreamTls},
 };
 
@@ -22,6 +23,7 @@ struct Service {
     ports: Vec<ServicePort>,
     endpoints: Vec<WorkloadEntry>,
     dns: bool,
+    namespace: String,
 }
 
 struct Rule {
@@ -35,6 +37,7 @@ pub(super) struct Registry<'a> {
     rules: Vec<Rule>,
     clusters: HashMap<(String, u16, Option<String>), Arc<Cluster>>,
     certs: &'a CertStore,
+    domain_suffix: String,
 }
 
 /// Why a destination does not resolve (Istio answers 503 NC when it is hit).
@@ -86,7 +89,7 @@ impl<'a> Registry<'a> {
                 _ => {}
             }
         }
-        Self { services, rules, clusters: HashMap::new(), certs }
+        Self { services, rules, clusters: HashMap::new(), certs, domain_suffix: bootstrap.domain_suffix.clone() }
     }
 
     /// True when `host` is a registry service.
@@ -153,10 +156,13 @@ impl<'a> Registry<'a> {
             let Ok(ep_port) = u16::try_from(ep_port) else {
                 continue;
             };
+            let metrics = destination_labels(host, service, &self.domain_suffix, Some(ep));
             match ep.address.parse::<IpAddr>() {
-                Ok(ip) => endpoints.push(Arc::new(Endpoint::new(SocketAddr::new(ip, ep_port), ep.labels.clone()))),
+                Ok(ip) => {
+                    endpoints.push(Arc::new(Endpoint::new(SocketAddr::new(ip, ep_port), ep.labels.clone(), metrics)))
+                }
                 Err(_) if service.dns && !ep.address.starts_with("unix://") => {
-                    dns.push(DnsTarget { host: ep.address.clone(), port: ep_port, labels: ep.labels.clone() })
+                    dns.push(DnsTarget { host: ep.address.clone(), port: ep_port, labels: ep.labels.clone(), metrics })
                 }
                 Err(_) => {
                     tracing::warn!(host, address = %ep.address, "endpoint address is not an IP; skipped")
@@ -164,7 +170,9 @@ impl<'a> Registry<'a> {
             }
         }
         let name: Arc<str> = format!("outbound|{port}|{}|{host}", subset.unwrap_or_default()).into();
-        let cluster = Arc::new(Cluster::new(name, protocol, lb, endpoints, dns).with_tls(tls));
+        let service_labels = destination_labels(host, service, &self.domain_suffix, None);
+        let cluster =
+            Arc::new(Cluster::new(name, protocol, lb, endpoints, dns).with_tls(tls).with_metrics(service_labels));
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
     }
@@ -204,7 +212,36 @@ fn service_of(se: &ServiceEntry, host: &str, namespace: &str, workload_entries: 
     if dns && endpoints.is_empty() && !host.starts_with('*') {
         endpoints.push(WorkloadEntry { address: host.to_string(), ..Default::default() });
     }
-    Service { ports: se.ports.clone(), endpoints, dns }
+    Service { ports: se.ports.clone(), endpoints, dns, namespace: namespace.to_string() }
+}
+
+/// Istio's `destination_*` labels: the service from its host (`name.ns.svc.<suffix>`
+/// or the ServiceEntry's namespace), the workload from the endpoint's `app` and
+/// `version` labels and service account.
+fn destination_labels(
+    host: &str,
+    service: &Service,
+    suffix: &str,
+    ep: Option<&WorkloadEntry>,
+) -> Arc<DestinationLabels> {
+    let (name, ns) = host
+        .strip_suffix(&format!(".svc.{suffix}"))
+        .and_then(|rest| rest.split_once('.'))
+        .map_or((host, service.namespace.as_str()), |(n, ns)| (n, ns));
+    let label = |k: &str| -> Arc<str> { ep.and_then(|e| e.labels.get(k)).map_or("unknown", String::as_str).into() };
+    let principal = ep
+        .and_then(|e| e.service_account.as_ref())
+        .map_or_else(|| "unknown".to_string(), |sa| format!("spiffe://{suffix}/ns/{}/sa/{sa}", service.namespace));
+    Arc::new(DestinationLabels {
+        workload: label("app"),
+        workload_namespace: service.namespace.as_str().into(),
+        principal: principal.into(),
+        service: host.into(),
+        service_name: name.into(),
+        service_namespace: ns.into(),
+        app: label("app"),
+        version: label("version"),
+    })
 }
 
 /// Istio's block-level override for one policy block: a matching `portLevelSettings`

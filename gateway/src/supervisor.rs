@@ -1,0 +1,132 @@
+//! The control loop beside the data path: reloads on config changes (off the hot
+//! path, on the blocking pool), periodic DNS refresh and certificate checks; each new
+//! snapshot is published, then the listeners are reconciled with it.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    config::LoadError,
+    listener::{certs::CertStore, Listeners},
+    snapshot::{ReloadOutcome, Reloader, SnapshotHandle},
+    telemetry::Metrics,
+    upstream,
+};
+
+/// How often DNS endpoints are resolved again.
+const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// How often certificate files are checked for rotation.
+const CERT_CHECK: Duration = Duration::from_secs(1);
+
+/// What the last reload did, for the admin endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// When the last reload ran.
+    pub at: Option<SystemTime>,
+    /// Why the last reload failed or rejected resources, if it did.
+    pub errors: Vec<String>,
+}
+
+/// Owns the reloader and the listeners; runs until the config watcher stops.
+pub(crate) struct Supervisor {
+    pub reloader: Arc<Mutex<Reloader>>,
+    pub handle: SnapshotHandle,
+    pub listeners: Listeners,
+    pub addrs: Arc<RwLock<HashMap<u16, SocketAddr>>>,
+    pub version: watch::Sender<u64>,
+    pub metrics: Arc<Metrics>,
+    pub certs: Arc<CertStore>,
+    pub status: Arc<RwLock<ReloadStatus>>,
+}
+
+impl Supervisor {
+    /// Loads the directory (on the blocking pool) and applies the result.
+    pub(crate) async fn reload(&mut self) -> Result<(), LoadError> {
+        let reloader = self.reloader.clone();
+        // The lock lives inside the blocking task only; reloads never overlap anyway.
+        let result = tokio::task::spawn_blocking(move || match reloader.lock() {
+            Ok(mut r) => r.reload(),
+            Err(poisoned) => poisoned.into_inner().reload(),
+        })
+        .await
+        .expect("a reload does not panic");
+        match result {
+            Ok(outcome) => {
+                self.apply(outcome).await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "reload failed; keeping the last good configuration");
+                self.metrics.reloaded(None);
+                self.set_status(vec![e.to_string()]);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs until `changes` closes.
+    pub(crate) async fn run(mut self, mut changes: mpsc::Receiver<()>) {
+        let mut dns = tokio::time::interval(DNS_REFRESH);
+        dns.tick().await;
+        let mut cert_check = tokio::time::interval(CERT_CHECK);
+        loop {
+            tokio::select! {
+                change = changes.recv() => {
+                    if change.is_none() {
+                        break;
+                    }
+                    let _ = self.reload().await;
+                }
+                _ = dns.tick() => {
+                    for c in &self.handle.current().clusters {
+                        upstream::refresh_dns(c).await;
+                    }
+                }
+                _ = cert_check.tick() => {
+                    let certs = self.certs.clone();
+                    let _ = tokio::task::spawn_blocking(move || certs.refresh()).await;
+                }
+            }
+        }
+    }
+
+    /// Logs the diagnostics, resolves DNS, publishes and reconciles listeners.
+    async fn apply(&mut self, outcome: ReloadOutcome) {
+        for d in &outcome.diagnostics {
+            if d.is_error() {
+                tracing::error!("{d}");
+            } else {
+                tracing::warn!("{d}");
+            }
+        }
+        let Some(snapshot) = outcome.snapshot else { return };
+        let errors: Vec<String> =
+            outcome.diagnostics.iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
+        for c in &snapshot.clusters {
+            upstream::refresh_dns(c).await;
+        }
+        self.handle.publish(snapshot.clone());
+        for (port, e) in self.listeners.reconcile(&snapshot.listeners).await {
+            tracing::error!(port, error = %e, "listener not opened");
+        }
+        if let Ok(mut a) = self.addrs.write() {
+            *a = self.listeners.addrs();
+        }
+        tracing::info!(version = snapshot.version, rejected = outcome.rejected.len(), "snapshot applied");
+        self.metrics.reloaded(Some(snapshot.version));
+        self.set_status(errors);
+        self.version.send_replace(snapshot.version);
+    }
+
+    fn set_status(&self, errors: Vec<String>) {
+        if let Ok(mut s) = self.status.write() {
+            *s = ReloadStatus { at: Some(SystemTime::now()), errors };
+        }
+    }
+}

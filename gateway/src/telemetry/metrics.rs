@@ -1,0 +1,339 @@
+//! Every metric the gateway exports, declared in one place: Istio's standard metrics
+//! with Istio's names, labels and buckets (so Istio dashboards and Kiali work
+//! unchanged), and the gateway's own. Label values are `Arc`s resolved when the
+//! snapshot compiles; recording a request hashes them but formats nothing.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicI64, AtomicU64},
+        Arc,
+    },
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::error::ResponseFlags;
+
+/// Istio's request duration buckets, in milliseconds.
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's size buckets, in bytes: 1 to 10^9.
+const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// Labels describing the gateway itself (Istio `source_*`): fixed at start-up.
+#[derive(Debug, Hash, PartialEq, Eq)]
+pub struct SourceLabels {
+    /// `source_workload`.
+    pub workload: Arc<str>,
+    /// `source_workload_namespace`.
+    pub namespace: Arc<str>,
+    /// `source_principal`.
+    pub principal: Arc<str>,
+    /// `source_app`.
+    pub app: Arc<str>,
+    /// `source_version`.
+    pub version: Arc<str>,
+}
+
+/// Labels describing where a request went (Istio `destination_*`), per endpoint.
+#[derive(Debug, Hash, PartialEq, Eq)]
+pub struct DestinationLabels {
+    /// `destination_workload`.
+    pub workload: Arc<str>,
+    /// `destination_workload_namespace`.
+    pub workload_namespace: Arc<str>,
+    /// `destination_principal`.
+    pub principal: Arc<str>,
+    /// `destination_service` (FQDN).
+    pub service: Arc<str>,
+    /// `destination_service_name`.
+    pub service_name: Arc<str>,
+    /// `destination_service_namespace`.
+    pub service_namespace: Arc<str>,
+    /// `destination_app`.
+    pub app: Arc<str>,
+    /// `destination_version`.
+    pub version: Arc<str>,
+}
+
+impl DestinationLabels {
+    /// Labels for a request that reached no service (no route, gateway replies).
+    pub fn unknown() -> Arc<Self> {
+        let u: Arc<str> = "unknown".into();
+        Arc::new(Self {
+            workload: u.clone(),
+            workload_namespace: u.clone(),
+            principal: u.clone(),
+            service: u.clone(),
+            service_name: u.clone(),
+            service_namespace: u.clone(),
+            app: u.clone(),
+            version: u,
+        })
+    }
+}
+
+/// `request_protocol`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RequestProtocol {
+    /// Plain HTTP (any version).
+    Http,
+    /// gRPC (`content-type: application/grpc...`).
+    Grpc,
+}
+
+/// The label set of Istio's request metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct RequestLabels {
+    /// The gateway.
+    pub source: Arc<SourceLabels>,
+    /// The destination.
+    pub destination: Arc<DestinationLabels>,
+    /// HTTP or gRPC.
+    pub protocol: RequestProtocol,
+    /// Status sent to the client.
+    pub response_code: u16,
+    /// gRPC status, when the response carried one.
+    pub grpc_status: Option<u16>,
+    /// Envoy response flags.
+    pub flags: ResponseFlags,
+    /// `mutual_tls` when the upstream connection used client certificates.
+    pub mutual_tls: bool,
+}
+
+/// The label set of Istio's TCP metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct TcpLabels {
+    /// The gateway.
+    pub source: Arc<SourceLabels>,
+    /// The destination.
+    pub destination: Arc<DestinationLabels>,
+    /// Envoy response flags.
+    pub flags: ResponseFlags,
+}
+
+fn label(encoder: &mut LabelSetEncoder<'_>, key: &str, value: &str) -> Result<(), std::fmt::Error> {
+    (key, value).encode(encoder.encode_label())
+}
+
+fn source_and_destination(e: &mut LabelSetEncoder<'_>, s: &SourceLabels, d: &DestinationLabels) -> std::fmt::Result {
+    label(e, "reporter", "source")?;
+    label(e, "source_workload", &s.workload)?;
+    label(e, "source_workload_namespace", &s.namespace)?;
+    label(e, "source_principal", &s.principal)?;
+    label(e, "source_app", &s.app)?;
+    label(e, "source_version", &s.version)?;
+    label(e, "destination_workload", &d.workload)?;
+    label(e, "destination_workload_namespace", &d.workload_namespace)?;
+    label(e, "destination_principal", &d.principal)?;
+    label(e, "destination_service", &d.service)?;
+    label(e, "destination_service_name", &d.service_name)?;
+    label(e, "destination_service_namespace", &d.service_namespace)?;
+    label(e, "destination_app", &d.app)?;
+    label(e, "destination_version", &d.version)
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, e: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        source_and_destination(e, &self.source, &self.destination)?;
+        label(e, "request_protocol", if self.protocol == RequestProtocol::Grpc { "grpc" } else { "http" })?;
+        label(e, "response_code", itoa(u64::from(self.response_code)).as_str())?;
+        let grpc = self.grpc_status.map(|g| itoa(u64::from(g))).unwrap_or_default();
+        label(e, "grpc_response_status", &grpc)?;
+        label(e, "response_flags", &self.flags.to_string())?;
+        label(e, "connection_security_policy", if self.mutual_tls { "mutual_tls" } else { "unknown" })
+    }
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, e: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        source_and_destination(e, &self.source, &self.destination)?;
+        label(e, "request_protocol", "tcp")?;
+        label(e, "response_flags", &self.flags.to_string())?;
+        label(e, "connection_security_policy", "unknown")
+    }
+}
+
+fn itoa(n: u64) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "{n}");
+    s
+}
+
+/// `{cluster, response_code_class}` of the gateway's own upstream counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Cluster name.
+    pub cluster: Arc<str>,
+    /// `2xx` ... `5xx`, or the flag of a failure (`UF`, `UT`, ...).
+    pub outcome: &'static str,
+}
+
+/// `{port}` of listener gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Gateway server port.
+    pub port: u16,
+}
+
+/// `{result}` of config reloads.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The gateway's metrics and the registry that exports them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Histograms<RequestLabels>,
+    request_bytes: Histograms<RequestLabels>,
+    response_bytes: Histograms<RequestLabels>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    upstream_requests: Family<ClusterLabels, Counter>,
+    active_connections: Family<ListenerLabels, Gauge>,
+    reloads: Family<ReloadLabels, Counter>,
+    config_version: Gauge<i64, AtomicI64>,
+    access_log_dropped: Counter<u64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Declares every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let durations: fn() -> Histogram = || Histogram::new(DURATION_BUCKETS);
+        let sizes: fn() -> Histogram = || Histogram::new(SIZE_BUCKETS);
+        let m = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(durations),
+            request_bytes: Family::new_with_constructor(sizes),
+            response_bytes: Family::new_with_constructor(sizes),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            upstream_requests: Family::default(),
+            active_connections: Family::default(),
+            reloads: Family::default(),
+            config_version: Gauge::default(),
+            access_log_dropped: Counter::default(),
+        };
+        // prometheus-client appends `_total` to counters.
+        registry.register("istio_requests", "Requests handled, by source and destination", m.requests.clone());
+        registry.register_with_unit(
+            "istio_request_duration",
+            "Request duration",
+            Unit::Other("milliseconds".into()),
+            m.duration.clone(),
+        );
+        registry.register("istio_request_bytes", "Request body sizes", m.request_bytes.clone());
+        registry.register("istio_response_bytes", "Response body sizes", m.response_bytes.clone());
+        registry.register("istio_tcp_sent_bytes", "Bytes sent to TCP clients", m.tcp_sent.clone());
+        registry.register("istio_tcp_received_bytes", "Bytes received from TCP clients", m.tcp_received.clone());
+        registry.register("istio_tcp_connections_opened", "TCP connections opened", m.tcp_opened.clone());
+        registry.register("istio_tcp_connections_closed", "TCP connections closed", m.tcp_closed.clone());
+        registry.register(
+            "wicket_upstream_requests",
+            "Upstream requests by cluster and outcome",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "wicket_listener_active_connections",
+            "Open downstream connections",
+            m.active_connections.clone(),
+        );
+        registry.register("wicket_config_reloads", "Configuration reloads by result", m.reloads.clone());
+        registry.register("wicket_config_version", "Version of the snapshot serving", m.config_version.clone());
+        registry.register("wicket_access_log_dropped", "Access log lines dropped", m.access_log_dropped.clone());
+        Self { registry, ..m }
+    }
+
+    /// Records a finished HTTP request.
+    pub fn record_request(&self, labels: &RequestLabels, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+        self.requests.get_or_create(labels).inc();
+        self.duration.get_or_create(labels).observe(duration_ms);
+        self.request_bytes.get_or_create(labels).observe(request_bytes as f64);
+        self.response_bytes.get_or_create(labels).observe(response_bytes as f64);
+    }
+
+    /// Records a TCP connection opening.
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    /// Records a TCP connection closing with its byte counts.
+    pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+    }
+
+    /// Counts an upstream attempt's outcome.
+    pub fn upstream(&self, cluster: &Arc<str>, outcome: &'static str) {
+        self.upstream_requests.get_or_create(&ClusterLabels { cluster: cluster.clone(), outcome }).inc();
+    }
+
+    /// The gauge of open connections on a listener port.
+    pub fn active_connections(&self, port: u16) -> Gauge {
+        self.active_connections.get_or_create_owned(&ListenerLabels { port })
+    }
+
+    /// Counts a reload and, on success, the version now serving.
+    pub fn reloaded(&self, version: Option<u64>) {
+        let result = if version.is_some() { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        if let Some(v) = version {
+            self.config_version.set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts access log lines dropped because the writer fell behind.
+    pub fn access_log_dropped(&self, n: u64) {
+        self.access_log_dropped.inc_by(n);
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus also reads as text).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Class of an HTTP status for the upstream counters.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
