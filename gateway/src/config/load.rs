@@ -13,7 +13,7 @@ use std::{
 
 use serde::{de::DeserializeOwned, Deserialize};
 
-use super::{istio, Diagnostic, Kind, ObjectMeta, Origin, Resource, ResourceRef, Severity, Spec};
+use super::{istio, Diagnostic, Kind, MeshConfig, ObjectMeta, Origin, Resource, ResourceRef, Severity, Spec};
 
 /// The directory itself could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +159,10 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         ("networking.istio.io", "DestinationRule") => Some(Kind::DestinationRule),
         ("networking.istio.io", "ServiceEntry") => Some(Kind::ServiceEntry),
         ("networking.istio.io", "WorkloadEntry") => Some(Kind::WorkloadEntry),
+        ("security.istio.io", "RequestAuthentication") => Some(Kind::RequestAuthentication),
+        ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+        // Istio keeps MeshConfig in the `istio` ConfigMap, under `data.mesh`.
+        ("v1", "ConfigMap") if header.metadata.as_ref().is_some_and(|m| m.name == "istio") => Some(Kind::MeshConfig),
         _ => None,
     };
     let Some(kind_id) = known else {
@@ -175,9 +179,14 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         namespace: meta.namespace.clone().unwrap_or_else(|| namespace.to_string()),
         name: meta.name.clone(),
     };
-    let version = api_version.split_once('/').map(|(_, v)| v).unwrap_or_default();
-    if !matches!(version, "v1" | "v1beta1" | "v1alpha3") {
-        let msg = format!("apiVersion {api_version} is not a known version of {kind} (v1, v1beta1, v1alpha3)");
+    let version = api_version.split_once('/').map_or(api_version.as_str(), |(_, v)| v);
+    let versions: &[&str] = match kind_id {
+        Kind::RequestAuthentication | Kind::AuthorizationPolicy => &["v1", "v1beta1"],
+        Kind::MeshConfig => &["v1"],
+        _ => &["v1", "v1beta1", "v1alpha3"],
+    };
+    if !versions.contains(&version) {
+        let msg = format!("apiVersion {api_version} is not a known version of {kind} ({})", versions.join(", "));
         loaded.diagnostics.push(Diagnostic::warning(&origin, &id, "apiVersion", msg));
     }
     if id.name.is_empty() {
@@ -190,6 +199,9 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         Kind::DestinationRule => parse_spec::<istio::DestinationRule>(doc).map(Spec::DestinationRule),
         Kind::ServiceEntry => parse_spec::<istio::ServiceEntry>(doc).map(Spec::ServiceEntry),
         Kind::WorkloadEntry => parse_spec::<istio::WorkloadEntry>(doc).map(Spec::WorkloadEntry),
+        Kind::RequestAuthentication => parse_spec::<istio::RequestAuthentication>(doc).map(Spec::RequestAuthentication),
+        Kind::AuthorizationPolicy => parse_spec::<istio::AuthorizationPolicy>(doc).map(Spec::AuthorizationPolicy),
+        Kind::MeshConfig => parse_mesh_config(doc).map(Spec::MeshConfig),
     };
     match spec {
         Ok(spec) => loaded.resources.push(Resource { id, origin, meta, spec }),
@@ -227,6 +239,27 @@ fn parse_spec<T: DeserializeOwned + Default>(doc: &str) -> Result<T, SpecError> 
             Err(SpecError { line, field, message })
         }
     }
+}
+
+/// The `mesh` key of the `istio` ConfigMap: a YAML document inside a string. Fields
+/// Wicket does not apply are ignored (a real mesh config has hundreds).
+fn parse_mesh_config(doc: &str) -> Result<MeshConfig, SpecError> {
+    #[derive(Deserialize)]
+    struct ConfigMap {
+        #[serde(default)]
+        data: std::collections::BTreeMap<String, String>,
+    }
+    let map: ConfigMap = serde_yaml::from_str(doc).map_err(|e| SpecError {
+        line: e.location().map(|l| l.line()),
+        field: "data".into(),
+        message: strip_location(&e.to_string()),
+    })?;
+    let Some(mesh) = map.data.get("mesh") else { return Ok(MeshConfig::default()) };
+    serde_yaml::from_str::<Option<MeshConfig>>(mesh).map(Option::unwrap_or_default).map_err(|e| SpecError {
+        line: None,
+        field: "data.mesh".into(),
+        message: strip_location(&e.to_string()),
+    })
 }
 
 fn strip_location(message: &str) -> String {
@@ -305,7 +338,7 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_warn_once() {
-        let doc = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: {}\n";
+        let doc = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {}\n";
         let loaded = load_str(&format!("{doc}---\n{doc}"));
         assert_eq!(loaded.diagnostics.len(), 1);
         assert_eq!(loaded.diagnostics[0].severity, Severity::Warning);

@@ -7,6 +7,7 @@ mod diagnostic;
 mod duration;
 pub mod istio;
 mod load;
+mod mesh;
 mod watch;
 
 use std::{collections::BTreeMap, fmt, path::Path, sync::Arc};
@@ -15,6 +16,7 @@ pub use bootstrap::Bootstrap;
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::GoDuration;
 pub use load::{load_dir, LoadError, Loaded};
+pub use mesh::{GatewayTopology, MeshConfig, PathNormalizationConfig, ProxyConfig};
 pub use watch::watch_dir;
 
 /// Where a resource was written: the file and the line its document starts on.
@@ -45,6 +47,12 @@ pub enum Kind {
     ServiceEntry,
     /// `networking.istio.io` WorkloadEntry.
     WorkloadEntry,
+    /// `security.istio.io` RequestAuthentication.
+    RequestAuthentication,
+    /// `security.istio.io` AuthorizationPolicy.
+    AuthorizationPolicy,
+    /// MeshConfig from the `istio` ConfigMap.
+    MeshConfig,
 }
 
 impl fmt::Display for Kind {
@@ -55,6 +63,9 @@ impl fmt::Display for Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::MeshConfig => "ConfigMap",
         })
     }
 }
@@ -108,6 +119,12 @@ pub enum Spec {
     ServiceEntry(istio::ServiceEntry),
     /// WorkloadEntry spec.
     WorkloadEntry(istio::WorkloadEntry),
+    /// RequestAuthentication spec.
+    RequestAuthentication(istio::RequestAuthentication),
+    /// AuthorizationPolicy spec.
+    AuthorizationPolicy(istio::AuthorizationPolicy),
+    /// MeshConfig.
+    MeshConfig(MeshConfig),
 }
 
 /// One loaded resource with its identity and origin.

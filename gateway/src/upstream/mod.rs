@@ -16,4 +16,4 @@ pub use cluster::{Cluster, Endpoint, EndpointGuard, Protocol};
 pub use dns::{refresh_dns, DnsTarget};
 pub use lb::LbPolicy;
 pub use retry::RetryPolicy;
-pub use tls::UpstreamTls;
+pub use tls::{system_client_config, UpstreamTls};

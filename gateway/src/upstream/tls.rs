@@ -103,6 +103,20 @@ impl UpstreamTls {
     }
 }
 
+/// A client config trusting the system roots (JWKS fetches and the like).
+pub fn system_client_config() -> Arc<ClientConfig> {
+    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map(|b| b.with_root_certificates(system_roots()).with_no_client_auth())
+                .expect("the ring provider supports the default TLS versions");
+            Arc::new(config)
+        })
+        .clone()
+}
+
 /// The system's trusted roots, read once (empty when the system has none).
 fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();

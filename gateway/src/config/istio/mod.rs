@@ -6,11 +6,13 @@
 mod common;
 mod destination_rule;
 mod gateway;
+mod security;
 mod service_entry;
 mod virtual_service;
 
 pub use common::*;
 pub use destination_rule::*;
 pub use gateway::*;
+pub use security::*;
 pub use service_entry::*;
 pub use virtual_service::*;

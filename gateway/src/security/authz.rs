@@ -1,0 +1,556 @@
+//! AuthorizationPolicy: compiled rules and their evaluation with Istio's semantics —
+//! DENY before ALLOW; when ALLOW policies apply and none matches, deny; `spec: {}`
+//! denies everything; `rules: [{}]` allows everything; `*` means present and non-empty.
+
+use std::{net::IpAddr, sync::Arc};
+
+use http::HeaderMap;
+use serde_json::Value;
+
+use super::jwt::Identity;
+use crate::config::istio::{AuthorizationPolicy, Condition, Operation, Rule as ConfigRule, Source};
+
+/// An Istio string value: exact, `prefix*`, `*suffix`, or `*` (present, non-empty).
+#[derive(Debug, Clone)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Present,
+}
+
+impl Pattern {
+    fn parse(v: &str) -> Self {
+        if v == "*" {
+            Self::Present
+        } else if let Some(p) = v.strip_suffix('*') {
+            Self::Prefix(p.to_string())
+        } else if let Some(s) = v.strip_prefix('*') {
+            Self::Suffix(s.to_string())
+        } else {
+            Self::Exact(v.to_string())
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(e) => value == e,
+            Self::Prefix(p) => value.starts_with(p.as_str()),
+            Self::Suffix(s) => value.ends_with(s.as_str()),
+            Self::Present => !value.is_empty(),
+        }
+    }
+
+    fn matches_ignore_case(&self, value: &str) -> bool {
+        let v = value.to_ascii_lowercase();
+        match self {
+            Self::Exact(e) => v == e.to_ascii_lowercase(),
+            Self::Prefix(p) => v.starts_with(&p.to_ascii_lowercase()),
+            Self::Suffix(s) => v.ends_with(&s.to_ascii_lowercase()),
+            Self::Present => !v.is_empty(),
+        }
+    }
+}
+
+/// A path pattern: Istio string syntax, or a template with `{*}` / `{**}` segments.
+#[derive(Debug, Clone)]
+enum PathPattern {
+    Plain(Pattern),
+    Template(regex::Regex),
+}
+
+impl PathPattern {
+    fn parse(v: &str) -> Result<Self, String> {
+        if !v.contains('{') {
+            return Ok(Self::Plain(Pattern::parse(v)));
+        }
+        let segments: Vec<&str> = v.split('/').collect();
+        let mut re = String::from("^");
+        for (i, seg) in segments.iter().enumerate() {
+            if i > 0 {
+                re.push('/');
+            }
+            match *seg {
+                "{*}" => re.push_str("[^/]+"),
+                "{**}" if i + 1 == segments.len() => re.push_str(".*"),
+                "{**}" => return Err(format!("path {v:?}: {{**}} must be the last segment")),
+                s if s.contains('{') || s.contains('}') => {
+                    return Err(format!("path {v:?}: templates must be whole segments ({{*}} or {{**}})"))
+                }
+                s => re.push_str(&regex::escape(s)),
+            }
+        }
+        re.push('$');
+        regex::Regex::new(&re).map(Self::Template).map_err(|e| e.to_string())
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Plain(p) => p.matches(path),
+            Self::Template(re) => re.is_match(path),
+        }
+    }
+}
+
+/// An IP or CIDR block.
+#[derive(Debug, Clone, Copy)]
+struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    fn parse(v: &str) -> Result<Self, String> {
+        let (ip, bits) = match v.split_once('/') {
+            Some((ip, b)) => (ip, Some(b)),
+            None => (v, None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| format!("{v:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{v:?} has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(Self { addr, bits })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let to_u128 = |a: IpAddr| match a {
+            IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+            IpAddr::V6(v) => (u128::from(v), 128),
+        };
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            _ => ip,
+        };
+        let ((a, width), (b, width_b)) = (to_u128(self.addr), to_u128(ip));
+        if width != width_b {
+            return false;
+        }
+        let shift = width - u32::from(self.bits);
+        shift >= width || (a >> shift) == (b >> shift)
+    }
+}
+
+/// A list with Istio's "any of" semantics; empty means "not constrained".
+#[derive(Debug, Clone)]
+struct AnyOf<T>(Vec<T>);
+
+fn compile_list<T>(values: &[String], f: impl Fn(&str) -> Result<T, String>) -> Result<AnyOf<T>, String> {
+    values.iter().map(|v| f(v)).collect::<Result<_, _>>().map(AnyOf)
+}
+
+/// The request facts a policy reads.
+#[derive(Debug)]
+pub struct AuthzRequest<'a> {
+    /// Direct peer address.
+    pub source_ip: IpAddr,
+    /// Original client address (X-Forwarded-For with trusted hops).
+    pub remote_ip: IpAddr,
+    /// mTLS peer identity without `spiffe://` (`td/ns/x/sa/y`).
+    pub peer_principal: Option<&'a str>,
+    /// JWT identity.
+    pub identity: Option<&'a Identity>,
+    /// Host as sent (with port if any).
+    pub host: &'a str,
+    /// Listener port.
+    pub port: u16,
+    /// Method.
+    pub method: &'a str,
+    /// Normalized path without query.
+    pub path: &'a str,
+    /// Request headers (after authentication outputs).
+    pub headers: &'a HeaderMap,
+    /// TLS SNI.
+    pub sni: Option<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+struct SourceMatch {
+    principals: AnyOf<Pattern>,
+    not_principals: AnyOf<Pattern>,
+    request_principals: AnyOf<Pattern>,
+    not_request_principals: AnyOf<Pattern>,
+    namespaces: AnyOf<Pattern>,
+    not_namespaces: AnyOf<Pattern>,
+    ip_blocks: AnyOf<Cidr>,
+    not_ip_blocks: AnyOf<Cidr>,
+    remote_ip_blocks: AnyOf<Cidr>,
+    not_remote_ip_blocks: AnyOf<Cidr>,
+}
+
+#[derive(Debug, Clone)]
+struct OperationMatch {
+    hosts: AnyOf<Pattern>,
+    not_hosts: AnyOf<Pattern>,
+    ports: AnyOf<u16>,
+    not_ports: AnyOf<u16>,
+    methods: AnyOf<Pattern>,
+    not_methods: AnyOf<Pattern>,
+    paths: AnyOf<PathPattern>,
+    not_paths: AnyOf<PathPattern>,
+}
+
+#[derive(Debug, Clone)]
+enum Key {
+    Header(http::header::HeaderName),
+    SourceIp,
+    RemoteIp,
+    SourceNamespace,
+    SourcePrincipal,
+    RequestPrincipal,
+    Audiences,
+    Presenter,
+    Claim(Vec<String>),
+    DestinationPort,
+    Sni,
+}
+
+#[derive(Debug, Clone)]
+enum Values {
+    Strings(Vec<Pattern>),
+    Ips(Vec<Cidr>),
+}
+
+#[derive(Debug, Clone)]
+struct When {
+    key: Key,
+    values: Option<Values>,
+    not_values: Option<Values>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    from: Vec<SourceMatch>,
+    to: Vec<OperationMatch>,
+    when: Vec<When>,
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `namespace/name`, named in denial logs.
+    pub name: Arc<str>,
+    rules: Vec<Rule>,
+}
+
+/// What the engine decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the request through.
+    Allow,
+    /// 403, naming the policy that denied (or `allow-policies` when none allowed).
+    Deny(Arc<str>),
+}
+
+/// The policies that apply to this gateway.
+#[derive(Debug, Clone, Default)]
+pub struct AuthzEngine {
+    deny: Vec<Policy>,
+    allow: Vec<Policy>,
+}
+
+impl AuthzEngine {
+    /// Adds a compiled policy by its action.
+    pub fn add(&mut self, action: Action, policy: Policy) {
+        match action {
+            Action::Allow => self.allow.push(policy),
+            Action::Deny => self.deny.push(policy),
+            Action::Audit => {}
+        }
+    }
+
+    /// True when no policy applies.
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty()
+    }
+
+    /// Istio: DENY first, then ALLOW (deny when ALLOW policies exist and none matches).
+    pub fn evaluate(&self, req: &AuthzRequest<'_>) -> Decision {
+        if let Some(p) = self.deny.iter().find(|p| p.matches(req)) {
+            return Decision::Deny(p.name.clone());
+        }
+        if self.allow.is_empty() || self.allow.iter().any(|p| p.matches(req)) {
+            return Decision::Allow;
+        }
+        Decision::Deny("no ALLOW policy matched".into())
+    }
+}
+
+/// AuthorizationPolicy `action` as this gateway enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// ALLOW.
+    Allow,
+    /// DENY (and CUSTOM until external authorization lands: fail closed).
+    Deny,
+    /// AUDIT: never changes a decision.
+    Audit,
+}
+
+impl Policy {
+    /// Compiles a policy; errors name the field (`spec.rules[0].when[1].key: ...`).
+    pub fn compile(
+        name: Arc<str>,
+        p: &AuthorizationPolicy,
+        trust_domain: &str,
+    ) -> Result<(Action, Self), (String, String)> {
+        let action = match p.action.as_deref().unwrap_or("ALLOW") {
+            "ALLOW" => Action::Allow,
+            "DENY" | "CUSTOM" => Action::Deny,
+            "AUDIT" => Action::Audit,
+            other => return Err(("spec.action".into(), format!("unknown action {other:?}"))),
+        };
+        let rules = p
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| compile_rule(r, trust_domain).map_err(|(f, e)| (format!("spec.rules[{i}]{f}"), e)))
+            .collect::<Result<_, _>>()?;
+        Ok((action, Self { name, rules }))
+    }
+
+    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        self.rules.iter().any(|r| {
+            (r.from.is_empty() || r.from.iter().any(|s| s.matches(req)))
+                && (r.to.is_empty() || r.to.iter().any(|o| o.matches(req)))
+                && r.when.iter().all(|w| w.holds(req))
+        })
+    }
+}
+
+fn compile_rule(r: &ConfigRule, td: &str) -> Result<Rule, (String, String)> {
+    let from = r
+        .from
+        .iter()
+        .enumerate()
+        .map(|(i, f)| compile_source(&f.source, td).map_err(|e| (format!(".from[{i}].source"), e)))
+        .collect::<Result<_, _>>()?;
+    let to =
+        r.to.iter()
+            .enumerate()
+            .map(|(i, t)| compile_operation(&t.operation).map_err(|e| (format!(".to[{i}].operation"), e)))
+            .collect::<Result<_, _>>()?;
+    let when = r
+        .when
+        .iter()
+        .enumerate()
+        .map(|(i, c)| compile_when(c).map_err(|e| (format!(".when[{i}]"), e)))
+        .collect::<Result<_, _>>()?;
+    Ok(Rule { from, to, when })
+}
+
+fn strings(values: &[String]) -> Result<AnyOf<Pattern>, String> {
+    compile_list(values, |v| Ok(Pattern::parse(v)))
+}
+
+/// Istio writes principals without `spiffe://`; accept both.
+fn principals(values: &[String]) -> Result<AnyOf<Pattern>, String> {
+    compile_list(values, |v| Ok(Pattern::parse(v.strip_prefix("spiffe://").unwrap_or(v))))
+}
+
+fn compile_source(s: &Source, _td: &str) -> Result<SourceMatch, String> {
+    if !s.service_accounts.is_empty()
+        || !s.not_service_accounts.is_empty()
+        || !s.trust_domains.is_empty()
+        || !s.not_trust_domains.is_empty()
+    {
+        return Err("serviceAccounts and trustDomains are not supported yet".into());
+    }
+    let cidrs = |v: &[String]| compile_list(v, Cidr::parse);
+    Ok(SourceMatch {
+        principals: principals(&s.principals)?,
+        not_principals: principals(&s.not_principals)?,
+        request_principals: strings(&s.request_principals)?,
+        not_request_principals: strings(&s.not_request_principals)?,
+        namespaces: strings(&s.namespaces)?,
+        not_namespaces: strings(&s.not_namespaces)?,
+        ip_blocks: cidrs(&s.ip_blocks)?,
+        not_ip_blocks: cidrs(&s.not_ip_blocks)?,
+        remote_ip_blocks: cidrs(&s.remote_ip_blocks)?,
+        not_remote_ip_blocks: cidrs(&s.not_remote_ip_blocks)?,
+    })
+}
+
+fn compile_operation(o: &Operation) -> Result<OperationMatch, String> {
+    let ports =
+        |v: &[String]| compile_list(v, |p| p.parse::<u16>().map_err(|_| format!("port {p:?} is not a port number")));
+    let paths = |v: &[String]| compile_list(v, PathPattern::parse);
+    Ok(OperationMatch {
+        hosts: strings(&o.hosts)?,
+        not_hosts: strings(&o.not_hosts)?,
+        ports: ports(&o.ports)?,
+        not_ports: ports(&o.not_ports)?,
+        methods: strings(&o.methods)?,
+        not_methods: strings(&o.not_methods)?,
+        paths: paths(&o.paths)?,
+        not_paths: paths(&o.not_paths)?,
+    })
+}
+
+fn compile_when(c: &Condition) -> Result<When, String> {
+    if c.values.is_empty() && c.not_values.is_empty() {
+        return Err(format!("condition {:?} needs values or notValues", c.key));
+    }
+    let bracket = |rest: &str| -> Option<Vec<String>> {
+        let inner = rest.strip_prefix('[')?.strip_suffix(']')?;
+        let parts: Vec<String> = inner.split("][").map(str::to_string).collect();
+        parts.iter().all(|p| !p.is_empty()).then_some(parts)
+    };
+    let key = match c.key.as_str() {
+        "source.ip" => Key::SourceIp,
+        "remote.ip" => Key::RemoteIp,
+        "source.namespace" => Key::SourceNamespace,
+        "source.principal" => Key::SourcePrincipal,
+        "request.auth.principal" => Key::RequestPrincipal,
+        "request.auth.audiences" => Key::Audiences,
+        "request.auth.presenter" => Key::Presenter,
+        "destination.port" => Key::DestinationPort,
+        "connection.sni" => Key::Sni,
+        k => {
+            if let Some(name) = k.strip_prefix("request.headers").and_then(bracket) {
+                let [name] = name.as_slice() else { return Err(format!("invalid header key {k:?}")) };
+                Key::Header(
+                    http::header::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("invalid header name in {k:?}"))?,
+                )
+            } else if let Some(path) = k.strip_prefix("request.auth.claims").and_then(bracket) {
+                Key::Claim(path)
+            } else {
+                return Err(format!("unsupported condition key {k:?}"));
+            }
+        }
+    };
+    let values = |v: &[String]| -> Result<Option<Values>, String> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(match key {
+            Key::SourceIp | Key::RemoteIp => Values::Ips(v.iter().map(|s| Cidr::parse(s)).collect::<Result<_, _>>()?),
+            Key::SourcePrincipal => Values::Strings(principals(v)?.0),
+            Key::DestinationPort => {
+                for p in v {
+                    p.parse::<u16>().map_err(|_| format!("port {p:?} is not a port number"))?;
+                }
+                Values::Strings(v.iter().map(|s| Pattern::parse(s)).collect())
+            }
+            _ => Values::Strings(v.iter().map(|s| Pattern::parse(s)).collect()),
+        }))
+    };
+    Ok(When { values: values(&c.values)?, not_values: values(&c.not_values)?, key })
+}
+
+// === impl matching ===
+
+fn any_str(list: &AnyOf<Pattern>, value: Option<&str>) -> bool {
+    value.is_some_and(|v| list.0.iter().any(|p| p.matches(v)))
+}
+
+/// `field` and `notField` together: the value must match one of the first (when given)
+/// and none of the second.
+fn check<T>(yes: &AnyOf<T>, no: &AnyOf<T>, hit: impl Fn(&AnyOf<T>) -> bool) -> bool {
+    (yes.0.is_empty() || hit(yes)) && (no.0.is_empty() || !hit(no))
+}
+
+/// Istio: a request principal `iss/sub` matches `*` only when both parts are non-empty.
+fn request_principal_matches(list: &AnyOf<Pattern>, principal: Option<&str>) -> bool {
+    list.0.iter().any(|p| match (p, principal) {
+        (Pattern::Present, Some(pr)) => pr.rsplit_once('/').is_some_and(|(i, s)| !i.is_empty() && !s.is_empty()),
+        (_, Some(pr)) => p.matches(pr),
+        _ => false,
+    })
+}
+
+impl SourceMatch {
+    fn matches(&self, r: &AuthzRequest<'_>) -> bool {
+        let principal = r.peer_principal;
+        let namespace = principal.and_then(|p| p.split('/').skip_while(|s| *s != "ns").nth(1));
+        let request_principal = r.identity.and_then(|i| i.principal.as_deref());
+        let ip_in = |list: &AnyOf<Cidr>, ip: IpAddr| list.0.iter().any(|c| c.contains(ip));
+        check(&self.principals, &self.not_principals, |l| any_str(l, principal))
+            && check(&self.request_principals, &self.not_request_principals, |l| {
+                request_principal_matches(l, request_principal)
+            })
+            && check(&self.namespaces, &self.not_namespaces, |l| any_str(l, namespace))
+            && check(&self.ip_blocks, &self.not_ip_blocks, |l| ip_in(l, r.source_ip))
+            && check(&self.remote_ip_blocks, &self.not_remote_ip_blocks, |l| ip_in(l, r.remote_ip))
+    }
+}
+
+impl OperationMatch {
+    fn matches(&self, r: &AuthzRequest<'_>) -> bool {
+        check(&self.hosts, &self.not_hosts, |l| l.0.iter().any(|p| p.matches_ignore_case(r.host)))
+            && check(&self.ports, &self.not_ports, |l| l.0.contains(&r.port))
+            && check(&self.methods, &self.not_methods, |l| any_str(l, Some(r.method)))
+            && check(&self.paths, &self.not_paths, |l| l.0.iter().any(|p| p.matches(r.path)))
+    }
+}
+
+impl When {
+    /// A missing attribute never equals a value, so `notValues` alone holds then.
+    fn holds(&self, r: &AuthzRequest<'_>) -> bool {
+        let values = self.attribute(r);
+        let hit = |v: &Values| match (v, &values) {
+            (Values::Ips(cidrs), Attr::Ip(ip)) => cidrs.iter().any(|c| c.contains(*ip)),
+            (Values::Strings(pats), Attr::Strings(vals)) => vals.iter().any(|val| pats.iter().any(|p| p.matches(val))),
+            _ => false,
+        };
+        self.values.as_ref().is_none_or(hit) && self.not_values.as_ref().is_none_or(|v| !hit(v))
+    }
+
+    fn attribute(&self, r: &AuthzRequest<'_>) -> Attr {
+        let id = r.identity;
+        let strings = |v: Option<String>| Attr::Strings(v.into_iter().collect());
+        match &self.key {
+            Key::SourceIp => Attr::Ip(r.source_ip),
+            Key::RemoteIp => Attr::Ip(r.remote_ip),
+            Key::SourcePrincipal => strings(r.peer_principal.map(str::to_string)),
+            Key::SourceNamespace => strings(
+                r.peer_principal.and_then(|p| p.split('/').skip_while(|s| *s != "ns").nth(1)).map(str::to_string),
+            ),
+            Key::RequestPrincipal => strings(id.and_then(|i| i.principal.clone())),
+            Key::Presenter => strings(id.and_then(|i| i.claims.get("azp")).and_then(Value::as_str).map(str::to_string)),
+            Key::Audiences => Attr::Strings(id.and_then(|i| i.claims.get("aud")).map(claim_values).unwrap_or_default()),
+            Key::Claim(path) => Attr::Strings(id.and_then(|i| i.claim(path)).map(claim_values).unwrap_or_default()),
+            Key::Header(name) => {
+                let all: Vec<&str> = r.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+                strings((!all.is_empty()).then(|| all.join(",")))
+            }
+            Key::DestinationPort => strings(Some(r.port.to_string())),
+            Key::Sni => strings(r.sni.map(str::to_string)),
+        }
+    }
+}
+
+enum Attr {
+    Ip(IpAddr),
+    Strings(Vec<String>),
+}
+
+/// Claim values as strings: lists match by element; `scope`-style strings split on
+/// spaces are matched whole here (Istio also splits `scope` and `permission`).
+fn claim_values(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => {
+            let mut out = vec![s.clone()];
+            if s.contains(' ') {
+                out.extend(s.split(' ').filter(|p| !p.is_empty()).map(str::to_string));
+            }
+            out
+        }
+        Value::Array(items) => items.iter().flat_map(claim_values).collect(),
+        Value::Bool(b) => vec![b.to_string()],
+        Value::Number(n) => vec![n.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
