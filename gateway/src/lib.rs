@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::{
     config::{Bootstrap, LoadError},
-    listener::{certs::CertStore, Listeners},
+    listener::Listeners,
     pipeline::Proxy,
     snapshot::{Reloader, Snapshot, SnapshotHandle},
     supervisor::Supervisor,
@@ -112,18 +112,18 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
     let telemetry = telemetry::Telemetry::new(access_log, metrics.clone(), &bootstrap.labels, &bootstrap.namespace);
     let handle = SnapshotHandle::default();
     let proxy = Arc::new(Proxy { snapshot: handle.clone(), upstreams: Upstreams::new(), telemetry });
-    let certs = Arc::new(CertStore::default());
+    let caches = Arc::new(snapshot::Caches::default());
     let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
     let (version_tx, version_rx) = watch::channel(0);
     let status = Arc::new(RwLock::new(supervisor::ReloadStatus::default()));
     let mut supervisor = Supervisor {
-        reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap.clone(), certs.clone()))),
+        reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap.clone(), caches.clone()))),
         handle: handle.clone(),
         listeners: Listeners::new(proxy.clone(), bootstrap.port_map.clone()),
         addrs: Arc::new(RwLock::new(HashMap::new())),
         version: version_tx,
         metrics: metrics.clone(),
-        certs,
+        caches,
         status: status.clone(),
     };
     supervisor.reload().await?;
@@ -145,7 +145,7 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
 /// `wicket validate`: every problem in a config directory, offline.
 pub fn validate(bootstrap: &Bootstrap) -> Result<Vec<config::Diagnostic>, LoadError> {
     let loaded = config::load_dir(&bootstrap.config_dir, &bootstrap.namespace)?;
-    let compiled = snapshot::compile(&loaded.resources, bootstrap, &CertStore::default());
+    let compiled = snapshot::compile(&loaded.resources, bootstrap, &snapshot::Caches::default());
     let mut all = loaded.diagnostics;
     all.extend(compiled.diagnostics);
     Ok(all)

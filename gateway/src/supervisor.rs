@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     config::LoadError,
-    listener::{certs::CertStore, Listeners},
-    snapshot::{ReloadOutcome, Reloader, SnapshotHandle},
+    listener::Listeners,
+    snapshot::{Caches, ReloadOutcome, Reloader, SnapshotHandle},
     telemetry::Metrics,
     upstream,
 };
@@ -41,7 +41,7 @@ pub(crate) struct Supervisor {
     pub addrs: Arc<RwLock<HashMap<u16, SocketAddr>>>,
     pub version: watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
-    pub certs: Arc<CertStore>,
+    pub caches: Arc<Caches>,
     pub status: Arc<RwLock<ReloadStatus>>,
 }
 
@@ -89,8 +89,8 @@ impl Supervisor {
                     }
                 }
                 _ = cert_check.tick() => {
-                    let certs = self.certs.clone();
-                    let _ = tokio::task::spawn_blocking(move || certs.refresh()).await;
+                    let caches = self.caches.clone();
+                    let _ = tokio::task::spawn_blocking(move || caches.certs.refresh()).await;
                 }
             }
         }
@@ -111,6 +111,7 @@ impl Supervisor {
         for c in &snapshot.clusters {
             upstream::refresh_dns(c).await;
         }
+        self.caches.jwks.start_all();
         self.handle.publish(snapshot.clone());
         for (port, e) in self.listeners.reconcile(&snapshot.listeners).await {
             tracing::error!(port, error = %e, "listener not opened");

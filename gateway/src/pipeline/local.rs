@@ -41,6 +41,25 @@ impl LocalReply {
         reply
     }
 
+    /// 401 for an invalid JWT, with Envoy's body and `www-authenticate`.
+    pub(super) fn unauthenticated(reason: &str, realm: &str) -> Self {
+        let mut reply = Self::bytes(StatusCode::UNAUTHORIZED, Bytes::from(reason.to_string()));
+        let challenge = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            reply.headers.insert(header::WWW_AUTHENTICATE, v);
+        }
+        reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        reply.details = Some(format!("jwt_authn_access_denied{{{reason}}}"));
+        reply
+    }
+
+    /// 403 from AuthorizationPolicy; the policy is named in the access log only.
+    pub(super) fn forbidden(policy: &str) -> Self {
+        let mut reply = Self::text(StatusCode::FORBIDDEN, "RBAC: access denied");
+        reply.details = Some(format!("rbac_access_denied_matched_policy[{policy}]"));
+        reply
+    }
+
     pub(super) fn redirect(status: StatusCode, location: &str) -> Self {
         let mut reply = Self::bytes(status, Bytes::new());
         if let Ok(v) = HeaderValue::from_str(location) {

@@ -17,7 +17,12 @@ use local::LocalReply;
 use crate::{
     error::{ProxyError, ResponseFlags},
     route::{Abort, Action, Cors, RequestView},
-    snapshot::SnapshotHandle,
+    security::{
+        self,
+        authz::{AuthzRequest, Decision},
+        jwt::Identity,
+    },
+    snapshot::{Snapshot, SnapshotHandle},
     telemetry::{AccessRecord, Logged, Telemetry},
     upstream::Upstreams,
 };
@@ -88,9 +93,9 @@ type Forwarded = (Response<ResponseBody>, Option<Arc<std::sync::atomic::AtomicU6
 /// Virtual host, route, CORS, fault and action, in Istio's order.
 async fn route_and_forward(
     proxy: &Proxy,
-    snapshot: &crate::snapshot::Snapshot,
+    snapshot: &Snapshot,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     authority: &str,
     record: &mut AccessRecord,
 ) -> Result<Forwarded, LocalReply> {
@@ -105,6 +110,11 @@ async fn route_and_forward(
             return Err(LocalReply::text(StatusCode::MISDIRECTED_REQUEST, "misdirected request"));
         }
     }
+    // Istio's filter order: normalization, JWT, authorization, then routing.
+    let identity = secure(snapshot, conn, &mut req, authority, record)?;
+    let no_route = || {
+        LocalReply::error(&ProxyError::NoRoute { authority: authority.to_string(), path: req.uri().path().to_string() })
+    };
     let vhost = table.find_vhost(authority).ok_or_else(no_route)?;
     if vhost.require_tls && conn.scheme == "http" {
         let host = crate::route::strip_port(authority);
@@ -119,6 +129,7 @@ async fn route_and_forward(
         authority,
         headers: req.headers(),
         port: conn.port,
+        claims: identity.as_deref().map(|i| &i.claims),
     };
     let (route, matched) = vhost.find_route(&view).ok_or_else(no_route)?;
     record.route_name = Some(route.name.to_string());
@@ -178,6 +189,71 @@ async fn route_and_forward(
         c.response_headers(o, forwarded.0.headers_mut());
     }
     Ok(forwarded)
+}
+
+/// Normalizes the path, authenticates the JWT and applies AuthorizationPolicy.
+/// Returns the verified identity (for claim-based routing) or the 400/401/403 reply.
+fn secure(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    req: &mut Request<Incoming>,
+    authority: &str,
+    record: &mut AccessRecord,
+) -> Result<Option<Arc<Identity>>, LocalReply> {
+    let security = &snapshot.security;
+    if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(LocalReply::error(&ProxyError::BadRequest("method must be upper-case")));
+    }
+    match security.normalization.apply(req.uri().path()) {
+        Err(_) => return Err(LocalReply::error(&ProxyError::BadRequest("invalid path"))),
+        Ok(Some(path)) => set_path(req, &path)?,
+        Ok(None) => {}
+    }
+    let identity = match &security.jwt {
+        // Istio: CORS preflights skip JWT validation (not authorization).
+        Some(jwt) if !Cors::is_preflight(req.method(), req.headers()) => {
+            let query = req.uri().query().map(str::to_string);
+            jwt.authenticate(req.headers_mut(), query.as_deref()).map_err(|e| {
+                let realm = format!("{}://{authority}{}", conn.scheme, req.uri().path());
+                LocalReply::unauthenticated(&e.to_string(), &realm)
+            })?
+        }
+        _ => None,
+    };
+    if !security.authz.is_empty() {
+        let peer_principal =
+            conn.peer_cert.as_ref().and_then(|p| p.uris.first()).map(|u| u.strip_prefix("spiffe://").unwrap_or(u));
+        let request = AuthzRequest {
+            source_ip: conn.peer.ip(),
+            remote_ip: security::remote_ip(req.headers(), conn.peer.ip(), security.trusted_hops),
+            peer_principal,
+            identity: identity.as_deref(),
+            host: authority,
+            port: conn.port,
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            sni: conn.sni.as_deref(),
+        };
+        if let Decision::Deny(policy) = security.authz.evaluate(&request) {
+            record.response_details = Some(format!("rbac_access_denied_matched_policy[{policy}]"));
+            return Err(LocalReply::forbidden(&policy));
+        }
+    }
+    Ok(identity)
+}
+
+/// Replaces the request's path, keeping its query.
+fn set_path(req: &mut Request<Incoming>, path: &str) -> Result<(), LocalReply> {
+    let full = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(full.parse().map_err(|_| LocalReply::error(&ProxyError::BadRequest("invalid path")))?);
+    *req.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| LocalReply::error(&ProxyError::BadRequest("invalid path")))?;
+    Ok(())
 }
 
 /// `:authority` for HTTP/2, `Host` for HTTP/1 (exactly one); absolute-form wins.

@@ -160,6 +160,8 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// Listener port (as written in the Gateway).
     pub port: u16,
+    /// Claims of a verified JWT, for `@request.auth.claims` matches.
+    pub claims: Option<&'a serde_json::Value>,
 }
 
 impl RequestView<'_> {
@@ -172,8 +174,12 @@ impl RequestView<'_> {
                 Some(q) => Cow::Owned(format!("{}?{q}", self.path)),
                 None => Cow::Borrowed(self.path),
             }),
-            // TODO(#4): claims come from RequestAuthentication; without it no claim matches.
-            HeaderKey::Claim(_) => None,
+            // Istio: string or list-of-string claims; a list matches if any element does,
+            // which the caller gets by trying each value (see `claim_values`).
+            HeaderKey::Claim(path) => {
+                let v = path.iter().try_fold(self.claims?, |v, k| v.get(k))?;
+                v.as_str().map(Cow::Borrowed)
+            }
             HeaderKey::Name(name) => {
                 let mut values = self.headers.get_all(name).iter();
                 let first = values.next()?.to_str().ok()?;
@@ -219,7 +225,10 @@ impl MatchBlock {
         {
             return false;
         }
-        let headers_ok = self.headers.iter().all(|c| req.header(&c.key).is_some_and(|v| c.matcher.matches(&v)));
+        let headers_ok = self.headers.iter().all(|c| match &c.key {
+            HeaderKey::Claim(path) => claim_matches(req.claims, path, &c.matcher),
+            key => req.header(key).is_some_and(|v| c.matcher.matches(&v)),
+        });
         let without_ok = self.without_headers.iter().all(|c| match req.header(&c.key) {
             Some(v) => !c.matcher.matches(&v),
             None => matches!(c.matcher, StringMatcher::Present) || !c.matcher.matches(""),
@@ -227,6 +236,16 @@ impl MatchBlock {
         headers_ok
             && without_ok
             && self.query_params.iter().all(|(name, m)| req.query_param(name).is_some_and(|v| m.matches(v)))
+    }
+}
+
+/// A claim condition holds when the claim (a string, or any string of a list) matches.
+fn claim_matches(claims: Option<&serde_json::Value>, path: &[String], m: &StringMatcher) -> bool {
+    let Some(v) = claims.and_then(|c| path.iter().try_fold(c, |v, k| v.get(k))) else { return false };
+    match v {
+        serde_json::Value::String(s) => m.matches(s),
+        serde_json::Value::Array(items) => items.iter().any(|i| i.as_str().is_some_and(|s| m.matches(s))),
+        _ => false,
     }
 }
 
@@ -264,6 +283,7 @@ mod tests {
             authority: "shop:8080",
             headers,
             port: 8080,
+            claims: None,
         }
     }
 

@@ -191,6 +191,7 @@ impl RemoteKeys {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut backoff = Duration::from_secs(1);
+            let mut last_kid_fetch: Option<tokio::time::Instant> = None;
             loop {
                 let Some(me) = this.upgrade() else { return };
                 let wait = match fetch(&me.uri, me.timeout).await.and_then(|body| KeySet::parse(&body, false)) {
@@ -217,12 +218,15 @@ impl RemoteKeys {
                 // Hold only the notifier while waiting, so a dropped set ends the task.
                 let refetch = me.refetch.clone();
                 drop(me);
-                let notified = tokio::select! {
-                    _ = tokio::time::sleep(wait) => false,
-                    _ = refetch.notified() => true,
-                };
-                if notified {
-                    tokio::time::sleep(UNKNOWN_KID_GAP.min(wait)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = refetch.notified() => {
+                        // An unknown `kid`: refetch now, but at most once a minute.
+                        if let Some(last) = last_kid_fetch {
+                            tokio::time::sleep_until(last + UNKNOWN_KID_GAP).await;
+                        }
+                        last_kid_fetch = Some(tokio::time::Instant::now());
+                    }
                 }
             }
         });

@@ -13,8 +13,9 @@ pub use reload::{ReloadOutcome, Reloader};
 
 use crate::{
     config::{Diagnostic, ResourceRef},
-    listener::tls::TlsTermination,
+    listener::{certs::CertStore, tls::TlsTermination},
     route::{host_matches, L4Route, RouteTable},
+    security::{authz::AuthzEngine, jwks::JwksCache, jwt::JwtAuthn, normalize::Normalization},
     upstream::Cluster,
 };
 
@@ -123,6 +124,29 @@ pub struct ResourceStatus {
     pub errors: Vec<String>,
 }
 
+/// State kept across snapshots: loaded certificates (they rotate) and remote JWKS
+/// sets (fetched in the background), so a reload neither reloads nor refetches them.
+#[derive(Debug, Default)]
+pub struct Caches {
+    /// Certificate and key files.
+    pub certs: CertStore,
+    /// Remote JWKS sets.
+    pub jwks: JwksCache,
+}
+
+/// The request-level security of this gateway: normalization, JWT, authorization.
+#[derive(Debug, Default)]
+pub struct Security {
+    /// Path normalization (Istio default BASE).
+    pub normalization: Normalization,
+    /// Trusted proxies in front (X-Forwarded-For hops) for `remote.ip`.
+    pub trusted_hops: u32,
+    /// RequestAuthentication rules, when any apply.
+    pub jwt: Option<JwtAuthn>,
+    /// AuthorizationPolicies that apply.
+    pub authz: AuthzEngine,
+}
+
 /// One consistent, immutable configuration.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -134,6 +158,8 @@ pub struct Snapshot {
     pub ports: HashMap<u16, PortPlan>,
     /// Every cluster referenced by a route.
     pub clusters: Vec<Arc<Cluster>>,
+    /// Normalization, authentication and authorization.
+    pub security: Security,
     /// Problems found while compiling (warnings and reference errors).
     pub diagnostics: Vec<Diagnostic>,
     /// Every resource read and what became of it.

@@ -3,11 +3,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{compile, ResourceState, ResourceStatus, Snapshot};
-use crate::{
-    config::{load_dir, Bootstrap, Diagnostic, LoadError, Resource, ResourceRef},
-    listener::certs::CertStore,
-};
+use super::{compile, Caches, ResourceState, ResourceStatus, Snapshot};
+use crate::config::{load_dir, Bootstrap, Diagnostic, LoadError, Resource, ResourceRef};
 
 /// What one reload produced.
 #[derive(Debug)]
@@ -27,13 +24,13 @@ pub struct Reloader {
     last_good: HashMap<ResourceRef, Resource>,
     version: u64,
     digest: Option<u64>,
-    certs: Arc<CertStore>,
+    caches: Arc<Caches>,
 }
 
 impl Reloader {
     /// A reloader for `bootstrap.config_dir`.
-    pub fn new(bootstrap: Bootstrap, certs: Arc<CertStore>) -> Self {
-        Self { bootstrap, last_good: HashMap::new(), version: 0, digest: None, certs }
+    pub fn new(bootstrap: Bootstrap, caches: Arc<Caches>) -> Self {
+        Self { bootstrap, last_good: HashMap::new(), version: 0, digest: None, caches }
     }
 
     /// Loads and compiles the directory. Blocking: run it off the async workers.
@@ -46,12 +43,12 @@ impl Reloader {
         let mut resources = loaded.resources;
         let mut rejected = loaded.rejected;
         self.keep_last_good(&mut resources, &rejected, &mut diagnostics);
-        let mut compiled = compile(&resources, &self.bootstrap, &self.certs);
+        let mut compiled = compile(&resources, &self.bootstrap, &self.caches);
         if compiled.rejected.iter().any(|r| self.last_good.contains_key(r)) {
             resources.retain(|r| !compiled.rejected.contains(&r.id));
             self.keep_last_good(&mut resources, &compiled.rejected, &mut diagnostics);
             let first_errors = std::mem::take(&mut compiled.diagnostics);
-            compiled = compile(&resources, &self.bootstrap, &self.certs);
+            compiled = compile(&resources, &self.bootstrap, &self.caches);
             diagnostics.extend(first_errors.into_iter().filter(|d| d.is_error() && !compiled.diagnostics.contains(d)));
         }
         diagnostics.extend(compiled.diagnostics);

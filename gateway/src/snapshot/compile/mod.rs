@@ -6,6 +6,7 @@ mod l4;
 mod mesh;
 mod registry;
 mod routes;
+mod security;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,13 +19,10 @@ use self::{
     registry::Registry,
     routes::PortContext,
 };
-use super::{ChainAction, FilterChain, ListenerSpec, PortPlan, Snapshot};
+use super::{Caches, ChainAction, FilterChain, ListenerSpec, PortPlan, Snapshot};
 use crate::{
     config::{Bootstrap, Diagnostic, Resource, ResourceRef, Spec},
-    listener::{
-        certs::CertStore,
-        tls::{self, Credentials},
-    },
+    listener::tls::{self, Credentials},
     route::{Route, RouteTable, VirtualHost},
 };
 
@@ -54,12 +52,14 @@ struct TableKey {
 }
 
 /// Compiles `resources` (in Istio order) for the gateway described by `bootstrap`.
-/// Certificate files are loaded through `certs`, which follows their rotation.
-pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, certs: &CertStore) -> Compiled {
+/// Certificates and remote JWKS sets come from `caches`, which outlive snapshots.
+pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -> Compiled {
+    let certs = &caches.certs;
     let mut diagnostics = Vec::new();
     let mut refs = Vec::new();
     let mut rejected = Vec::new();
     let mut registry = Registry::build(resources, bootstrap, certs, &mut diagnostics, &mut rejected);
+    let security = security::compile(resources, bootstrap, &caches.jwks, &mut diagnostics, &mut rejected);
     let ports = binding::gateway_servers(resources, bootstrap, &mut diagnostics);
     let gateway_names: HashSet<String> = resources
         .iter()
@@ -242,6 +242,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, certs: &CertStore)
         listeners,
         ports: plans,
         clusters: registry.into_clusters(),
+        security,
         diagnostics: diagnostics.iter().chain(&refs).cloned().collect(),
         resources: Vec::new(),
         created: Some(SystemTime::now()),

@@ -1,0 +1,191 @@
+//! Mesh config, RequestAuthentication and AuthorizationPolicy → the gateway's
+//! `Security`. Istio scope: a policy applies when it sits in the gateway's namespace
+//! or the root namespace and its selector (if any) matches the gateway's labels.
+
+use std::{sync::Arc, time::Duration};
+
+use http::header::HeaderName;
+
+use crate::{
+    config::{
+        istio::{JwtRule as ConfigJwtRule, MatchLabelsSelector},
+        Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, Spec,
+    },
+    security::{
+        authz::{AuthzEngine, Policy},
+        jwks::{JwksCache, KeySet, KeySource},
+        jwt::{JwtAuthn, JwtRule, Location},
+        normalize::Normalization,
+    },
+    snapshot::Security,
+};
+
+/// Default JWKS fetch timeout (Istio `jwtRules[].timeout`).
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the security of this gateway; bad policies are reported and left out
+/// (which for an ALLOW policy can only narrow access, never widen it).
+pub(super) fn compile(
+    resources: &[Resource],
+    bootstrap: &Bootstrap,
+    jwks: &JwksCache,
+    diags: &mut Vec<Diagnostic>,
+    rejected: &mut Vec<ResourceRef>,
+) -> Security {
+    let mut mesh = MeshConfig::default();
+    let mut normalization = Normalization::Base;
+    let found = resources.iter().find_map(|r| match &r.spec {
+        Spec::MeshConfig(m) => Some((r, m)),
+        _ => None,
+    });
+    if let Some((r, m)) = found {
+        mesh = m.clone();
+        match Normalization::parse(mesh.path_normalization.normalization.as_deref()) {
+            Ok(n) => normalization = n,
+            Err(e) => diags.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.pathNormalization.normalization", e)),
+        }
+    }
+    let applies = |r: &Resource, selector: &Option<MatchLabelsSelector>| {
+        let scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
+        let selected =
+            selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
+        scope && selected
+    };
+    let mut jwt_rules = Vec::new();
+    let mut authz = AuthzEngine::default();
+    for r in resources {
+        match &r.spec {
+            Spec::RequestAuthentication(ra) if applies(r, &ra.selector) => {
+                if !ra.target_refs.is_empty() || ra.target_ref.is_some() {
+                    diags.push(Diagnostic::warning(
+                        &r.origin,
+                        &r.id,
+                        "spec.targetRefs",
+                        "targetRefs are not supported; use selector",
+                    ));
+                    continue;
+                }
+                let mut rules = Vec::new();
+                let mut failed = false;
+                for (i, rule) in ra.jwt_rules.iter().enumerate() {
+                    match jwt_rule(rule, jwks) {
+                        Ok(compiled) => rules.push(compiled),
+                        Err((field, e)) => {
+                            diags.push(Diagnostic::error(&r.origin, &r.id, format!("spec.jwtRules[{i}]{field}"), e));
+                            failed = true;
+                        }
+                    }
+                }
+                // A rejected RequestAuthentication drops its issuers: their tokens get
+                // 401 (unknown issuer), so rejection fails closed.
+                if failed {
+                    rejected.push(r.id.clone());
+                } else {
+                    jwt_rules.extend(rules);
+                }
+            }
+            Spec::AuthorizationPolicy(ap) if applies(r, &ap.selector) => {
+                if !ap.target_refs.is_empty() || ap.target_ref.is_some() {
+                    diags.push(Diagnostic::warning(
+                        &r.origin,
+                        &r.id,
+                        "spec.targetRefs",
+                        "targetRefs are not supported; use selector",
+                    ));
+                    continue;
+                }
+                let name: Arc<str> = format!("{}/{}", r.id.namespace, r.id.name).into();
+                match Policy::compile(name, ap, &mesh.trust_domain) {
+                    Ok((action, policy)) => {
+                        if ap.action.as_deref() == Some("CUSTOM") {
+                            let msg = "CUSTOM external authorization is not supported yet: requests its rules match are denied";
+                            diags.push(Diagnostic::warning(&r.origin, &r.id, "spec.action", msg));
+                        }
+                        authz.add(action, policy);
+                    }
+                    Err((field, e)) => {
+                        diags.push(Diagnostic::error(&r.origin, &r.id, field, e));
+                        rejected.push(r.id.clone());
+                        // Fail closed: a broken ALLOW policy still means "ALLOW policies
+                        // exist", so nothing it would have allowed gets through.
+                        if ap.action.as_deref().unwrap_or("ALLOW") == "ALLOW" {
+                            let (action, policy) = Policy::compile(
+                                format!("{}/{} (rejected)", r.id.namespace, r.id.name).into(),
+                                &Default::default(),
+                                &mesh.trust_domain,
+                            )
+                            .expect("an empty policy compiles");
+                            authz.add(action, policy);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Security {
+        normalization,
+        trusted_hops: mesh.default_config.gateway_topology.num_trusted_proxies,
+        jwt: (!jwt_rules.is_empty()).then(|| JwtAuthn::new(jwt_rules)),
+        authz,
+    }
+}
+
+type FieldError = (String, String);
+
+fn jwt_rule(rule: &ConfigJwtRule, jwks: &JwksCache) -> Result<JwtRule, FieldError> {
+    if rule.issuer.is_empty() {
+        return Err((".issuer".into(), "issuer is required".into()));
+    }
+    let keys = match (&rule.jwks, &rule.jwks_uri) {
+        (Some(_), Some(_)) => return Err((".jwks".into(), "only one of jwks and jwksUri may be set".into())),
+        (Some(inline), None) => {
+            KeySource::Inline(Arc::new(KeySet::parse(inline.as_bytes(), true).map_err(|e| (".jwks".to_string(), e))?))
+        }
+        (None, Some(uri)) => {
+            let parsed: http::Uri =
+                uri.parse().map_err(|_| (".jwksUri".to_string(), format!("invalid URL {uri:?}")))?;
+            if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+                return Err((".jwksUri".into(), format!("{uri:?} is not an http(s) URL")));
+            }
+            KeySource::Remote(jwks.remote(uri, rule.timeout.map_or(JWKS_TIMEOUT, |t| t.0)))
+        }
+        (None, None) => {
+            return Err((".jwksUri".into(), "set jwks or jwksUri (OpenID discovery is not supported yet)".into()))
+        }
+    };
+    let header = |name: &str, f: String| {
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| (f, format!("invalid header name {name:?}")))
+    };
+    let mut locations = Vec::new();
+    for (i, h) in rule.from_headers.iter().enumerate() {
+        locations.push(Location::Header(header(&h.name, format!(".fromHeaders[{i}].name"))?, h.prefix.clone()));
+    }
+    locations.extend(rule.from_params.iter().cloned().map(Location::Param));
+    locations.extend(rule.from_cookies.iter().cloned().map(Location::Cookie));
+    if locations.is_empty() {
+        // Istio's defaults: `Authorization: Bearer <token>` and `?access_token=`.
+        locations.push(Location::Header(http::header::AUTHORIZATION, "Bearer ".into()));
+        locations.push(Location::Param("access_token".into()));
+    }
+    let payload_header =
+        rule.output_payload_to_header.as_deref().map(|h| header(h, ".outputPayloadToHeader".into())).transpose()?;
+    let claim_headers = rule
+        .output_claim_to_headers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let h = header(&c.header, format!(".outputClaimToHeaders[{i}].header"))?;
+            Ok((h, c.claim.split('.').map(str::to_string).collect()))
+        })
+        .collect::<Result<_, FieldError>>()?;
+    Ok(JwtRule {
+        issuer: rule.issuer.clone(),
+        audiences: rule.audiences.clone(),
+        keys,
+        locations,
+        forward: rule.forward_original_token,
+        payload_header,
+        claim_headers,
+    })
+}
