@@ -7,9 +7,12 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use super::body::{full, ResponseBody};
 use crate::{error::ProxyError, error::ResponseFlags, route::Cors, telemetry::AccessRecord};
 
-/// A response made by the gateway.
+/// A response made by the gateway. Boxed: it travels in `Err` on the request path.
 #[derive(Debug)]
-pub(super) struct LocalReply {
+pub(super) struct LocalReply(Box<Reply>);
+
+#[derive(Debug)]
+struct Reply {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -19,13 +22,19 @@ pub(super) struct LocalReply {
 
 impl LocalReply {
     pub(super) fn bytes(status: StatusCode, body: Bytes) -> Self {
-        Self { status, headers: HeaderMap::new(), body, flags: ResponseFlags::default(), details: None }
+        Self(Box::new(Reply {
+            status,
+            headers: HeaderMap::new(),
+            body,
+            flags: ResponseFlags::default(),
+            details: None,
+        }))
     }
 
     pub(super) fn text(status: StatusCode, body: &'static str) -> Self {
         let mut reply = Self::bytes(status, Bytes::from_static(body.as_bytes()));
         if !body.is_empty() {
-            reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            reply.0.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         reply
     }
@@ -35,9 +44,9 @@ impl LocalReply {
     pub(super) fn error(e: &ProxyError) -> Self {
         let mut reply = Self::text(e.status(), e.body()).with_flags(e.flag());
         if e.side() == crate::error::Side::Downstream {
-            reply.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            reply.0.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        reply.details = Some(e.to_string());
+        reply.0.details = Some(e.to_string());
         reply
     }
 
@@ -46,24 +55,24 @@ impl LocalReply {
         let mut reply = Self::bytes(StatusCode::UNAUTHORIZED, Bytes::from(reason.to_string()));
         let challenge = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
         if let Ok(v) = HeaderValue::from_str(&challenge) {
-            reply.headers.insert(header::WWW_AUTHENTICATE, v);
+            reply.0.headers.insert(header::WWW_AUTHENTICATE, v);
         }
-        reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        reply.details = Some(format!("jwt_authn_access_denied{{{reason}}}"));
+        reply.0.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        reply.0.details = Some(format!("jwt_authn_access_denied{{{reason}}}"));
         reply
     }
 
     /// 403 from AuthorizationPolicy; the policy is named in the access log only.
     pub(super) fn forbidden(policy: &str) -> Self {
         let mut reply = Self::text(StatusCode::FORBIDDEN, "RBAC: access denied");
-        reply.details = Some(format!("rbac_access_denied_matched_policy[{policy}]"));
+        reply.0.details = Some(format!("rbac_access_denied_matched_policy[{policy}]"));
         reply
     }
 
     pub(super) fn redirect(status: StatusCode, location: &str) -> Self {
         let mut reply = Self::bytes(status, Bytes::new());
         if let Ok(v) = HeaderValue::from_str(location) {
-            reply.headers.insert(header::LOCATION, v);
+            reply.0.headers.insert(header::LOCATION, v);
         }
         reply
     }
@@ -71,34 +80,35 @@ impl LocalReply {
     /// A trailers-only gRPC answer.
     pub(super) fn grpc(code: u32, message: &'static str) -> Self {
         let mut reply = Self::bytes(StatusCode::OK, Bytes::new());
-        reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        reply.headers.insert("grpc-status", HeaderValue::from(code));
-        reply.headers.insert("grpc-message", HeaderValue::from_static(message));
+        reply.0.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        reply.0.headers.insert("grpc-status", HeaderValue::from(code));
+        reply.0.headers.insert("grpc-message", HeaderValue::from_static(message));
         reply
     }
 
     pub(super) fn preflight(cors: &Cors, origin: &HeaderValue) -> Self {
         let mut reply = Self::bytes(StatusCode::OK, Bytes::new());
-        cors.preflight_headers(origin, &mut reply.headers);
+        cors.preflight_headers(origin, &mut reply.0.headers);
         reply
     }
 
     pub(super) fn with_flags(mut self, flags: ResponseFlags) -> Self {
-        self.flags.insert(flags);
+        self.0.flags.insert(flags);
         self
     }
 
     pub(super) fn headers_mut(&mut self) -> &mut HeaderMap {
-        &mut self.headers
+        &mut self.0.headers
     }
 
     /// The response; records flags and details in the access log record.
     pub(super) fn into_response(self, record: &mut AccessRecord) -> Response<ResponseBody> {
-        record.flags(self.flags);
-        record.response_details = self.details;
-        let mut resp = Response::new(full(self.body));
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.headers;
+        let reply = *self.0;
+        record.flags(reply.flags);
+        record.response_details = reply.details;
+        let mut resp = Response::new(full(reply.body));
+        *resp.status_mut() = reply.status;
+        *resp.headers_mut() = reply.headers;
         resp
     }
 }
