@@ -61,7 +61,27 @@ pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
         }
     }
     loaded.digest = std::hash::Hasher::finish(&hasher);
+    replace_duplicates(&mut loaded);
     Ok(loaded)
+}
+
+/// Like `kubectl apply` of the files in order: a later document with the same kind,
+/// namespace and name replaces the earlier one (reported as a warning).
+fn replace_duplicates(loaded: &mut Loaded) {
+    let mut last: std::collections::HashMap<ResourceRef, usize> = std::collections::HashMap::new();
+    for (i, r) in loaded.resources.iter().enumerate() {
+        last.insert(r.id.clone(), i);
+    }
+    let winners: std::collections::HashMap<ResourceRef, Origin> =
+        last.iter().map(|(id, i)| (id.clone(), loaded.resources[*i].origin.clone())).collect();
+    for (i, r) in std::mem::take(&mut loaded.resources).into_iter().enumerate() {
+        if last.get(&r.id) == Some(&i) {
+            loaded.resources.push(r);
+        } else {
+            let msg = format!("defined again at {}; the later definition applies", winners[&r.id]);
+            loaded.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, "metadata.name", msg));
+        }
+    }
 }
 
 fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
@@ -342,6 +362,20 @@ mod tests {
         let loaded = load_str(&format!("{doc}---\n{doc}"));
         assert_eq!(loaded.diagnostics.len(), 1);
         assert_eq!(loaded.diagnostics[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_later_definition_replaces_an_earlier_one() {
+        let doc = |host: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: x}}\nspec: {{hosts: [{host}]}}\n")
+        };
+        let loaded = load_str(&format!("{}---\n{}", doc("a.test"), doc("b.test")));
+        assert_eq!(loaded.resources.len(), 1);
+        let Spec::ServiceEntry(se) = &loaded.resources[0].spec else { panic!("a ServiceEntry") };
+        assert_eq!(se.hosts, ["b.test"]);
+        assert!(loaded.diagnostics[0]
+            .to_string()
+            .contains("c.yaml:1: ServiceEntry/default/x: metadata.name: warning: defined again at"));
     }
 
     #[test]

@@ -255,13 +255,19 @@ pub enum Decision {
 pub struct AuthzEngine {
     deny: Vec<Policy>,
     allow: Vec<Policy>,
+    /// Names the ALLOW policies in a denial none of them allowed.
+    allow_miss: Arc<str>,
 }
 
 impl AuthzEngine {
     /// Adds a compiled policy by its action.
     pub fn add(&mut self, action: Action, policy: Policy) {
         match action {
-            Action::Allow => self.allow.push(policy),
+            Action::Allow => {
+                self.allow.push(policy);
+                let names: Vec<&str> = self.allow.iter().map(|p| &*p.name).collect();
+                self.allow_miss = format!("none of ALLOW {}", names.join(", ")).into();
+            }
             Action::Deny => self.deny.push(policy),
             Action::Audit => {}
         }
@@ -280,7 +286,7 @@ impl AuthzEngine {
         if self.allow.is_empty() || self.allow.iter().any(|p| p.matches(req)) {
             return Decision::Allow;
         }
-        Decision::Deny("no ALLOW policy matched".into())
+        Decision::Deny(self.allow_miss.clone())
     }
 }
 

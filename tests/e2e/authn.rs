@@ -1,0 +1,237 @@
+//! RequestAuthentication end to end: Istio's JWT samples, header outputs, hostile
+//! tokens, JWKS rotation.
+
+use http::{Request, StatusCode};
+use serde_json::json;
+use wicket_tests::{
+    jwt::{forge, jwks, now, JwksServer, Signer},
+    yaml::{docs, service_entry},
+    TestGateway, Upstream,
+};
+
+fn corpus(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/../../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The corpus names JWKS URLs on the internet; serve the same keys locally instead.
+fn localize(yaml: &str, url: &str) -> String {
+    let mut out = String::new();
+    for line in yaml.lines() {
+        match line.split_once("jwksUri:") {
+            Some((indent, _)) => out.push_str(&format!("{indent}jwksUri: \"{url}\"")),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The ingress Gateway of the JWT tasks (`httpbin-gateway` in `foo`, port 80).
+fn httpbin_gateway() -> String {
+    corpus("docs-authn/ingress-jwt-gateway-vs.yaml").split("\n---").next().unwrap().to_string()
+}
+
+fn bearer(path: &str, token: &str) -> Request<http_body_util::Full<bytes::Bytes>> {
+    Request::get(path)
+        .header("host", "httpbin.example.com")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Default::default())
+        .unwrap()
+}
+
+async fn httpbin() -> (Upstream, String) {
+    let up = Upstream::start("httpbin").await;
+    let reg = service_entry("httpbin.foo.svc.cluster.local", 8000, "HTTP", &[(&up, "v1")])
+        .replace("namespace: default", "namespace: foo");
+    (up, reg)
+}
+
+#[tokio::test]
+async fn istio_sample_tokens_at_the_ingress() {
+    let server = JwksServer::start(corpus("jwt-samples/jwks.json")).await;
+    let (up, reg) = httpbin().await;
+    let yaml = docs(&[
+        &corpus("docs-authn/ingress-jwt-gateway-vs.yaml"),
+        &reg,
+        &localize(&corpus("docs-authn/ingress-jwt-requestauthentication.yaml"), &server.url),
+    ]);
+    let gw = TestGateway::start(&yaml).await;
+    let demo = corpus("jwt-samples/demo.jwt").trim().to_string();
+    assert_eq!(gw.get("httpbin.example.com", "/headers").await.status, StatusCode::OK, "no token passes");
+    let bad = gw.send(bearer("/headers", "deadbeef")).await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(bad.header("www-authenticate").unwrap().starts_with("Bearer realm=\"http://httpbin.example.com/headers\""));
+    assert_eq!(bad.body, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections");
+    // The JWKS is fetched in the background: poll until the key is there.
+    let mut status = StatusCode::UNAUTHORIZED;
+    for _ in 0..100 {
+        status = gw.send(bearer("/headers", &demo)).await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    assert!(up.last().headers.get("authorization").is_none(), "the token is removed before forwarding");
+}
+
+#[tokio::test]
+async fn require_principal_and_claims_for_routing_and_headers() {
+    let server = JwksServer::start(corpus("jwt-samples/jwks.json")).await;
+    let (up, reg) = httpbin().await;
+    let demo = corpus("jwt-samples/demo.jwt").trim().to_string();
+    let groups = corpus("jwt-samples/groups-scope.jwt").trim().to_string();
+    let policies = localize(&corpus("docs-authz/authz-jwt-require-principal.yaml"), &server.url);
+    let claim_header = localize(&corpus("docs-authn/jwt-claim-to-header.yaml"), &server.url);
+    let yaml = docs(&[&corpus("docs-authn/ingress-jwt-gateway-vs.yaml"), &reg, &policies, &claim_header]);
+    // The workload policies select app=httpbin in foo: run the gateway as that workload.
+    let gw = TestGateway::start_with(&yaml, |b| {
+        b.namespace = "foo".into();
+        b.labels.insert("app".into(), "httpbin".into());
+    })
+    .await;
+    let wait_for_keys = async {
+        for _ in 0..100 {
+            if gw.send(bearer("/headers", &demo)).await.status == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the JWKS never arrived");
+    };
+    wait_for_keys.await;
+    assert_eq!(up.last().headers["x-jwt-claim-foo"], "bar", "outputClaimToHeaders");
+    assert_eq!(gw.get("httpbin.example.com", "/headers").await.status, StatusCode::FORBIDDEN, "no token: no principal");
+    assert_eq!(gw.send(bearer("/headers", "deadbeef")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(gw.send(bearer("/headers", &groups)).await.status, StatusCode::OK);
+    let denied = gw.get("httpbin.example.com", "/headers").await;
+    assert_eq!(denied.body, "RBAC: access denied");
+    assert!(gw.find_log(|l| l["response_code"] == 403).await["response_details"]
+        .as_str()
+        .unwrap()
+        .contains("foo/require-jwt"));
+}
+
+#[tokio::test]
+async fn claim_based_routing_at_the_gateway() {
+    let server = JwksServer::start(corpus("jwt-samples/jwks.json")).await;
+    let (_up, reg) = httpbin().await;
+    let routes = localize(&corpus("docs-authn/jwt-claim-route.yaml"), &server.url)
+        .replace("host: httpbin\n", "host: httpbin.foo.svc.cluster.local\n");
+    let gw = TestGateway::start(&docs(&[&httpbin_gateway(), &reg, &routes])).await;
+    let demo = corpus("jwt-samples/demo.jwt").trim().to_string();
+    let groups = corpus("jwt-samples/groups-scope.jwt").trim().to_string();
+    let mut ok = false;
+    for _ in 0..100 {
+        if gw.send(bearer("/headers", &groups)).await.status == StatusCode::OK {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "groups-scope.jwt (groups contains group1) is routed");
+    assert_eq!(gw.send(bearer("/headers", &demo)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(gw.get("httpbin.example.com", "/headers").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(gw.send(bearer("/headers", "deadbeef")).await.status, StatusCode::UNAUTHORIZED);
+}
+
+fn inline_rules(issuer: &str, jwks_json: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: istio-system}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  jwtRules:\n  - issuer: {issuer}\n    audiences: [shop]\n    jwks: '{jwks_json}'\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn hostile_tokens_all_get_401_and_nothing_is_forwarded() {
+    let (up, reg) = httpbin().await;
+    let signer = Signer::es256("k1");
+    let other = Signer::es256("k1");
+    let yaml = docs(&[
+        &httpbin_gateway(),
+        corpus("docs-authn/ingress-jwt-gateway-vs.yaml").split("\n---").nth(1).unwrap(),
+        &reg,
+        &inline_rules("https://idp.test", &jwks(&[&signer]), ""),
+    ]);
+    let gw = TestGateway::start(&yaml).await;
+    let t = now();
+    let claims = |extra: serde_json::Value| {
+        let mut c = json!({"iss": "https://idp.test", "sub": "alice", "aud": "shop", "exp": t + 600});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let good = signer.sign(&claims(json!({})));
+    let parts: Vec<&str> = good.split('.').collect();
+    let hostile = [
+        ("alg none", forge(r#"{"alg":"none","kid":"k1"}"#, &claims(json!({})).to_string(), "")),
+        ("HS256 with the public key", forge(r#"{"alg":"HS256","kid":"k1"}"#, &claims(json!({})).to_string(), parts[2])),
+        ("expired", signer.sign(&claims(json!({"exp": t - 3600})))),
+        ("not yet valid", signer.sign(&claims(json!({"nbf": t + 3600})))),
+        ("wrong issuer", signer.sign(&claims(json!({"iss": "https://evil.test"})))),
+        ("wrong audience", signer.sign(&claims(json!({"aud": "other"})))),
+        ("bad signature", other.sign(&claims(json!({})))),
+        ("unknown kid", forge(r#"{"alg":"ES256","kid":"nope"}"#, &claims(json!({})).to_string(), parts[2])),
+        ("truncated", format!("{}.{}", parts[0], parts[1])),
+        ("non-base64", format!("{}.!!!.{}", parts[0], parts[2])),
+        (
+            "duplicate keys",
+            forge(
+                r#"{"alg":"ES256","kid":"k1"}"#,
+                r#"{"iss":"https://idp.test","sub":"a","sub":"b","aud":"shop"}"#,
+                parts[2],
+            ),
+        ),
+        ("JWE (five segments)", format!("{good}.x.y")),
+    ];
+    for (what, token) in &hostile {
+        let r = gw.send(bearer("/", token)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.body);
+    }
+    // A 1 MB token never reaches JWT code: the header limit answers first.
+    let huge = "a".repeat(1 << 20);
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {huge}\r\n\r\n").as_bytes()).await;
+    let mut head = [0u8; 12];
+    let _ = s.read_exact(&mut head).await;
+    assert_eq!(&head, b"HTTP/1.1 431");
+    assert_eq!(up.hits(), 0, "nothing was forwarded");
+    assert_eq!(gw.send(bearer("/", &good)).await.status, StatusCode::OK);
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_jwks_is_fetched_when_an_unknown_kid_arrives() {
+    let (_up, reg) = httpbin().await;
+    let old = Signer::es256("old");
+    let new = Signer::es256("new");
+    let server = JwksServer::start(jwks(&[&old])).await;
+    let rules = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: istio-system}}\nspec:\n  jwtRules:\n  - issuer: https://idp.test\n    jwksUri: {}\n",
+        server.url
+    );
+    let vs = corpus("docs-authn/ingress-jwt-gateway-vs.yaml");
+    let gw = TestGateway::start_with(&docs(&[&vs, &reg, &rules]), |b| b.namespace = "istio-system".into()).await;
+    let claims = json!({"iss": "https://idp.test", "sub": "alice", "exp": now() + 600});
+    let mut ok = false;
+    for _ in 0..100 {
+        if gw.send(bearer("/", &old.sign(&claims))).await.status == StatusCode::OK {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the first key set is fetched");
+    server.set(jwks(&[&new]));
+    let fetches = server.hits();
+    // The first request with the new kid fails and triggers a refetch; then it passes.
+    let mut status = StatusCode::UNAUTHORIZED;
+    for _ in 0..100 {
+        status = gw.send(bearer("/", &new.sign(&claims))).await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    assert!(server.hits() > fetches);
+}
