@@ -4,6 +4,7 @@
 
 mod admin;
 mod authn;
+mod authz;
 mod corpus;
 mod proxying;
 mod reload;
