@@ -105,7 +105,16 @@ impl Identity {
 #[derive(Debug)]
 pub struct JwtAuthn {
     rules: Vec<JwtRule>,
-    cache: Mutex<HashMap<u64, (Arc<Identity>, Instant)>>,
+    /// Verified tokens by hash.
+    cache: Mutex<HashMap<u64, Verified>>,
+}
+
+/// A token verified earlier: its identity, the rule that verified it, until when.
+#[derive(Debug, Clone)]
+struct Verified {
+    identity: Arc<Identity>,
+    rule: usize,
+    until: Instant,
 }
 
 impl JwtAuthn {
@@ -166,8 +175,15 @@ impl JwtAuthn {
         Ok(identity)
     }
 
-    /// Verifies `token` against the rules it was found for whose issuer it names.
+    /// Verifies `token` against the rules it was found for whose issuer it names. A
+    /// token verified before costs a hash lookup.
     fn verify(&self, token: &str, rule_ids: &[usize]) -> Result<(Arc<Identity>, &JwtRule), JwtError> {
+        let key = cache_key(token);
+        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            if Instant::now() < hit.until && rule_ids.contains(&hit.rule) {
+                return Ok((hit.identity, &self.rules[hit.rule]));
+            }
+        }
         let parts: Vec<&str> = token.split('.').collect();
         let [header_b64, payload_b64, _] = parts.as_slice() else { return Err(JwtError::Malformed) };
         let header = decode_json(header_b64)?;
@@ -179,19 +195,13 @@ impl JwtAuthn {
             header.get("alg").and_then(Value::as_str).and_then(|a| a.parse().ok()).ok_or(JwtError::Verification)?;
         let kid = header.get("kid").and_then(Value::as_str);
         let issuer = payload.get("iss").and_then(Value::as_str).ok_or(JwtError::UnknownIssuer)?;
-        let candidates: Vec<&JwtRule> =
-            rule_ids.iter().map(|i| &self.rules[*i]).filter(|r| r.issuer == issuer).collect();
+        let candidates: Vec<usize> = rule_ids.iter().copied().filter(|i| self.rules[*i].issuer == issuer).collect();
         if candidates.is_empty() {
             return Err(JwtError::UnknownIssuer);
         }
-        let key = cache_key(token);
-        if let Some((id, until)) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            if Instant::now() < until {
-                return Ok((id, candidates[0]));
-            }
-        }
         let mut last = JwtError::NoKey;
-        for rule in candidates {
+        for index in candidates {
+            let rule = &self.rules[index];
             match verify_with(rule, token, alg, kid) {
                 Ok(claims) => {
                     let principal =
@@ -200,7 +210,7 @@ impl JwtAuthn {
                             _ => None,
                         };
                     let id = Arc::new(Identity { principal, issuer: issuer.to_string(), claims });
-                    self.remember(key, &id);
+                    self.remember(key, &id, index);
                     return Ok((id, rule));
                 }
                 Err(e) => last = e,
@@ -211,7 +221,7 @@ impl JwtAuthn {
 
     /// Caches a verified token until its `exp` (at most an hour; a key rotation within
     /// that hour does not revoke a token that was valid when verified).
-    fn remember(&self, key: u64, id: &Arc<Identity>) {
+    fn remember(&self, key: u64, id: &Arc<Identity>, rule: usize) {
         let now_unix =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let ttl = match id.claims.get("exp").and_then(Value::as_u64) {
@@ -221,12 +231,12 @@ impl JwtAuthn {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_ENTRIES {
                 let now = Instant::now();
-                cache.retain(|_, (_, until)| *until > now);
+                cache.retain(|_, v| v.until > now);
                 if cache.len() >= CACHE_ENTRIES {
                     cache.clear();
                 }
             }
-            cache.insert(key, (id.clone(), Instant::now() + ttl));
+            cache.insert(key, Verified { identity: id.clone(), rule, until: Instant::now() + ttl });
         }
     }
 }
