@@ -155,3 +155,45 @@ fn invalid_policies_are_validate_errors_naming_the_field() {
         "{problems:#?}"
     );
 }
+
+#[tokio::test]
+async fn tcp_connections_follow_istio_tcp_semantics() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = wicket_tests::upstream::raw(|mut s| async move {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let base = format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 9000, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo}}\nspec:\n  hosts: [echo.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 9000, name: tcp, protocol: TCP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tcp:\n  - route: [{{destination: {{host: echo, port: {{number: 9000}}}}}}]\n");
+    let echoes = |gw: &TestGateway| {
+        let addr = gw.addr_of(9000);
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = s.write_all(b"ping").await;
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.is_ok() && &buf == b"ping"
+        }
+    };
+    let policy = |spec: &str| {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n{spec}")
+    };
+    // Allowed on the port: passes.
+    let gw = TestGateway::start(&docs(&[&base, &policy("  rules: [{to: [{operation: {ports: ['9000']}}]}]\n")])).await;
+    assert!(echoes(&gw).await);
+    // An ALLOW rule using an HTTP-only field vanishes on TCP: nothing is allowed.
+    let gw = TestGateway::start(&docs(&[&base, &policy("  rules: [{to: [{operation: {methods: [GET]}}]}]\n")])).await;
+    assert!(!echoes(&gw).await);
+    // A DENY rule loses its HTTP-only condition: every connection is denied.
+    let gw = TestGateway::start(&docs(&[
+        &base,
+        &policy("  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n"),
+    ]))
+    .await;
+    assert!(!echoes(&gw).await);
+    let log = gw.find_log(|l| l["protocol"] == "TCP").await;
+    assert!(log["response_details"].as_str().unwrap().contains("default/p"));
+}

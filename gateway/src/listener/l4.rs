@@ -13,6 +13,7 @@ use crate::{
     error::ResponseFlags,
     pipeline::Proxy,
     route::L4Route,
+    security::authz::{AuthzEngine, AuthzRequest, Decision},
     telemetry::{metrics::TcpLabels, DestinationLabels, TcpRecord},
 };
 
@@ -27,6 +28,7 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     port: u16,
     peer: SocketAddr,
     proxy: &Proxy,
+    authz: &AuthzEngine,
 ) {
     let mut record = TcpRecord::start(peer, sni);
     let telemetry = &proxy.telemetry;
@@ -38,6 +40,27 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
         telemetry.metrics.tcp_closed(&l, 0, 0);
         record.finish(&telemetry.log);
     };
+    if !authz.is_empty() {
+        let none = http::HeaderMap::new();
+        let request = AuthzRequest {
+            source_ip: peer.ip(),
+            remote_ip: peer.ip(),
+            peer_principal: None,
+            identity: None,
+            host: "",
+            port,
+            method: "",
+            path: "",
+            headers: &none,
+            sni,
+        };
+        if let Decision::Deny(policy) = authz.evaluate(&request) {
+            tracing::info!(%peer, port, %policy, "connection denied by AuthorizationPolicy");
+            record.response_details = Some(format!("rbac_access_denied_matched_policy[{policy}]"));
+            record.finish(&telemetry.log);
+            return;
+        }
+    }
     let Some(route) = routes.iter().find(|r| r.matches(sni, port)) else {
         tracing::info!(%peer, port, sni, "no tls/tcp route matches; connection closed");
         return fail(record, ResponseFlags::NR);

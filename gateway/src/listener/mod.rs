@@ -169,7 +169,9 @@ async fn connection(
             let conn = Arc::new(ConnInfo { peer, port, scheme: "http", sni: None, peer_cert: None });
             serve_http(stream, conn, proxy, builder).await
         }
-        Some(PortPlan::Tcp(routes)) => l4::proxy(stream, routes, None, port, peer, &proxy).await,
+        Some(PortPlan::Tcp(routes)) => {
+            l4::proxy(stream, routes, None, port, peer, &proxy, &snapshot.security.tcp_authz).await
+        }
         Some(PortPlan::Tls(chains)) => {
             let (hello, raw) = match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
                 Ok(read) => read,
@@ -188,7 +190,7 @@ async fn connection(
             match &chain.action {
                 // The ClientHello bytes already read are replayed to the upstream.
                 ChainAction::Passthrough { routes } => {
-                    l4::proxy(stream, routes, sni.as_deref(), port, peer, &proxy).await
+                    l4::proxy(stream, routes, sni.as_deref(), port, peer, &proxy, &snapshot.security.tcp_authz).await
                 }
                 ChainAction::Https { tls, .. } => {
                     let Some((tls_stream, peer_cert)) = handshake(tls, stream, peer).await else { return };
@@ -197,7 +199,8 @@ async fn connection(
                 }
                 ChainAction::TlsTcp { tls, routes } => {
                     let Some((tls_stream, _)) = handshake(tls, stream, peer).await else { return };
-                    l4::proxy(tls_stream, routes, sni.as_deref(), port, peer, &proxy).await
+                    l4::proxy(tls_stream, routes, sni.as_deref(), port, peer, &proxy, &snapshot.security.tcp_authz)
+                        .await
                 }
             }
         }

@@ -278,6 +278,25 @@ impl AuthzEngine {
         self.deny.is_empty() && self.allow.is_empty()
     }
 
+    /// The engine for TCP connections (Istio): HTTP-only fields cannot be evaluated, so
+    /// ALLOW rules using them are dropped (narrower) and DENY rules lose them (broader).
+    pub fn for_tcp(&self) -> Self {
+        let allow = self
+            .allow
+            .iter()
+            .map(|p| Policy {
+                name: p.name.clone(),
+                rules: p.rules.iter().filter(|r| !r.uses_http()).cloned().collect(),
+            })
+            .collect();
+        let deny = self
+            .deny
+            .iter()
+            .map(|p| Policy { name: p.name.clone(), rules: p.rules.iter().map(Rule::without_http).collect() })
+            .collect();
+        Self { deny, allow, allow_miss: self.allow_miss.clone() }
+    }
+
     /// Istio: DENY first, then ALLOW (deny when ALLOW policies exist and none matches).
     pub fn evaluate(&self, req: &AuthzRequest<'_>) -> Decision {
         if let Some(p) = self.deny.iter().find(|p| p.matches(req)) {
@@ -329,6 +348,51 @@ impl Policy {
                 && (r.to.is_empty() || r.to.iter().any(|o| o.matches(req)))
                 && r.when.iter().all(|w| w.holds(req))
         })
+    }
+}
+
+impl Key {
+    /// Attributes only an HTTP request has.
+    fn is_http(&self) -> bool {
+        matches!(self, Key::Header(_) | Key::RequestPrincipal | Key::Audiences | Key::Presenter | Key::Claim(_))
+    }
+}
+
+impl Rule {
+    fn uses_http(&self) -> bool {
+        self.from.iter().any(|s| !s.request_principals.0.is_empty() || !s.not_request_principals.0.is_empty())
+            || self.to.iter().any(|o| {
+                !(o.hosts.0.is_empty()
+                    && o.not_hosts.0.is_empty()
+                    && o.methods.0.is_empty()
+                    && o.not_methods.0.is_empty()
+                    && o.paths.0.is_empty()
+                    && o.not_paths.0.is_empty())
+            })
+            || self.when.iter().any(|w| w.key.is_http())
+    }
+
+    fn without_http(&self) -> Rule {
+        let empty = || AnyOf(Vec::new());
+        let from = self
+            .from
+            .iter()
+            .map(|s| SourceMatch { request_principals: empty(), not_request_principals: empty(), ..s.clone() })
+            .collect();
+        let to = self
+            .to
+            .iter()
+            .map(|o| OperationMatch {
+                hosts: empty(),
+                not_hosts: empty(),
+                methods: empty(),
+                not_methods: empty(),
+                paths: AnyOf(Vec::new()),
+                not_paths: AnyOf(Vec::new()),
+                ..o.clone()
+            })
+            .collect();
+        Rule { from, to, when: self.when.iter().filter(|w| !w.key.is_http()).cloned().collect() }
     }
 }
 

@@ -143,8 +143,10 @@ pub struct Security {
     pub trusted_hops: u32,
     /// RequestAuthentication rules, when any apply.
     pub jwt: Option<JwtAuthn>,
-    /// AuthorizationPolicies that apply.
+    /// AuthorizationPolicies that apply to HTTP requests.
     pub authz: AuthzEngine,
+    /// The same policies as they apply to TCP connections.
+    pub tcp_authz: AuthzEngine,
 }
 
 /// One consistent, immutable configuration.

@@ -338,6 +338,8 @@ pub struct TcpRecord {
     pub route_name: Option<String>,
     /// Client address.
     pub downstream_remote_address: String,
+    /// Why the gateway closed the connection itself, when it did.
+    pub response_details: Option<String>,
     #[serde(skip)]
     started: Option<Instant>,
 }
@@ -357,6 +359,7 @@ impl TcpRecord {
             upstream_cluster: None,
             route_name: None,
             downstream_remote_address: peer.to_string(),
+            response_details: None,
             started: Some(Instant::now()),
         }
     }

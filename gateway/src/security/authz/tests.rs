@@ -144,3 +144,29 @@ fn invalid_policies_name_the_field() {
     assert_eq!(bad("rules: [{when: [{key: source.ip}]}]").0, "spec.rules[0].when[0]");
     assert_eq!(bad("action: MAYBE").0, "spec.action");
 }
+
+#[test]
+fn tcp_drops_http_allow_rules_and_widens_http_deny_rules() {
+    let tcp_request = |e: &AuthzEngine| {
+        let headers = HeaderMap::new();
+        let r = AuthzRequest {
+            source_ip: "10.0.0.1".parse().unwrap(),
+            remote_ip: "10.0.0.1".parse().unwrap(),
+            peer_principal: None,
+            identity: None,
+            host: "",
+            port: 9000,
+            method: "",
+            path: "",
+            headers: &headers,
+            sni: None,
+        };
+        e.for_tcp().evaluate(&r) == Decision::Allow
+    };
+    // ALLOW GET on port 9000 cannot be evaluated on TCP: the rule vanishes, nothing is allowed.
+    assert!(!tcp_request(&engine(&[("a", "rules: [{to: [{operation: {methods: [GET], ports: ['9000']}}]}]")])));
+    assert!(tcp_request(&engine(&[("a", "rules: [{to: [{operation: {ports: ['9000']}}]}]")])));
+    // DENY GET becomes "deny every connection" on TCP.
+    assert!(!tcp_request(&engine(&[("d", "action: DENY\nrules: [{to: [{operation: {methods: [GET]}}]}]")])));
+    assert!(tcp_request(&engine(&[("d", "action: DENY\nrules: [{to: [{operation: {ports: ['8443']}}]}]")])));
+}

@@ -127,6 +127,7 @@ pub(super) fn compile(
         normalization,
         trusted_hops: mesh.default_config.gateway_topology.num_trusted_proxies,
         jwt: (!jwt_rules.is_empty()).then(|| JwtAuthn::new(jwt_rules)),
+        tcp_authz: authz.for_tcp(),
         authz,
     }
 }
