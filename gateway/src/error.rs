@@ -30,8 +30,10 @@ impl ResponseFlags {
     pub const NC: Self = Self(1 << 8);
     /// Downstream connection terminated.
     pub const DC: Self = Self(1 << 9);
+    /// Denied by an external authorizer.
+    pub const UAEX: Self = Self(1 << 10);
 
-    const NAMES: [(Self, &'static str); 10] = [
+    const NAMES: [(Self, &'static str); 11] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -42,6 +44,7 @@ impl ResponseFlags {
         (Self::UC, "UC"),
         (Self::NC, "NC"),
         (Self::DC, "DC"),
+        (Self::UAEX, "UAEX"),
     ];
 
     /// Adds `other`.

@@ -197,3 +197,79 @@ async fn tcp_connections_follow_istio_tcp_semantics() {
     let log = gw.find_log(|l| l["protocol"] == "TCP").await;
     assert!(log["response_details"].as_str().unwrap().contains("default/p"));
 }
+
+/// Istio's ext-authz sample, as a test server: allows when `x-ext-authz: allow`.
+async fn ext_authz_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let checked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = checked.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    seen.lock().unwrap().push(format!("{} {}", req.method(), req.uri()));
+                    let allow = req.headers().get("x-ext-authz").is_some_and(|v| v == "allow");
+                    let (status, result, body) = if allow {
+                        (200, "allowed", "")
+                    } else {
+                        (403, "denied", "denied by ext_authz for not found header `x-ext-authz: allow` in the request")
+                    };
+                    let resp = hyper::Response::builder()
+                        .status(status)
+                        .header("x-ext-authz-check-result", result)
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (port, checked)
+}
+
+fn ext_authz_setup(authz_port: u16) -> Vec<String> {
+    let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: sample-ext-authz-http\n      envoyExtAuthzHttp:\n        service: ext-authz.foo.svc.cluster.local\n        port: 8000\n        includeRequestHeadersInCheck: [x-ext-authz]\n        headersToUpstreamOnAllow: [x-ext-authz-check-result]\n        headersToDownstreamOnDeny: [x-ext-authz-check-result]\n".to_string();
+    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext-authz, namespace: foo}}\nspec:\n  hosts: [ext-authz.foo.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 8000, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {authz_port}}}}}]\n");
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext-authz, namespace: foo}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  action: CUSTOM\n  provider: {name: sample-ext-authz-http}\n  rules: [{to: [{operation: {paths: [/headers]}}]}]\n".to_string();
+    vec![mesh, se, policy]
+}
+
+#[tokio::test]
+async fn custom_policies_ask_the_external_authorizer() {
+    let (authz_port, checked) = ext_authz_server().await;
+    let setup = ext_authz_setup(authz_port);
+    let (gw, up) = workload(&setup.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut allowed = req("GET", "/headers?x=1", None);
+    allowed.headers_mut().insert("x-ext-authz", "allow".parse().unwrap());
+    assert_eq!(gw.send(allowed).await.status, StatusCode::OK);
+    assert_eq!(up.last().headers["x-ext-authz-check-result"], "allowed");
+    assert_eq!(checked.lock().unwrap().last().unwrap(), "GET /headers?x=1");
+
+    let denied = gw.send(req("GET", "/headers", None)).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert!(denied.body.starts_with("denied by ext_authz"));
+    assert_eq!(denied.header("x-ext-authz-check-result"), Some("denied"));
+    assert_eq!(gw.find_log(|l| l["response_code"] == 403).await["response_flags"], "UAEX");
+
+    // Paths the policy does not match are not checked.
+    let before = checked.lock().unwrap().len();
+    assert_eq!(gw.send(req("GET", "/ip", None)).await.status, StatusCode::OK);
+    assert_eq!(checked.lock().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn an_unreachable_authorizer_fails_closed() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let setup = ext_authz_setup(closed);
+    let (gw, up) = workload(&setup.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut r = req("GET", "/headers", None);
+    r.headers_mut().insert("x-ext-authz", "allow".parse().unwrap());
+    assert_eq!(gw.send(r).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(up.hits(), 0);
+}

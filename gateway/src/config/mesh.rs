@@ -19,6 +19,50 @@ pub struct MeshConfig {
     /// Proxy defaults.
     #[serde(default)]
     pub default_config: ProxyConfig,
+    /// External authorizers, tracers and loggers.
+    #[serde(default)]
+    pub extension_providers: Vec<ExtensionProvider>,
+}
+
+/// `extensionProviders[]`: only the HTTP external authorizer is read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProvider {
+    /// Name AuthorizationPolicy `provider.name` refers to.
+    pub name: String,
+    /// Envoy HTTP ext_authz.
+    pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
+}
+
+/// `envoyExtAuthzHttp`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthzHttp {
+    /// Authorizer service host (FQDN, or `namespace/host`).
+    pub service: String,
+    /// Its port.
+    pub port: u32,
+    /// Check timeout.
+    pub timeout: Option<crate::config::GoDuration>,
+    /// Prefix added to the checked path.
+    pub path_prefix: Option<String>,
+    /// Allow when the authorizer cannot be reached.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Status when the authorizer cannot be reached (default 403).
+    pub status_on_error: Option<String>,
+    /// Client headers sent with the check (besides Host, Method, Path).
+    #[serde(default)]
+    pub include_request_headers_in_check: Vec<String>,
+    /// Extra headers sent with the check.
+    #[serde(default)]
+    pub include_additional_headers_in_check: std::collections::BTreeMap<String, String>,
+    /// Authorizer headers copied to the upstream request on allow.
+    #[serde(default)]
+    pub headers_to_upstream_on_allow: Vec<String>,
+    /// Authorizer headers copied to the client response on deny.
+    #[serde(default)]
+    pub headers_to_downstream_on_deny: Vec<String>,
 }
 
 impl Default for MeshConfig {
@@ -28,6 +72,7 @@ impl Default for MeshConfig {
             trust_domain: default_trust_domain(),
             path_normalization: PathNormalizationConfig::default(),
             default_config: ProxyConfig::default(),
+            extension_providers: Vec::new(),
         }
     }
 }

@@ -16,7 +16,7 @@ pub use bootstrap::Bootstrap;
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::GoDuration;
 pub use load::{load_dir, LoadError, Loaded};
-pub use mesh::{GatewayTopology, MeshConfig, PathNormalizationConfig, ProxyConfig};
+pub use mesh::{ExtAuthzHttp, ExtensionProvider, GatewayTopology, MeshConfig, PathNormalizationConfig, ProxyConfig};
 pub use watch::watch_dir;
 
 /// Where a resource was written: the file and the line its document starts on.

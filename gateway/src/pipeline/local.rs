@@ -97,6 +97,11 @@ impl LocalReply {
         self
     }
 
+    pub(super) fn with_details(mut self, details: String) -> Self {
+        self.0.details = Some(details);
+        self
+    }
+
     pub(super) fn headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.0.headers
     }

@@ -20,6 +20,7 @@ use crate::{
     security::{
         self,
         authz::{AuthzRequest, Decision},
+        ext_authz::Verdict,
         jwt::Identity,
     },
     snapshot::{Snapshot, SnapshotHandle},
@@ -111,7 +112,7 @@ async fn route_and_forward(
         }
     }
     // Istio's filter order: normalization, JWT, authorization, then routing.
-    let identity = secure(snapshot, conn, &mut req, authority, record)?;
+    let identity = secure(proxy, snapshot, conn, &mut req, authority).await?;
     let no_route = || {
         LocalReply::error(&ProxyError::NoRoute { authority: authority.to_string(), path: req.uri().path().to_string() })
     };
@@ -193,12 +194,12 @@ async fn route_and_forward(
 
 /// Normalizes the path, authenticates the JWT and applies AuthorizationPolicy.
 /// Returns the verified identity (for claim-based routing) or the 400/401/403 reply.
-fn secure(
+async fn secure(
+    proxy: &Proxy,
     snapshot: &Snapshot,
     conn: &ConnInfo,
     req: &mut Request<Incoming>,
     authority: &str,
-    record: &mut AccessRecord,
 ) -> Result<Option<Arc<Identity>>, LocalReply> {
     let security = &snapshot.security;
     if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
@@ -221,26 +222,57 @@ fn secure(
         _ => None,
     };
     if !security.authz.is_empty() {
-        let peer_principal =
-            conn.peer_cert.as_ref().and_then(|p| p.uris.first()).map(|u| u.strip_prefix("spiffe://").unwrap_or(u));
-        let request = AuthzRequest {
-            source_ip: conn.peer.ip(),
-            remote_ip: security::remote_ip(req.headers(), conn.peer.ip(), security.trusted_hops),
-            peer_principal,
-            identity: identity.as_deref(),
-            host: authority,
-            port: conn.port,
-            method: req.method().as_str(),
-            path: req.uri().path(),
-            headers: req.headers(),
-            sni: conn.sni.as_deref(),
-        };
-        if let Decision::Deny(policy) = security.authz.evaluate(&request) {
-            record.response_details = Some(format!("rbac_access_denied_matched_policy[{policy}]"));
+        let id = identity.as_deref();
+        // Istio: CUSTOM first, then DENY, then ALLOW.
+        let custom = security.authz.custom_provider(&authz_request(req, conn, snapshot, id, authority)).cloned();
+        if let Some(provider) = custom {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+            match provider.check(&proxy.upstreams, req.method(), &pq, authority, req.headers()).await {
+                Verdict::Allow(headers) => {
+                    for (k, v) in headers {
+                        req.headers_mut().insert(k, v);
+                    }
+                }
+                Verdict::Deny { status, headers, body } => {
+                    let mut reply = LocalReply::bytes(status, body).with_flags(ResponseFlags::UAEX);
+                    for (k, v) in headers {
+                        reply.headers_mut().insert(k, v);
+                    }
+                    return Err(reply.with_details(format!("ext_authz_denied[{}]", provider.name)));
+                }
+            }
+        }
+        if let Decision::Deny(policy) = security.authz.evaluate(&authz_request(req, conn, snapshot, id, authority)) {
             return Err(LocalReply::forbidden(&policy));
         }
     }
     Ok(identity)
+}
+
+/// The request facts AuthorizationPolicy reads.
+fn authz_request<'a>(
+    req: &'a Request<Incoming>,
+    conn: &'a ConnInfo,
+    snapshot: &'a Snapshot,
+    identity: Option<&'a Identity>,
+    authority: &'a str,
+) -> AuthzRequest<'a> {
+    AuthzRequest {
+        source_ip: conn.peer.ip(),
+        remote_ip: security::remote_ip(req.headers(), conn.peer.ip(), snapshot.security.trusted_hops),
+        peer_principal: conn
+            .peer_cert
+            .as_ref()
+            .and_then(|p| p.uris.first())
+            .map(|u| u.strip_prefix("spiffe://").unwrap_or(u)),
+        identity,
+        host: authority,
+        port: conn.port,
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        headers: req.headers(),
+        sni: conn.sni.as_deref(),
+    }
 }
 
 /// Replaces the request's path, keeping its query.

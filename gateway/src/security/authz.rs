@@ -7,7 +7,7 @@ use std::{net::IpAddr, sync::Arc};
 use http::HeaderMap;
 use serde_json::Value;
 
-use super::jwt::Identity;
+use super::{ext_authz::ExtAuthz, jwt::Identity};
 use crate::config::istio::{AuthorizationPolicy, Condition, Operation, Rule as ConfigRule, Source};
 
 /// An Istio string value: exact, `prefix*`, `*suffix`, or `*` (present, non-empty).
@@ -253,6 +253,7 @@ pub enum Decision {
 /// The policies that apply to this gateway.
 #[derive(Debug, Clone, Default)]
 pub struct AuthzEngine {
+    custom: Vec<(Policy, Arc<ExtAuthz>)>,
     deny: Vec<Policy>,
     allow: Vec<Policy>,
     /// Names the ALLOW policies in a denial none of them allowed.
@@ -260,7 +261,18 @@ pub struct AuthzEngine {
 }
 
 impl AuthzEngine {
-    /// Adds a compiled policy by its action.
+    /// Adds a CUSTOM policy and the authorizer its matching requests are sent to.
+    pub fn add_custom(&mut self, policy: Policy, provider: Arc<ExtAuthz>) {
+        self.custom.push((policy, provider));
+    }
+
+    /// The authorizer to ask about this request: the first CUSTOM policy that matches.
+    pub fn custom_provider(&self, req: &AuthzRequest<'_>) -> Option<&Arc<ExtAuthz>> {
+        self.custom.iter().find(|(p, _)| p.matches(req)).map(|(_, a)| a)
+    }
+
+    /// Adds a compiled policy by its action. A CUSTOM policy without its provider
+    /// fails closed: requests its rules match are denied.
     pub fn add(&mut self, action: Action, policy: Policy) {
         match action {
             Action::Allow => {
@@ -268,14 +280,14 @@ impl AuthzEngine {
                 let names: Vec<&str> = self.allow.iter().map(|p| &*p.name).collect();
                 self.allow_miss = format!("none of ALLOW {}", names.join(", ")).into();
             }
-            Action::Deny => self.deny.push(policy),
+            Action::Deny | Action::Custom => self.deny.push(policy),
             Action::Audit => {}
         }
     }
 
     /// True when no policy applies.
     pub fn is_empty(&self) -> bool {
-        self.deny.is_empty() && self.allow.is_empty()
+        self.custom.is_empty() && self.deny.is_empty() && self.allow.is_empty()
     }
 
     /// The engine for TCP connections (Istio): HTTP-only fields cannot be evaluated, so
@@ -294,7 +306,8 @@ impl AuthzEngine {
             .iter()
             .map(|p| Policy { name: p.name.clone(), rules: p.rules.iter().map(Rule::without_http).collect() })
             .collect();
-        Self { deny, allow, allow_miss: self.allow_miss.clone() }
+        // An HTTP authorizer cannot judge a TCP connection: CUSTOM policies do not apply.
+        Self { custom: Vec::new(), deny, allow, allow_miss: self.allow_miss.clone() }
     }
 
     /// Istio: DENY first, then ALLOW (deny when ALLOW policies exist and none matches).
@@ -314,8 +327,10 @@ impl AuthzEngine {
 pub enum Action {
     /// ALLOW.
     Allow,
-    /// DENY (and CUSTOM until external authorization lands: fail closed).
+    /// DENY.
     Deny,
+    /// CUSTOM: ask an external authorizer.
+    Custom,
     /// AUDIT: never changes a decision.
     Audit,
 }
@@ -329,7 +344,8 @@ impl Policy {
     ) -> Result<(Action, Self), (String, String)> {
         let action = match p.action.as_deref().unwrap_or("ALLOW") {
             "ALLOW" => Action::Allow,
-            "DENY" | "CUSTOM" => Action::Deny,
+            "DENY" => Action::Deny,
+            "CUSTOM" => Action::Custom,
             "AUDIT" => Action::Audit,
             other => return Err(("spec.action".into(), format!("unknown action {other:?}"))),
         };

@@ -3,6 +3,7 @@
 //! (AuthorizationPolicy). Compiled into the snapshot; nothing here blocks.
 
 pub mod authz;
+pub mod ext_authz;
 pub mod jwks;
 pub mod jwt;
 pub mod normalize;

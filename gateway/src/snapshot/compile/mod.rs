@@ -59,7 +59,8 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
     let mut refs = Vec::new();
     let mut rejected = Vec::new();
     let mut registry = Registry::build(resources, bootstrap, certs, &mut diagnostics, &mut rejected);
-    let security = security::compile(resources, bootstrap, &caches.jwks, &mut diagnostics, &mut rejected);
+    let security =
+        security::compile(resources, bootstrap, &mut registry, &caches.jwks, &mut diagnostics, &mut rejected);
     let ports = binding::gateway_servers(resources, bootstrap, &mut diagnostics);
     let gateway_names: HashSet<String> = resources
         .iter()

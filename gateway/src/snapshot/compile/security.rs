@@ -6,13 +6,15 @@ use std::{sync::Arc, time::Duration};
 
 use http::header::HeaderName;
 
+use super::registry::Registry;
 use crate::{
     config::{
         istio::{JwtRule as ConfigJwtRule, MatchLabelsSelector},
         Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, Spec,
     },
     security::{
-        authz::{AuthzEngine, Policy},
+        authz::{Action, AuthzEngine, Policy},
+        ext_authz::ExtAuthz,
         jwks::{JwksCache, KeySet, KeySource},
         jwt::{JwtAuthn, JwtRule, Location},
         normalize::Normalization,
@@ -28,6 +30,7 @@ const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) fn compile(
     resources: &[Resource],
     bootstrap: &Bootstrap,
+    registry: &mut Registry<'_>,
     jwks: &JwksCache,
     diags: &mut Vec<Diagnostic>,
     rejected: &mut Vec<ResourceRef>,
@@ -96,13 +99,22 @@ pub(super) fn compile(
                 }
                 let name: Arc<str> = format!("{}/{}", r.id.namespace, r.id.name).into();
                 match Policy::compile(name, ap, &mesh.trust_domain) {
-                    Ok((action, policy)) => {
-                        if ap.action.as_deref() == Some("CUSTOM") {
-                            let msg = "CUSTOM external authorization is not supported yet: requests its rules match are denied";
-                            diags.push(Diagnostic::warning(&r.origin, &r.id, "spec.action", msg));
+                    Ok((Action::Custom, policy)) => {
+                        let wanted = ap.provider.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+                        match ext_authz(&mesh, wanted, registry) {
+                            Ok(provider) => authz.add_custom(policy, provider),
+                            Err(e) => {
+                                diags.push(Diagnostic::error(
+                                    &r.origin,
+                                    &r.id,
+                                    "spec.provider",
+                                    format!("{e}; requests its rules match are denied"),
+                                ));
+                                authz.add(Action::Custom, policy);
+                            }
                         }
-                        authz.add(action, policy);
                     }
+                    Ok((action, policy)) => authz.add(action, policy),
                     Err((field, e)) => {
                         diags.push(Diagnostic::error(&r.origin, &r.id, field, e));
                         rejected.push(r.id.clone());
@@ -133,6 +145,50 @@ pub(super) fn compile(
 }
 
 type FieldError = (String, String);
+
+/// The mesh config's `envoyExtAuthzHttp` provider named `name`.
+fn ext_authz(mesh: &MeshConfig, name: &str, registry: &mut Registry<'_>) -> Result<Arc<ExtAuthz>, String> {
+    let provider = mesh
+        .extension_providers
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| format!("no extension provider {name:?} in the mesh config"))?;
+    let http = provider
+        .envoy_ext_authz_http
+        .as_ref()
+        .ok_or_else(|| format!("extension provider {name:?} is not an envoyExtAuthzHttp provider"))?;
+    // `service` is an FQDN, optionally qualified as `namespace/host`.
+    let host = http.service.rsplit('/').next().unwrap_or_default();
+    let port = u16::try_from(http.port).map_err(|_| format!("port {} is out of range", http.port))?;
+    let cluster = registry.cluster(host, port, None).map_err(|e| format!("extension provider {name:?}: {e}"))?;
+    let header = |h: &str| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name {h:?}"));
+    let names = |list: &[String]| list.iter().map(|h| header(h)).collect::<Result<Vec<_>, _>>();
+    let status_on_error = match &http.status_on_error {
+        None => http::StatusCode::FORBIDDEN,
+        Some(s) => s
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| http::StatusCode::from_u16(c).ok())
+            .ok_or_else(|| format!("invalid statusOnError {s:?}"))?,
+    };
+    let mut additional = Vec::new();
+    for (k, v) in &http.include_additional_headers_in_check {
+        additional
+            .push((header(k)?, http::HeaderValue::from_str(v).map_err(|_| format!("invalid header value {v:?}"))?));
+    }
+    Ok(Arc::new(ExtAuthz {
+        name: name.into(),
+        cluster: Some(cluster),
+        path_prefix: http.path_prefix.clone().unwrap_or_default(),
+        timeout: http.timeout.map_or(Duration::from_secs(10), |t| t.0),
+        include: names(&http.include_request_headers_in_check)?,
+        additional,
+        to_upstream: names(&http.headers_to_upstream_on_allow)?,
+        to_downstream: names(&http.headers_to_downstream_on_deny)?,
+        fail_open: http.fail_open,
+        status_on_error,
+    }))
+}
 
 fn jwt_rule(rule: &ConfigJwtRule, jwks: &JwksCache) -> Result<JwtRule, FieldError> {
     if rule.issuer.is_empty() {
