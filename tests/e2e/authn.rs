@@ -235,3 +235,44 @@ async fn a_rotated_jwks_is_fetched_when_an_unknown_kid_arrives() {
     assert_eq!(status, StatusCode::OK);
     assert!(server.hits() > fetches);
 }
+
+#[tokio::test]
+async fn token_locations_payload_header_and_forwarding() {
+    let (up, reg) = httpbin().await;
+    let signer = Signer::es256("k1");
+    let extra = "    fromHeaders: [{name: x-jwt, prefix: 'Token '}]\n    fromParams: [jwt]\n    fromCookies: [session]\n    forwardOriginalToken: true\n    outputPayloadToHeader: x-jwt-payload\n";
+    let vs = corpus("docs-authn/ingress-jwt-gateway-vs.yaml");
+    let gw = TestGateway::start(&docs(&[&vs, &reg, &inline_rules("https://idp.test", &jwks(&[&signer]), extra)])).await;
+    let token = signer.sign(&json!({"iss": "https://idp.test", "sub": "bob", "aud": "shop", "exp": now() + 600}));
+    let send = |r: Request<http_body_util::Full<bytes::Bytes>>| gw.send(r);
+    let base = || Request::get("/").header("host", "h.test");
+    // Custom header with its prefix; the token is forwarded (forwardOriginalToken).
+    assert_eq!(
+        send(base().header("x-jwt", format!("Token {token}")).body(Default::default()).unwrap()).await.status,
+        StatusCode::OK
+    );
+    let seen = up.last();
+    assert_eq!(seen.headers["x-jwt"], format!("Token {token}"));
+    let payload = seen.headers["x-jwt-payload"].to_str().unwrap().to_string();
+    assert_eq!(payload, token.split('.').nth(1).unwrap(), "base64url of the payload");
+    // Query parameter and cookie locations.
+    let by_param = Request::get(format!("/?jwt={token}")).header("host", "h.test").body(Default::default()).unwrap();
+    assert_eq!(send(by_param).await.status, StatusCode::OK);
+    assert_eq!(
+        send(base().header("cookie", format!("a=1; session={token}")).body(Default::default()).unwrap()).await.status,
+        StatusCode::OK
+    );
+    // Configured locations replace the defaults: a Bearer header is not read at all.
+    assert_eq!(gw.send(bearer("/", "garbage")).await.status, StatusCode::OK);
+    // A client cannot inject the payload header.
+    let forged = base()
+        .header("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9")
+        .header("x-jwt", format!("Token {token}"))
+        .body(Default::default())
+        .unwrap();
+    send(forged).await;
+    assert_eq!(up.last().headers["x-jwt-payload"].to_str().unwrap(), payload);
+    let without_token = base().header("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9").body(Default::default()).unwrap();
+    assert_eq!(send(without_token).await.status, StatusCode::OK);
+    assert!(up.last().headers.get("x-jwt-payload").is_none(), "not even without a token");
+}

@@ -253,6 +253,9 @@ pub enum Decision {
 /// The policies that apply to this gateway.
 #[derive(Debug, Clone, Default)]
 pub struct AuthzEngine {
+    /// Claims matched word by word (Istio: `scope`, `permission`, and each JWT rule's
+    /// `spaceDelimitedClaims`).
+    space_delimited: Arc<[String]>,
     custom: Vec<(Policy, Arc<ExtAuthz>)>,
     deny: Vec<Policy>,
     allow: Vec<Policy>,
@@ -261,6 +264,13 @@ pub struct AuthzEngine {
 }
 
 impl AuthzEngine {
+    /// Declares which claims are split on spaces (besides `scope` and `permission`).
+    pub fn set_space_delimited(&mut self, claims: impl IntoIterator<Item = String>) {
+        let mut all: Vec<String> = vec!["scope".into(), "permission".into()];
+        all.extend(claims);
+        self.space_delimited = all.into();
+    }
+
     /// Adds a CUSTOM policy and the authorizer its matching requests are sent to.
     pub fn add_custom(&mut self, policy: Policy, provider: Arc<ExtAuthz>) {
         self.custom.push((policy, provider));
@@ -268,7 +278,7 @@ impl AuthzEngine {
 
     /// The authorizer to ask about this request: the first CUSTOM policy that matches.
     pub fn custom_provider(&self, req: &AuthzRequest<'_>) -> Option<&Arc<ExtAuthz>> {
-        self.custom.iter().find(|(p, _)| p.matches(req)).map(|(_, a)| a)
+        self.custom.iter().find(|(p, _)| p.matches(req, &self.space_delimited)).map(|(_, a)| a)
     }
 
     /// Adds a compiled policy by its action. A CUSTOM policy without its provider
@@ -307,15 +317,22 @@ impl AuthzEngine {
             .map(|p| Policy { name: p.name.clone(), rules: p.rules.iter().map(Rule::without_http).collect() })
             .collect();
         // An HTTP authorizer cannot judge a TCP connection: CUSTOM policies do not apply.
-        Self { custom: Vec::new(), deny, allow, allow_miss: self.allow_miss.clone() }
+        Self {
+            space_delimited: self.space_delimited.clone(),
+            custom: Vec::new(),
+            deny,
+            allow,
+            allow_miss: self.allow_miss.clone(),
+        }
     }
 
     /// Istio: DENY first, then ALLOW (deny when ALLOW policies exist and none matches).
     pub fn evaluate(&self, req: &AuthzRequest<'_>) -> Decision {
-        if let Some(p) = self.deny.iter().find(|p| p.matches(req)) {
+        let split = &self.space_delimited;
+        if let Some(p) = self.deny.iter().find(|p| p.matches(req, split)) {
             return Decision::Deny(p.name.clone());
         }
-        if self.allow.is_empty() || self.allow.iter().any(|p| p.matches(req)) {
+        if self.allow.is_empty() || self.allow.iter().any(|p| p.matches(req, split)) {
             return Decision::Allow;
         }
         Decision::Deny(self.allow_miss.clone())
@@ -358,11 +375,11 @@ impl Policy {
         Ok((action, Self { name, rules }))
     }
 
-    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+    fn matches(&self, req: &AuthzRequest<'_>, space_delimited: &[String]) -> bool {
         self.rules.iter().any(|r| {
             (r.from.is_empty() || r.from.iter().any(|s| s.matches(req)))
                 && (r.to.is_empty() || r.to.iter().any(|o| o.matches(req)))
-                && r.when.iter().all(|w| w.holds(req))
+                && r.when.iter().all(|w| w.holds(req, space_delimited))
         })
     }
 }
@@ -581,8 +598,8 @@ impl OperationMatch {
 
 impl When {
     /// A missing attribute never equals a value, so `notValues` alone holds then.
-    fn holds(&self, r: &AuthzRequest<'_>) -> bool {
-        let values = self.attribute(r);
+    fn holds(&self, r: &AuthzRequest<'_>, space_delimited: &[String]) -> bool {
+        let values = self.attribute(r, space_delimited);
         let hit = |v: &Values| match (v, &values) {
             (Values::Ips(cidrs), Attr::Ip(ip)) => cidrs.iter().any(|c| c.contains(*ip)),
             (Values::Strings(pats), Attr::Strings(vals)) => vals.iter().any(|val| pats.iter().any(|p| p.matches(val))),
@@ -591,7 +608,7 @@ impl When {
         self.values.as_ref().is_none_or(hit) && self.not_values.as_ref().is_none_or(|v| !hit(v))
     }
 
-    fn attribute(&self, r: &AuthzRequest<'_>) -> Attr {
+    fn attribute(&self, r: &AuthzRequest<'_>, space_delimited: &[String]) -> Attr {
         let id = r.identity;
         let strings = |v: Option<String>| Attr::Strings(v.into_iter().collect());
         match &self.key {
@@ -603,8 +620,13 @@ impl When {
             ),
             Key::RequestPrincipal => strings(id.and_then(|i| i.principal.clone())),
             Key::Presenter => strings(id.and_then(|i| i.claims.get("azp")).and_then(Value::as_str).map(str::to_string)),
-            Key::Audiences => Attr::Strings(id.and_then(|i| i.claims.get("aud")).map(claim_values).unwrap_or_default()),
-            Key::Claim(path) => Attr::Strings(id.and_then(|i| i.claim(path)).map(claim_values).unwrap_or_default()),
+            Key::Audiences => {
+                Attr::Strings(id.and_then(|i| i.claims.get("aud")).map(|v| claim_values(v, false)).unwrap_or_default())
+            }
+            Key::Claim(path) => {
+                let split = path.last().is_some_and(|name| space_delimited.contains(name));
+                Attr::Strings(id.and_then(|i| i.claim(path)).map(|v| claim_values(v, split)).unwrap_or_default())
+            }
             Key::Header(name) => {
                 let all: Vec<&str> = r.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
                 strings((!all.is_empty()).then(|| all.join(",")))
@@ -620,18 +642,18 @@ enum Attr {
     Strings(Vec<String>),
 }
 
-/// Claim values as strings: lists match by element; `scope`-style strings split on
-/// spaces are matched whole here (Istio also splits `scope` and `permission`).
-fn claim_values(v: &Value) -> Vec<String> {
+/// Claim values as strings: lists match by element; space-delimited claims (`scope`,
+/// `permission`, configured ones) also by word.
+fn claim_values(v: &Value, split: bool) -> Vec<String> {
     match v {
         Value::String(s) => {
             let mut out = vec![s.clone()];
-            if s.contains(' ') {
+            if split {
                 out.extend(s.split(' ').filter(|p| !p.is_empty()).map(str::to_string));
             }
             out
         }
-        Value::Array(items) => items.iter().flat_map(claim_values).collect(),
+        Value::Array(items) => items.iter().flat_map(|i| claim_values(i, split)).collect(),
         Value::Bool(b) => vec![b.to_string()],
         Value::Number(n) => vec![n.to_string()],
         _ => Vec::new(),

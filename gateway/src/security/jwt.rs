@@ -135,6 +135,16 @@ impl JwtAuthn {
         headers: &mut HeaderMap,
         query: Option<&str>,
     ) -> Result<Option<Arc<Identity>>, JwtError> {
+        // Output headers are the gateway's word only: a client never sets them, with or
+        // without a token.
+        for rule in &self.rules {
+            if let Some(h) = &rule.payload_header {
+                headers.remove(h);
+            }
+            for (h, _) in &rule.claim_headers {
+                headers.remove(h);
+            }
+        }
         let mut found: Vec<(String, Vec<usize>, Location)> = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             for loc in &rule.locations {

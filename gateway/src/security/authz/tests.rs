@@ -6,6 +6,7 @@ use super::*;
 
 fn engine(yaml_policies: &[(&str, &str)]) -> AuthzEngine {
     let mut e = AuthzEngine::default();
+    e.set_space_delimited(Vec::new());
     for (name, spec) in yaml_policies {
         let p: AuthorizationPolicy = serde_yaml::from_str(spec).unwrap();
         let (action, policy) = Policy::compile((*name).into(), &p, "cluster.local").unwrap();
@@ -169,4 +170,18 @@ fn tcp_drops_http_allow_rules_and_widens_http_deny_rules() {
     // DENY GET becomes "deny every connection" on TCP.
     assert!(!tcp_request(&engine(&[("d", "action: DENY\nrules: [{to: [{operation: {methods: [GET]}}]}]")])));
     assert!(tcp_request(&engine(&[("d", "action: DENY\nrules: [{to: [{operation: {ports: ['8443']}}]}]")])));
+}
+
+#[test]
+fn only_space_delimited_claims_match_by_word() {
+    let e = engine(&[(
+        "a",
+        "rules: [{when: [{key: 'request.auth.claims[scope]', values: [write]}, {key: 'request.auth.claims[name]', notValues: [John]}]}]",
+    )]);
+    let mut r = Req::new("GET", "/");
+    r.identity =
+        Some(identity(serde_json::json!({"iss": "i", "sub": "s", "scope": "read write", "name": "John Smith"})));
+    assert!(r.decide(&e), "scope splits on spaces, name does not");
+    r.identity = Some(identity(serde_json::json!({"iss": "i", "sub": "s", "scope": "read", "name": "John Smith"})));
+    assert!(!r.decide(&e));
 }

@@ -55,6 +55,7 @@ pub(super) fn compile(
         scope && selected
     };
     let mut jwt_rules = Vec::new();
+    let mut space_delimited = Vec::new();
     let mut authz = AuthzEngine::default();
     for r in resources {
         match &r.spec {
@@ -85,6 +86,7 @@ pub(super) fn compile(
                     rejected.push(r.id.clone());
                 } else {
                     jwt_rules.extend(rules);
+                    space_delimited.extend(ra.jwt_rules.iter().flat_map(|j| j.space_delimited_claims.iter().cloned()));
                 }
             }
             Spec::AuthorizationPolicy(ap) if applies(r, &ap.selector) => {
@@ -135,6 +137,7 @@ pub(super) fn compile(
             _ => {}
         }
     }
+    authz.set_space_delimited(space_delimited);
     Security {
         normalization,
         trusted_hops: mesh.default_config.gateway_topology.num_trusted_proxies,
