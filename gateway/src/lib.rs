@@ -33,6 +33,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use tokio::sync::watch;
@@ -73,6 +74,7 @@ pub struct Gateway {
     addrs: Arc<RwLock<HashMap<u16, SocketAddr>>>,
     admin: Option<SocketAddr>,
     version: watch::Receiver<u64>,
+    drain: Arc<listener::drain::Drain>,
     _supervisor: tokio::task::JoinHandle<()>,
 }
 
@@ -90,6 +92,15 @@ impl Gateway {
     /// The live snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.current()
+    }
+
+    /// Graceful shutdown: stop reloading and accepting, tell every connection to finish
+    /// (HTTP/2 GOAWAY, HTTP/1 `Connection: close`), and wait for them up to `limit`.
+    /// Returns the connections still open when it gave up.
+    pub async fn shutdown(self, limit: Duration) -> usize {
+        self._supervisor.abort(); // drops the listeners: no new connection is accepted
+        tracing::info!(open = self.drain.open(), ?limit, "draining");
+        self.drain.drain(limit).await
     }
 
     /// Waits until a snapshot newer than `version` is applied (listeners reconciled).
@@ -111,7 +122,9 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
     let metrics = Arc::new(telemetry::Metrics::new());
     let telemetry = telemetry::Telemetry::new(access_log, metrics.clone(), &bootstrap.labels, &bootstrap.namespace);
     let handle = SnapshotHandle::default();
-    let proxy = Arc::new(Proxy { snapshot: handle.clone(), upstreams: Upstreams::new(), telemetry });
+    let drain = Arc::new(listener::drain::Drain::default());
+    let proxy =
+        Arc::new(Proxy { snapshot: handle.clone(), upstreams: Upstreams::new(), telemetry, drain: drain.clone() });
     let caches = Arc::new(snapshot::Caches::default());
     let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
     let (version_tx, version_rx) = watch::channel(0);
@@ -139,7 +152,7 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
         let _watcher = watcher; // dropping it stops the watch
         supervisor.run(changes).await;
     });
-    Ok(Gateway { snapshot: handle, addrs, admin, version: version_rx, _supervisor: task })
+    Ok(Gateway { snapshot: handle, addrs, admin, version: version_rx, drain, _supervisor: task })
 }
 
 /// `wicket validate`: every problem in a config directory, offline.

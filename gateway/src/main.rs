@@ -42,6 +42,9 @@ enum Command {
         /// (a sidecar's outbound listener, without traffic capture).
         #[arg(long)]
         mesh_port: Option<u16>,
+        /// On SIGTERM, how long open connections may finish (Istio `terminationDrainDuration`).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        drain_time: std::time::Duration,
         /// Worker threads serving traffic (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
@@ -110,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bind_address,
             mesh_port,
             credentials_dir,
+            drain_time,
             workers,
             echo,
         } => {
@@ -124,17 +128,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 credentials_dir,
                 ..Bootstrap::default()
             };
-            runtime(workers)?.block_on(async {
+            let rt = runtime(workers)?;
+            let result = rt.block_on(async {
                 for spec in &echo {
                     let (addr, name) = parse_echo(spec)?;
                     wicket::echo::serve(addr, name).await.with_context(|| format!("binding echo upstream {addr}"))?;
                 }
-                let _gateway = wicket::start_ingress(bootstrap, AccessLog::stdout())
+                let gateway = wicket::start_ingress(bootstrap, AccessLog::stdout())
                     .await
                     .with_context(|| format!("starting on {}", config.display()))?;
                 shutdown_signal().await;
+                // A second signal while draining exits at once.
+                tokio::select! {
+                    left = gateway.shutdown(drain_time) => tracing::info!(left, "drained; exiting"),
+                    _ = shutdown_signal() => tracing::warn!("second signal; exiting now"),
+                }
                 Ok(ExitCode::SUCCESS)
-            })
+            });
+            // Background work (reload tasks, fetchers) is not waited for once drained.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            result
         }
     }
 }
@@ -172,6 +185,10 @@ fn parse_port_map(s: &str) -> anyhow::Result<BTreeMap<u16, u16>> {
             Ok((k.parse().with_context(|| format!("port {k:?}"))?, v.parse().with_context(|| format!("port {v:?}"))?))
         })
         .collect()
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    wicket::config::GoDuration::parse(s).map(|d| d.0)
 }
 
 fn parse_echo(spec: &str) -> anyhow::Result<(SocketAddr, String)> {

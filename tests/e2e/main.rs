@@ -8,6 +8,7 @@ mod authz;
 mod corpus;
 mod proxying;
 mod reload;
+mod resilience;
 mod routing;
 mod tls;
 mod upstream_tls;

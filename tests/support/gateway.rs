@@ -112,6 +112,11 @@ impl TestGateway {
         next
     }
 
+    /// Graceful shutdown with a drain limit; the connections left open at the end.
+    pub async fn shutdown(self, limit: Duration) -> usize {
+        self.gateway.shutdown(limit).await
+    }
+
     /// Waits for an access log line that satisfies `pred` (lines before it are skipped).
     pub async fn find_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         for _ in 0..1000 {

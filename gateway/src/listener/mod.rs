@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod client_hello;
+pub mod drain;
 mod l4;
 pub mod tls;
 
@@ -136,7 +137,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16) {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("conn", peer.addr = %peer);
-                let open = OpenConnection::new(&active);
+                let open = (OpenConnection::new(&active), proxy.drain.track());
                 let conn = connection(stream, peer, port, proxy.clone(), builder.clone());
                 tokio::spawn(
                     async move {
@@ -248,11 +249,25 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
 ) {
+    let mut draining = proxy.drain.watch();
+    let drain_started = async move {
+        let _ = draining.wait_for(|d| *d).await;
+    };
     let svc = service_fn(move |req| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
         async move { Ok::<_, Infallible>(pipeline::handle(proxy, conn, req).await) }
     });
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        () = drain_started => {
+            // HTTP/2: GOAWAY; HTTP/1: close after the response in flight.
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

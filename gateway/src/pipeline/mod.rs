@@ -38,6 +38,8 @@ pub struct Proxy {
     pub upstreams: Upstreams,
     /// Access log and metrics.
     pub telemetry: Telemetry,
+    /// Shutdown drain signal and open connection count.
+    pub drain: Arc<crate::listener::drain::Drain>,
 }
 
 /// The connection a request arrived on.

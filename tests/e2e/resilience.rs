@@ -1,0 +1,54 @@
+//! Behaviour under shutdown: requests in flight finish, idle connections close, no new
+//! connection is accepted.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use wicket_tests::{
+    client,
+    yaml::{docs, service_entry, GATEWAY},
+    TestGateway, Upstream,
+};
+
+const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: api}}]\n";
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish_and_closes_idle_connections() {
+    let up = Upstream::start("api").await;
+    let gw = TestGateway::start(&docs(&[
+        GATEWAY,
+        &service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]),
+        VS,
+    ]))
+    .await;
+    let addr = gw.addr();
+    // An idle HTTP/1.1 keep-alive connection and an idle HTTP/2 connection.
+    let idle_h1 = client::send(addr, client::get("a.test", "/")).await;
+    assert_eq!(idle_h1.status, StatusCode::OK);
+    let mut keep_alive = tokio::net::TcpStream::connect(addr).await.unwrap();
+    keep_alive.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    let h2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2_sender, h2_conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2)).await.unwrap();
+    let h2_task = tokio::spawn(h2_conn);
+    let warm = h2_sender
+        .send_request(http::Request::get("http://a.test/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let _ = warm.into_body().collect().await;
+    // A slow request in flight.
+    let slow = tokio::spawn(client::send(addr, client::get("a.test", "/delay/400")));
+    while up.seen().iter().all(|r| r.path != "/delay/400") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = gw.shutdown(Duration::from_secs(20)).await;
+    assert_eq!(left, 0, "every connection closed before the limit");
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK, "the request in flight finished");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connection is accepted");
+    let _ = tokio::time::timeout(Duration::from_secs(5), h2_task)
+        .await
+        .expect("the HTTP/2 connection got GOAWAY and closed");
+}
