@@ -170,3 +170,63 @@ async fn a_real_prometheus_counts_what_was_sent() {
     }
     panic!("Prometheus never reported the expected counts; last answer: {last}");
 }
+
+fn mesh(body: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n{body}"
+    )
+}
+
+#[tokio::test]
+async fn access_logs_follow_the_mesh_config_format() {
+    let up = Upstream::start("api").await;
+    let reg = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    // Istio's default TEXT format.
+    let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(""), &mesh("    accessLogEncoding: TEXT\n")])).await;
+    let req = http::Request::get("/x?y=1")
+        .header("host", "api.test")
+        .header("user-agent", "probe/1")
+        .header("x-request-id", "rid-1")
+        .body(Default::default())
+        .unwrap();
+    gw.send(req).await;
+    let line = gw.next_line().await.unwrap();
+    let rest = line.strip_prefix('[').unwrap().split_once("] ").unwrap().1;
+    assert!(rest.starts_with("\"GET /x?y=1 HTTP/1.1\" 200 - - - \"-\" 0 3 "), "{line}");
+    assert!(rest.contains("\"-\" \"probe/1\" \"rid-1\" \"api.test\""), "{line}");
+    assert!(rest.contains(&format!("\"{}\" outbound|80||api.default.svc.cluster.local", up.addr)), "{line}");
+
+    // A custom format, and a 404 with its flag.
+    let custom = mesh("    accessLogEncoding: TEXT\n    accessLogFormat: \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(X-MISSING?X-REQUEST-ID)% %ROUTE_NAME%\\n\"\n");
+    let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(""), &custom])).await;
+    let req = http::Request::get("/")
+        .header("host", "nowhere.test")
+        .header("x-request-id", "rid-2")
+        .body(Default::default())
+        .unwrap();
+    gw.send(req).await;
+    assert_eq!(gw.next_line().await.unwrap(), "GET nowhere.test 404 NR rid-2 -");
+
+    // accessLogFile: "" turns access logs off.
+    let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(""), &mesh("    accessLogFile: \"\"\n")])).await;
+    gw.get("api.test", "/").await;
+    assert_eq!(gw.next_line().await, None);
+}
+
+#[test]
+fn a_bad_access_log_format_is_a_validate_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        mesh("    accessLogEncoding: TEXT\n    accessLogFormat: \"%NOPE%\"\n"),
+    )
+    .unwrap();
+    let bootstrap = wicket::config::Bootstrap { config_dir: dir.path().into(), ..Default::default() };
+    let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();
+    assert!(
+        problems.iter().any(|p| p.contains(
+            "ConfigMap/istio-system/istio: data.mesh.accessLogFormat: error: unknown access log operator %NOPE%"
+        )),
+        "{problems:#?}"
+    );
+}

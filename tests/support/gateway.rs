@@ -131,6 +131,17 @@ impl TestGateway {
         panic!("no matching access log line within 10s");
     }
 
+    /// Waits for the next access log line as written (text formats).
+    pub async fn next_line(&self) -> Option<String> {
+        for _ in 0..300 {
+            if let Ok(line) = self.logs.try_recv() {
+                return Some(line);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
     /// Waits for the next access log line (without blocking the runtime).
     pub async fn next_log(&self) -> serde_json::Value {
         for _ in 0..1000 {

@@ -22,6 +22,12 @@ pub struct MeshConfig {
     /// External authorizers, tracers and loggers.
     #[serde(default)]
     pub extension_providers: Vec<ExtensionProvider>,
+    /// Where access logs go: unset means stdout (Wicket's default), `""` turns them off.
+    pub access_log_file: Option<String>,
+    /// `JSON` (Wicket's default) or `TEXT`.
+    pub access_log_encoding: Option<String>,
+    /// Envoy format string for TEXT logs (`%START_TIME%`, `%REQ(X-REQUEST-ID)%`, ...).
+    pub access_log_format: Option<String>,
 }
 
 /// `extensionProviders[]`: only the HTTP external authorizer is read.
@@ -73,6 +79,9 @@ impl Default for MeshConfig {
             path_normalization: PathNormalizationConfig::default(),
             default_config: ProxyConfig::default(),
             extension_providers: Vec::new(),
+            access_log_file: None,
+            access_log_encoding: None,
+            access_log_format: None,
         }
     }
 }

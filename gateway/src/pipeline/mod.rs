@@ -74,6 +74,10 @@ pub async fn handle(
         conn.peer,
     );
     record.request_id = ensure_request_id(req.headers_mut());
+    if let crate::telemetry::LogFormat::Text(text) = &*snapshot.access_log {
+        record.captured = text.capture(req.headers());
+    }
+    record.format = snapshot.access_log.clone();
     record.grpc =
         req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 

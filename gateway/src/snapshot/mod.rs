@@ -16,6 +16,7 @@ use crate::{
     listener::{certs::CertStore, tls::TlsTermination},
     route::{host_matches, L4Route, RouteTable},
     security::{authz::AuthzEngine, jwks::JwksCache, jwt::JwtAuthn, normalize::Normalization},
+    telemetry::LogFormat,
     upstream::Cluster,
 };
 
@@ -162,6 +163,8 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// Normalization, authentication and authorization.
     pub security: Security,
+    /// Access log format (mesh config `accessLogEncoding`/`accessLogFormat`).
+    pub access_log: Arc<LogFormat>,
     /// Problems found while compiling (warnings and reference errors).
     pub diagnostics: Vec<Diagnostic>,
     /// Every resource read and what became of it.

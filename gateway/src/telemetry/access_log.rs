@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{
     metrics::{RequestLabels, RequestProtocol},
-    DestinationLabels, Telemetry,
+    DestinationLabels, LogFormat, Telemetry,
 };
 use crate::error::ResponseFlags;
 
@@ -88,21 +88,36 @@ impl AccessLog {
         Self(None)
     }
 
+    /// Writes a request's line in its format (JSON, text, or nothing).
+    pub fn write_request(&self, record: &AccessRecord) {
+        match &*record.format {
+            LogFormat::Json => self.write(record),
+            LogFormat::Text(text) => self.append(|buffer| text.render(record, buffer)),
+            LogFormat::Off => {}
+        }
+    }
+
     /// Writes one record as a JSON line (dropped, and counted, when the writer falls
     /// behind by more than `MAX_BUFFERED` bytes).
     pub fn write<T: Serialize>(&self, record: &T) {
+        self.append(|buffer| {
+            let start = buffer.len();
+            if serde_json::to_writer(&mut *buffer, record).is_ok() {
+                buffer.push(b'\n');
+            } else {
+                buffer.truncate(start);
+            }
+        });
+    }
+
+    fn append(&self, render: impl FnOnce(&mut Vec<u8>)) {
         let Some(sink) = &self.0 else { return };
         let Ok(mut buffer) = sink.buffer.lock() else { return };
         if buffer.len() > MAX_BUFFERED {
             sink.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let start = buffer.len();
-        if serde_json::to_writer(&mut *buffer, record).is_ok() {
-            buffer.push(b'\n');
-        } else {
-            buffer.truncate(start);
-        }
+        render(&mut buffer);
     }
 }
 
@@ -178,6 +193,12 @@ pub struct AccessRecord {
     /// The upstream connection used client certificates.
     #[serde(skip)]
     pub mutual_tls: bool,
+    /// How this request's line is written (from the snapshot it started on).
+    #[serde(skip)]
+    pub format: Arc<LogFormat>,
+    /// Request headers a text format reads, captured at the start.
+    #[serde(skip)]
+    pub captured: Vec<Option<String>>,
 }
 
 impl AccessRecord {
@@ -206,6 +227,8 @@ impl AccessRecord {
             destination: None,
             grpc: false,
             mutual_tls: false,
+            format: Arc::default(),
+            captured: Vec::new(),
         }
     }
 
@@ -254,7 +277,7 @@ impl<B> Logged<B> {
         };
         let millis = elapsed.as_secs_f64() * 1000.0;
         self.telemetry.metrics.record_request(&labels, millis, r.bytes_received, r.bytes_sent);
-        self.telemetry.log.write(&r);
+        self.telemetry.log.write_request(&r);
     }
 }
 

@@ -2,12 +2,14 @@
 //! Prometheus metrics (traces arrive later with issue #7).
 
 mod access_log;
+pub mod log_format;
 pub mod log_level;
 pub mod metrics;
 
 use std::sync::Arc;
 
 pub use access_log::{grpc_status, AccessLog, AccessRecord, Logged, TcpRecord};
+pub use log_format::LogFormat;
 pub use metrics::{DestinationLabels, Metrics, SourceLabels};
 
 /// Where finished requests and connections are reported.

@@ -24,6 +24,10 @@ use crate::{
     config::{Bootstrap, Diagnostic, Resource, ResourceRef, Spec},
     listener::tls::{self, Credentials},
     route::{Route, RouteTable, VirtualHost},
+    telemetry::{
+        log_format::{TextFormat, ISTIO_TEXT},
+        LogFormat,
+    },
 };
 
 /// The result of compiling a set of resources.
@@ -59,8 +63,21 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
     let mut refs = Vec::new();
     let mut rejected = Vec::new();
     let mut registry = Registry::build(resources, bootstrap, certs, &mut diagnostics, &mut rejected);
+    // Istio's mesh config: the `istio` ConfigMap (the first one, if several).
+    let mesh = resources.iter().find_map(|r| match &r.spec {
+        Spec::MeshConfig(m) => Some((r, m)),
+        _ => None,
+    });
     let security =
-        security::compile(resources, bootstrap, &mut registry, &caches.jwks, &mut diagnostics, &mut rejected);
+        security::compile(resources, mesh, bootstrap, &mut registry, &caches.jwks, &mut diagnostics, &mut rejected);
+    let access_log = Arc::new(match mesh.map(|(r, m)| (r, access_log_format(m))) {
+        None => LogFormat::Json,
+        Some((_, Ok(f))) => f,
+        Some((r, Err(e))) => {
+            diagnostics.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.accessLogFormat", e));
+            LogFormat::Json
+        }
+    });
     let ports = binding::gateway_servers(resources, bootstrap, &mut diagnostics);
     let gateway_names: HashSet<String> = resources
         .iter()
@@ -244,12 +261,29 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         ports: plans,
         clusters: registry.into_clusters(),
         security,
+        access_log,
         diagnostics: diagnostics.iter().chain(&refs).cloned().collect(),
         resources: Vec::new(),
         created: Some(SystemTime::now()),
     };
     diagnostics.extend(refs);
     Compiled { snapshot, diagnostics, rejected }
+}
+
+/// Mesh config `accessLogFile` (`""` turns logs off), `accessLogEncoding`,
+/// `accessLogFormat`; JSON unless TEXT is asked for.
+fn access_log_format(mesh: &crate::config::MeshConfig) -> Result<LogFormat, String> {
+    if mesh.access_log_file.as_deref() == Some("") {
+        return Ok(LogFormat::Off);
+    }
+    if let Some(file) = mesh.access_log_file.as_deref().filter(|f| *f != "/dev/stdout") {
+        return Err(format!("accessLogFile {file:?}: only /dev/stdout (or \"\" for none) is supported"));
+    }
+    match mesh.access_log_encoding.as_deref().unwrap_or("JSON") {
+        "JSON" => Ok(LogFormat::Json),
+        "TEXT" => TextFormat::parse(mesh.access_log_format.as_deref().unwrap_or(ISTIO_TEXT)).map(LogFormat::Text),
+        other => Err(format!("unknown accessLogEncoding {other:?} (JSON or TEXT)")),
+    }
 }
 
 /// A route table from its virtual hosts; `httpsRedirect` servers mark theirs.

@@ -29,25 +29,22 @@ const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 /// (which for an ALLOW policy can only narrow access, never widen it).
 pub(super) fn compile(
     resources: &[Resource],
+    mesh: Option<(&Resource, &MeshConfig)>,
     bootstrap: &Bootstrap,
     registry: &mut Registry<'_>,
     jwks: &JwksCache,
     diags: &mut Vec<Diagnostic>,
     rejected: &mut Vec<ResourceRef>,
 ) -> Security {
-    let mut mesh = MeshConfig::default();
     let mut normalization = Normalization::Base;
-    let found = resources.iter().find_map(|r| match &r.spec {
-        Spec::MeshConfig(m) => Some((r, m)),
-        _ => None,
-    });
-    if let Some((r, m)) = found {
-        mesh = m.clone();
-        match Normalization::parse(mesh.path_normalization.normalization.as_deref()) {
+    if let Some((r, m)) = mesh {
+        match Normalization::parse(m.path_normalization.normalization.as_deref()) {
             Ok(n) => normalization = n,
             Err(e) => diags.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.pathNormalization.normalization", e)),
         }
     }
+    let default_mesh = MeshConfig::default();
+    let mesh = mesh.map_or(&default_mesh, |(_, m)| m);
     let applies = |r: &Resource, selector: &Option<MatchLabelsSelector>| {
         let scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
         let selected =
@@ -103,7 +100,7 @@ pub(super) fn compile(
                 match Policy::compile(name, ap, &mesh.trust_domain) {
                     Ok((Action::Custom, policy)) => {
                         let wanted = ap.provider.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
-                        match ext_authz(&mesh, wanted, registry) {
+                        match ext_authz(mesh, wanted, registry) {
                             Ok(provider) => authz.add_custom(policy, provider),
                             Err(e) => {
                                 diags.push(Diagnostic::error(
