@@ -159,16 +159,8 @@ fn invalid_policies_are_validate_errors_naming_the_field() {
 #[tokio::test]
 async fn tcp_connections_follow_istio_tcp_semantics() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = wicket_tests::upstream::raw(|mut s| async move {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-    })
-    .await;
-    let base = format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 9000, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo}}\nspec:\n  hosts: [echo.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 9000, name: tcp, protocol: TCP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tcp:\n  - route: [{{destination: {{host: echo, port: {{number: 9000}}}}}}]\n");
+    let port = wicket_tests::upstream::tcp_echo().await;
+    let base = wicket_tests::yaml::tcp_gateway(port);
     let echoes = |gw: &TestGateway| {
         let addr = gw.addr_of(9000);
         async move {

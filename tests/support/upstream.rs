@@ -253,3 +253,17 @@ where
     });
     port
 }
+
+/// A TCP server echoing what it reads. Returns its port.
+pub async fn tcp_echo() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw(|mut s| async move {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}

@@ -46,3 +46,8 @@ pub fn subsets(host: &str, versions: &[&str]) -> String {
 pub fn docs(parts: &[&str]) -> String {
     parts.join("\n---\n")
 }
+
+/// A Gateway with a TCP server on port 9000 routed to `echo` at `127.0.0.1:upstream_port`.
+pub fn tcp_gateway(upstream_port: u16) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 9000, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo}}\nspec:\n  hosts: [echo.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 9000, name: tcp, protocol: TCP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {upstream_port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tcp:\n  - match: [{{port: 9000}}]\n    route: [{{destination: {{host: echo, port: {{number: 9000}}}}}}]\n")
+}

@@ -9,7 +9,7 @@ use http::header::HeaderName;
 use super::registry::Registry;
 use crate::{
     config::{
-        istio::{JwtRule as ConfigJwtRule, MatchLabelsSelector},
+        istio::{JwtRule as ConfigJwtRule, MatchLabelsSelector, PolicyTargetReference},
         Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, Spec,
     },
     security::{
@@ -57,13 +57,7 @@ pub(super) fn compile(
     for r in resources {
         match &r.spec {
             Spec::RequestAuthentication(ra) if applies(r, &ra.selector) => {
-                if !ra.target_refs.is_empty() || ra.target_ref.is_some() {
-                    diags.push(Diagnostic::warning(
-                        &r.origin,
-                        &r.id,
-                        "spec.targetRefs",
-                        "targetRefs are not supported; use selector",
-                    ));
+                if targets_refs(r, &ra.target_refs, &ra.target_ref, diags) {
                     continue;
                 }
                 let mut rules = Vec::new();
@@ -87,13 +81,7 @@ pub(super) fn compile(
                 }
             }
             Spec::AuthorizationPolicy(ap) if applies(r, &ap.selector) => {
-                if !ap.target_refs.is_empty() || ap.target_ref.is_some() {
-                    diags.push(Diagnostic::warning(
-                        &r.origin,
-                        &r.id,
-                        "spec.targetRefs",
-                        "targetRefs are not supported; use selector",
-                    ));
+                if targets_refs(r, &ap.target_refs, &ap.target_ref, diags) {
                     continue;
                 }
                 let name: Arc<str> = format!("{}/{}", r.id.namespace, r.id.name).into();
@@ -145,6 +133,25 @@ pub(super) fn compile(
 }
 
 type FieldError = (String, String);
+
+/// Policies attached with `targetRefs` (Gateway API) are reported and left out.
+fn targets_refs(
+    r: &Resource,
+    many: &[PolicyTargetReference],
+    one: &Option<PolicyTargetReference>,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let attached = !many.is_empty() || one.is_some();
+    if attached {
+        diags.push(Diagnostic::warning(
+            &r.origin,
+            &r.id,
+            "spec.targetRefs",
+            "targetRefs are not supported; use selector",
+        ));
+    }
+    attached
+}
 
 /// The mesh config's `envoyExtAuthzHttp` provider named `name`.
 fn ext_authz(mesh: &MeshConfig, name: &str, registry: &mut Registry<'_>) -> Result<Arc<ExtAuthz>, String> {
