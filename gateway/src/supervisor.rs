@@ -50,12 +50,17 @@ impl Supervisor {
     pub(crate) async fn reload(&mut self) -> Result<(), LoadError> {
         let reloader = self.reloader.clone();
         // The lock lives inside the blocking task only; reloads never overlap anyway.
-        let result = tokio::task::spawn_blocking(move || match reloader.lock() {
+        let joined = tokio::task::spawn_blocking(move || match reloader.lock() {
             Ok(mut r) => r.reload(),
             Err(poisoned) => poisoned.into_inner().reload(),
         })
-        .await
-        .expect("a reload does not panic");
+        .await;
+        let Ok(result) = joined else {
+            // A panic while compiling is a bug; the last good configuration keeps serving.
+            tracing::error!("reload panicked; keeping the last good configuration");
+            self.metrics.reloaded(None);
+            return Ok(());
+        };
         match result {
             Ok(outcome) => {
                 self.apply(outcome).await;
