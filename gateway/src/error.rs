@@ -32,8 +32,10 @@ impl ResponseFlags {
     pub const DC: Self = Self(1 << 9);
     /// Denied by an external authorizer.
     pub const UAEX: Self = Self(1 << 10);
+    /// Upstream overflow (circuit breaker).
+    pub const UO: Self = Self(1 << 11);
 
-    const NAMES: [(Self, &'static str); 11] = [
+    const NAMES: [(Self, &'static str); 12] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -45,6 +47,7 @@ impl ResponseFlags {
         (Self::NC, "NC"),
         (Self::DC, "DC"),
         (Self::UAEX, "UAEX"),
+        (Self::UO, "UO"),
     ];
 
     /// Adds `other`.
@@ -146,6 +149,12 @@ pub enum ProxyError {
         /// The timeout that fired.
         after: Duration,
     },
+    /// The cluster's circuit breaker is open (`http2MaxRequests`).
+    #[error("cluster {cluster}: too many requests in flight")]
+    Overflow {
+        /// Cluster name.
+        cluster: Arc<str>,
+    },
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -168,6 +177,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ClusterNotFound { .. }
+            | Self::Overflow { .. }
             | Self::NoHealthyUpstream { .. }
             | Self::UpstreamConnect { .. }
             | Self::UpstreamReset { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -183,6 +193,7 @@ impl ProxyError {
             Self::UpstreamConnect { .. } => ResponseFlags::UF,
             Self::UpstreamReset { .. } => ResponseFlags::UC,
             Self::UpstreamTimeout { .. } => ResponseFlags::UT,
+            Self::Overflow { .. } => ResponseFlags::UO,
             Self::BadRequest(_) => ResponseFlags::default(),
         }
     }
@@ -196,6 +207,9 @@ impl ProxyError {
                 "upstream connect error or disconnect/reset before headers"
             }
             Self::UpstreamTimeout { .. } => "upstream request timeout",
+            Self::Overflow { .. } => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            }
             Self::BadRequest(_) => "bad request",
         }
     }

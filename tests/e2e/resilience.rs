@@ -52,3 +52,42 @@ async fn shutdown_lets_requests_in_flight_finish_and_closes_idle_connections() {
         .await
         .expect("the HTTP/2 connection got GOAWAY and closed");
 }
+
+fn pool_rule(http: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api}}\nspec:\n  host: api\n  trafficPolicy:\n    connectionPool:\n      http: {http}\n")
+}
+
+#[tokio::test]
+async fn circuit_breakers_answer_503_uo_instead_of_queueing() {
+    let up = Upstream::slow("api", Duration::from_millis(600)).await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, &pool_rule("{http2MaxRequests: 2}")])).await;
+    let addr = gw.addr();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        slow.push(tokio::spawn(client::send(addr, client::get("a.test", "/"))));
+    }
+    while up.hits() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..3 {
+        let r = client::send(addr, client::get("a.test", "/")).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(gw.find_log(|l| l["response_code"] == 503).await["response_flags"], "UO");
+    for s in slow {
+        assert_eq!(s.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(up.hits(), 2, "overflowing requests never reached the upstream");
+    assert_eq!(client::send(addr, client::get("a.test", "/")).await.status, StatusCode::OK, "capacity is back");
+}
+
+#[tokio::test]
+async fn max_retries_caps_concurrent_retries() {
+    let up = Upstream::failing_first("api", 100, StatusCode::SERVICE_UNAVAILABLE).await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let vs = VS.replace("  - route:", "  - retries: {attempts: 3, retryOn: 5xx}\n    route:");
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, &pool_rule("{maxRetries: 0}")])).await;
+    assert_eq!(gw.get("a.test", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.hits(), 1, "no retry slot, no retry");
+}

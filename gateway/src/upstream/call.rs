@@ -95,9 +95,15 @@ pub async fn call(
     timeout: Option<Duration>,
     retry: &RetryPolicy,
 ) -> Result<CallOutcome, CallFailure> {
+    let Some(_in_flight) = cluster.breakers.request() else {
+        let error = ProxyError::Overflow { cluster: cluster.name.clone() };
+        return Err(CallFailure { error, upstream: None, flags: ResponseFlags::default() });
+    };
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut previous = None;
     let mut attempt: u32 = 0;
+    // Held while a retry is in flight (DestinationRule `maxRetries`).
+    let mut _retrying = None;
     loop {
         attempt += 1;
         let avoid = if retry.avoid_previous_hosts { previous } else { None };
@@ -121,7 +127,14 @@ pub async fn call(
             None => Ok(sent.await),
         };
         let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
-        let can_retry = attempt <= retry.attempts && body.replayable() && !out_of_time;
+        // A retry needs a slot under the cluster's `maxRetries`; without one the
+        // failure stands (Envoy's retry overflow).
+        let next_retry = if attempt <= retry.attempts && body.replayable() && !out_of_time {
+            cluster.breakers.retry()
+        } else {
+            None
+        };
+        let can_retry = next_retry.is_some();
         let retried = attempt > 1;
         let urx = |retriable: bool| {
             if retried && retriable {
@@ -162,6 +175,7 @@ pub async fn call(
             }
         };
         tracing::debug!(cluster = %cluster.name, %addr, attempt, ?failure, "retrying");
+        _retrying = next_retry;
         drop(guard);
         let mut pause = retry.backoff(attempt);
         if let Some(d) = deadline {

@@ -88,6 +88,66 @@ pub struct Cluster {
     pub tls: Option<Arc<UpstreamTls>>,
     /// `destination_*` metric labels of the service, for failures before an endpoint.
     pub metrics: Arc<DestinationLabels>,
+    /// Circuit breakers (DestinationRule `connectionPool`).
+    pub breakers: Breakers,
+}
+
+/// Envoy cluster circuit breakers: limits on concurrent requests and retries. Going
+/// over answers 503 `UO` at once; nothing queues.
+#[derive(Debug)]
+pub struct Breakers {
+    max_requests: usize,
+    max_retries: usize,
+    requests: AtomicUsize,
+    retries: AtomicUsize,
+}
+
+impl Default for Breakers {
+    /// Istio raises Envoy's defaults to effectively unlimited.
+    fn default() -> Self {
+        Self::new(u32::MAX, u32::MAX)
+    }
+}
+
+/// Holds one unit of a breaker until dropped.
+#[derive(Debug)]
+pub struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn admit(counter: &AtomicUsize, max: usize) -> Option<Admitted<'_>> {
+    let previous = counter.fetch_add(1, Ordering::AcqRel);
+    if previous >= max {
+        counter.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(Admitted(counter))
+}
+
+impl Breakers {
+    /// `http2MaxRequests` and `maxRetries`.
+    pub fn new(max_requests: u32, max_retries: u32) -> Self {
+        Self {
+            max_requests: max_requests as usize,
+            max_retries: max_retries as usize,
+            requests: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+        }
+    }
+
+    /// A request slot, or `None` when the cluster is at `http2MaxRequests`.
+    pub fn request(&self) -> Option<Admitted<'_>> {
+        admit(&self.requests, self.max_requests)
+    }
+
+    /// A retry slot, or `None` when the cluster is at `maxRetries`.
+    pub fn retry(&self) -> Option<Admitted<'_>> {
+        admit(&self.retries, self.max_retries)
+    }
 }
 
 impl Cluster {
@@ -107,7 +167,14 @@ impl Cluster {
             dns,
             tls: None,
             metrics: DestinationLabels::unknown(),
+            breakers: Breakers::default(),
         }
+    }
+
+    /// Enforces these circuit breakers.
+    pub fn with_breakers(mut self, breakers: Breakers) -> Self {
+        self.breakers = breakers;
+        self
     }
 
     /// Reports metrics with these service labels.

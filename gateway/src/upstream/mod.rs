@@ -12,7 +12,7 @@ mod tls;
 
 pub use call::{call, CallFailure, CallOutcome, ReplayBody, RequestHead};
 pub use client::{BoxError, SendError, UpstreamBody, Upstreams};
-pub use cluster::{Cluster, Endpoint, EndpointGuard, Protocol};
+pub use cluster::{Breakers, Cluster, Endpoint, EndpointGuard, Protocol};
 pub use dns::{refresh_dns, DnsTarget};
 pub use lb::LbPolicy;
 pub use retry::RetryPolicy;

@@ -332,8 +332,21 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
     for (field, tp) in policies {
         let Some(tp) = tp else { continue };
         let mut unapplied = Vec::new();
-        if tp.connection_pool.is_some() || tp.port_level_settings.iter().any(|p| p.connection_pool.is_some()) {
-            unapplied.push("connectionPool (TODO(#8))");
+        let pools =
+            tp.connection_pool.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.connection_pool.as_ref()));
+        let partly = |p: &crate::config::istio::ConnectionPoolSettings| {
+            p.tcp.is_some()
+                || p.http.as_ref().is_some_and(|h| {
+                    h.http1_max_pending_requests.is_some()
+                        || h.max_requests_per_connection.is_some()
+                        || h.idle_timeout.is_some()
+                        || h.h2_upgrade_policy.is_some()
+                        || h.use_client_protocol.is_some()
+                        || h.max_concurrent_streams.is_some()
+                })
+        };
+        if pools.clone().any(partly) {
+            unapplied.push("connectionPool beyond http.http2MaxRequests and http.maxRetries (TODO(#8))");
         }
         if tp.outlier_detection.is_some() || tp.port_level_settings.iter().any(|p| p.outlier_detection.is_some()) {
             unapplied.push("outlierDetection (TODO(#8))");

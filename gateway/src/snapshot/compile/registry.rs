@@ -16,7 +16,7 @@ use crate::{
     },
     listener::certs::CertStore,
     telemetry::DestinationLabels,
-    upstream::{Cluster, DnsTarget, Endpoint, LbPolicy, Protocol, UpstreamTls},
+    upstream::{Breakers, Cluster, DnsTarget, Endpoint, LbPolicy, Protocol, UpstreamTls},
 };
 
 struct Service {
@@ -145,6 +145,12 @@ impl<'a> Registry<'a> {
             "HTTP2" | "GRPC" | "GRPC-WEB" => Protocol::Http2,
             _ => Protocol::Http1,
         };
+        let pool = block(top, subset_policy, port, |t| t.connection_pool.clone(), |p| p.connection_pool.clone());
+        let http = pool.and_then(|p| p.http);
+        let breakers = Breakers::new(
+            http.as_ref().and_then(|h| h.http2_max_requests).unwrap_or(u32::MAX),
+            http.as_ref().and_then(|h| h.max_retries).unwrap_or(u32::MAX),
+        );
         let tls = match block(top, subset_policy, port, |t| t.tls.clone(), |p| p.tls.clone()) {
             Some(settings) => UpstreamTls::compile(&settings, protocol, self.certs)?.map(Arc::new),
             None => None,
@@ -171,8 +177,12 @@ impl<'a> Registry<'a> {
         }
         let name: Arc<str> = format!("outbound|{port}|{}|{host}", subset.unwrap_or_default()).into();
         let service_labels = destination_labels(host, service, &self.domain_suffix, None);
-        let cluster =
-            Arc::new(Cluster::new(name, protocol, lb, endpoints, dns).with_tls(tls).with_metrics(service_labels));
+        let cluster = Arc::new(
+            Cluster::new(name, protocol, lb, endpoints, dns)
+                .with_tls(tls)
+                .with_metrics(service_labels)
+                .with_breakers(breakers),
+        );
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
     }
