@@ -1,5 +1,4 @@
-//! Behaviour under shutdown: requests in flight finish, idle connections close, no new
-//! connection is accepted.
+//! Resilience: graceful shutdown, circuit breakers and outlier detection.
 
 use std::time::Duration;
 
@@ -90,4 +89,36 @@ async fn max_retries_caps_concurrent_retries() {
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, &pool_rule("{maxRetries: 0}")])).await;
     assert_eq!(gw.get("a.test", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(up.hits(), 1, "no retry slot, no retry");
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_endpoint() {
+    let bad = Upstream::failing_first("bad", usize::MAX, StatusCode::SERVICE_UNAVAILABLE).await;
+    let good = Upstream::start("good").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&bad, "v1"), (&good, "v1")]);
+    // No retries, so every request lands on the endpoint picked first.
+    let vs = VS.replace("  - route:", "  - retries: {attempts: 0}\n    route:");
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, dr])).await;
+    let mut failures = 0;
+    for _ in 0..6 {
+        if gw.get("a.test", "/").await.status != StatusCode::OK {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "two failures eject the endpoint");
+    for _ in 0..10 {
+        assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK, "the ejected endpoint gets no traffic");
+    }
+    assert_eq!(bad.hits(), 2);
+    let admin = gw.gateway.admin_addr().unwrap();
+    let clusters: serde_json::Value =
+        serde_json::from_str(&client::send(admin, client::get("admin", "/clusters")).await.body).unwrap();
+    let endpoints = clusters["clusters"][0]["endpoints"].as_array().unwrap();
+    let state = |addr: std::net::SocketAddr| {
+        let e = endpoints.iter().find(|e| e["address"] == addr.to_string()).unwrap();
+        (e["health"].as_str().unwrap().to_owned(), e["times_ejected"].as_u64().unwrap())
+    };
+    assert_eq!(state(bad.addr), ("ejected".to_owned(), 1));
+    assert_eq!(state(good.addr), ("healthy".to_owned(), 0));
 }

@@ -13,8 +13,14 @@ pub(super) fn render(snapshot: &Snapshot) -> Value {
                 .endpoints()
                 .iter()
                 .map(|e| {
-                    // TODO(#8): outlier detection adds ejected endpoints here.
-                    json!({"address": e.addr.to_string(), "labels": e.labels, "health": "healthy", "active_requests": e.active()})
+                    let health = if e.health.is_ejected() { "ejected" } else { "healthy" };
+                    json!({
+                        "address": e.addr.to_string(),
+                        "labels": e.labels,
+                        "health": health,
+                        "times_ejected": e.health.times_ejected(),
+                        "active_requests": e.active(),
+                    })
                 })
                 .collect();
             json!({"name": c.name.to_string(), "tls": c.tls.is_some(), "endpoints": endpoints})

@@ -9,7 +9,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::{retry::AttemptFailure, BoxError, Cluster, EndpointGuard, Protocol, RetryPolicy, UpstreamBody, Upstreams};
+use super::{
+    retry::AttemptFailure, BoxError, Cluster, EndpointGuard, Outcome, Protocol, RetryPolicy, UpstreamBody, Upstreams,
+};
 use crate::error::{ProxyError, ResponseFlags};
 
 /// A request body that can be sent again when it was small enough to keep.
@@ -143,6 +145,7 @@ pub async fn call(
                 ResponseFlags::default()
             }
         };
+        cluster.report(guard.endpoint(), attempt_outcome(&result));
         let failure = match result {
             Ok(Ok(response)) => {
                 let retriable = retry.retries_response(response.status(), response.headers());
@@ -182,6 +185,19 @@ pub async fn call(
             pause = pause.min(d.saturating_duration_since(Instant::now()));
         }
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// How outlier detection sees an attempt: 502/503/504 and local failures are gateway
+/// errors, other 5xx server errors.
+fn attempt_outcome<E>(result: &Result<Result<Response<Incoming>, E>, Duration>) -> Outcome {
+    match result {
+        Ok(Ok(response)) => match response.status().as_u16() {
+            502..=504 => Outcome::GatewayError,
+            500..=599 => Outcome::ServerError,
+            _ => Outcome::Success,
+        },
+        _ => Outcome::GatewayError,
     }
 }
 

@@ -11,7 +11,12 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use super::{dns::DnsTarget, lb::LbPolicy, UpstreamTls};
+use super::{
+    dns::DnsTarget,
+    lb::LbPolicy,
+    outlier::{self, Health, Outcome, OutlierPolicy},
+    UpstreamTls,
+};
 use crate::telemetry::DestinationLabels;
 
 /// The protocol spoken to the endpoints, from the service port's protocol.
@@ -34,12 +39,14 @@ pub struct Endpoint {
     pub metrics: Arc<DestinationLabels>,
     /// Requests in flight, for LEAST_REQUEST.
     active: AtomicUsize,
+    /// Outlier detection state.
+    pub health: Health,
 }
 
 impl Endpoint {
     /// A new endpoint with no request in flight.
     pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>, metrics: Arc<DestinationLabels>) -> Self {
-        Self { addr, labels, metrics, active: AtomicUsize::new(0) }
+        Self { addr, labels, metrics, active: AtomicUsize::new(0), health: Health::default() }
     }
 
     /// Requests currently in flight to this endpoint.
@@ -90,6 +97,8 @@ pub struct Cluster {
     pub metrics: Arc<DestinationLabels>,
     /// Circuit breakers (DestinationRule `connectionPool`).
     pub breakers: Breakers,
+    /// Passive health checking (DestinationRule `outlierDetection`).
+    pub outlier: Option<OutlierPolicy>,
 }
 
 /// Envoy cluster circuit breakers: limits on concurrent requests and retries. Going
@@ -168,6 +177,20 @@ impl Cluster {
             tls: None,
             metrics: DestinationLabels::unknown(),
             breakers: Breakers::default(),
+            outlier: None,
+        }
+    }
+
+    /// Ejects failing endpoints under this policy.
+    pub fn with_outlier(mut self, outlier: Option<OutlierPolicy>) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    /// Records an attempt's outcome for outlier detection.
+    pub fn report(&self, endpoint: &Endpoint, outcome: Outcome) {
+        if let Some(policy) = &self.outlier {
+            outlier::record(policy, &self.endpoints.load(), endpoint, outcome);
         }
     }
 
@@ -202,13 +225,21 @@ impl Cluster {
     /// Picks an endpoint, avoiding `previous` when another exists (Istio's default
     /// `retryIgnorePreviousHosts`).
     pub fn select(&self, previous: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
-        let eps = self.endpoints.load();
+        let all = self.endpoints.load();
+        // Ejected endpoints are skipped (Istio's minHealthPercent 0: no panic routing).
+        let healthy: Vec<Arc<Endpoint>>;
+        let eps: &[Arc<Endpoint>] = if self.outlier.is_some() && all.iter().any(|e| e.health.is_ejected()) {
+            healthy = all.iter().filter(|e| !e.health.is_ejected()).cloned().collect();
+            &healthy
+        } else {
+            &all
+        };
         match previous {
             Some(prev) if eps.len() > 1 => {
                 let others: Vec<Arc<Endpoint>> = eps.iter().filter(|e| e.addr != prev).cloned().collect();
                 self.lb.pick(&others).cloned()
             }
-            _ => self.lb.pick(&eps).cloned(),
+            _ => self.lb.pick(eps).cloned(),
         }
     }
 }

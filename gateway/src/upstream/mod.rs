@@ -7,6 +7,7 @@ mod client;
 mod cluster;
 mod dns;
 mod lb;
+mod outlier;
 mod retry;
 mod tls;
 
@@ -15,5 +16,6 @@ pub use client::{BoxError, SendError, UpstreamBody, Upstreams};
 pub use cluster::{Breakers, Cluster, Endpoint, EndpointGuard, Protocol};
 pub use dns::{refresh_dns, DnsTarget};
 pub use lb::LbPolicy;
+pub use outlier::{Outcome, OutlierPolicy};
 pub use retry::RetryPolicy;
 pub use tls::{system_client_config, UpstreamTls};

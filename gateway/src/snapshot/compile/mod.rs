@@ -348,18 +348,20 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
         if pools.clone().any(partly) {
             unapplied.push("connectionPool beyond http.http2MaxRequests and http.maxRetries (TODO(#8))");
         }
-        if tp.outlier_detection.is_some() || tp.port_level_settings.iter().any(|p| p.outlier_detection.is_some()) {
-            unapplied.push("outlierDetection (TODO(#8))");
+        let outliers = tp
+            .outlier_detection
+            .iter()
+            .chain(tp.port_level_settings.iter().filter_map(|p| p.outlier_detection.as_ref()));
+        if outliers.clone().any(|o| {
+            o.consecutive_local_origin_failures.is_some()
+                || o.split_external_local_origin_errors == Some(true)
+                || o.min_health_percent.is_some_and(|p| p > 0)
+        }) {
+            unapplied.push("outlierDetection local-origin split and minHealthPercent (TODO(#8))");
         }
         let lb = tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
         if lb.clone().any(|l| l.consistent_hash.is_some()) {
             unapplied.push("loadBalancer.consistentHash (TODO(#8); LEAST_REQUEST is used)");
-        }
-        let tls_on = |t: &crate::config::istio::ClientTlsSettings| t.mode.as_deref().is_some_and(|m| m != "DISABLE");
-        if tp.tls.as_ref().is_some_and(tls_on)
-            || tp.port_level_settings.iter().filter_map(|p| p.tls.as_ref()).any(tls_on)
-        {
-            unapplied.push("tls (TODO(#3); upstream traffic is plaintext)");
         }
         if tp.tunnel.is_some() || tp.proxy_protocol.is_some() || tp.retry_budget.is_some() {
             unapplied.push("tunnel/proxyProtocol/retryBudget");

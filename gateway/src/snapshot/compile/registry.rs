@@ -16,7 +16,7 @@ use crate::{
     },
     listener::certs::CertStore,
     telemetry::DestinationLabels,
-    upstream::{Breakers, Cluster, DnsTarget, Endpoint, LbPolicy, Protocol, UpstreamTls},
+    upstream::{Breakers, Cluster, DnsTarget, Endpoint, LbPolicy, OutlierPolicy, Protocol, UpstreamTls},
 };
 
 struct Service {
@@ -155,6 +155,8 @@ impl<'a> Registry<'a> {
             Some(settings) => UpstreamTls::compile(&settings, protocol, self.certs)?.map(Arc::new),
             None => None,
         };
+        let outlier = block(top, subset_policy, port, |t| t.outlier_detection.clone(), |p| p.outlier_detection.clone())
+            .map(|o| OutlierPolicy::compile(&o));
         let mut endpoints = Vec::new();
         let mut dns = Vec::new();
         for ep in service.endpoints.iter().filter(|e| subset_labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))) {
@@ -181,7 +183,8 @@ impl<'a> Registry<'a> {
             Cluster::new(name, protocol, lb, endpoints, dns)
                 .with_tls(tls)
                 .with_metrics(service_labels)
-                .with_breakers(breakers),
+                .with_breakers(breakers)
+                .with_outlier(outlier),
         );
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
