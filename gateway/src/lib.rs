@@ -20,6 +20,7 @@ pub mod admin;
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod http_parts;
 pub mod listener;
 pub mod pipeline;
 pub mod route;

@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use wicket_tests::{
+    client,
     yaml::{docs, service_entry, GATEWAY},
     TestGateway, Upstream,
 };
@@ -61,6 +62,47 @@ async fn round_robin_alternates_endpoints() {
     }
     assert!(bodies.windows(2).all(|w| w[0] != w[1]), "{bodies:?}");
     assert_eq!((a.hits(), b.hits()), (3, 3));
+}
+
+/// Puts a session key into a request.
+type SetKey = fn(&mut Request<http_body_util::Full<bytes::Bytes>>, u32);
+
+#[tokio::test]
+async fn consistent_hash_keeps_each_key_on_one_endpoint() {
+    let ups = [Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await];
+    let se = service_entry(
+        "api.default.svc.cluster.local",
+        80,
+        "HTTP",
+        &[(&ups[0], "v1"), (&ups[1], "v1"), (&ups[2], "v1")],
+    );
+    let keyed: [(&str, SetKey); 3] = [
+        ("{httpHeaderName: X-User}", |r, k| {
+            r.headers_mut().insert("x-user", k.to_string().parse().unwrap());
+        }),
+        ("{httpCookie: {name: session}}", |r, k| {
+            r.headers_mut().insert("cookie", format!("theme=dark; session={k}").parse().unwrap());
+        }),
+        ("{httpQueryParameterName: user}", |r, k| {
+            *r.uri_mut() = format!("/items?user={k}").parse().unwrap();
+        }),
+    ];
+    for (hash, set_key) in keyed {
+        let dr = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: sticky}}\nspec:\n  host: api\n  trafficPolicy: {{loadBalancer: {{consistentHash: {hash}}}}}\n");
+        let gw = TestGateway::start(&docs(&[GATEWAY, &se, &dr, &vs("h.test", "api")])).await;
+        let mut used = std::collections::BTreeSet::new();
+        for key in 0..20 {
+            let mut bodies = std::collections::BTreeSet::new();
+            for _ in 0..3 {
+                let mut req = client::get("h.test", "/");
+                set_key(&mut req, key);
+                bodies.insert(client::send(gw.addr(), req).await.body);
+            }
+            assert_eq!(bodies.len(), 1, "{hash}: key {key} went to {bodies:?}");
+            used.extend(bodies);
+        }
+        assert!(used.len() > 1, "{hash}: keys spread over endpoints: {used:?}");
+    }
 }
 
 #[tokio::test]

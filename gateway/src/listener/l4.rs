@@ -69,7 +69,9 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(target) = route.choose() else { return fail(record, ResponseFlags::NR) };
     record.upstream_cluster = Some(target.name.to_string());
     let Some(cluster) = &target.cluster else { return fail(record, ResponseFlags::NC) };
-    let Some(endpoint) = cluster.select(None) else { return fail(record, ResponseFlags::UH) };
+    let Some(endpoint) = cluster.select(None, cluster.lb.hash_key(&http::HeaderMap::new(), None, peer.ip())) else {
+        return fail(record, ResponseFlags::UH);
+    };
     record.upstream_host = Some(endpoint.addr.to_string());
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr)).await {
         Ok(Ok(s)) => s,

@@ -100,7 +100,8 @@ pub(super) async fn forward(
     if let ReplayBody::Full(b) = &body {
         record.bytes_received = b.len() as u64;
     }
-    let head = RequestHead { method: parts.method, path_and_query, headers };
+    let hash_key = cluster.lb.hash_key(&headers, parts.uri.query(), conn.peer.ip());
+    let head = RequestHead { method: parts.method, path_and_query, headers, hash_key };
     for mirror in &route.mirrors {
         if crate::route::roll(mirror.per_million) {
             spawn_mirror(proxy, mirror, &head, &body, route.timeout);
@@ -193,7 +194,12 @@ fn spawn_mirror(
             headers.insert(header::HOST, v);
         }
     }
-    let head = RequestHead { method: head.method.clone(), path_and_query: head.path_and_query.clone(), headers };
+    let head = RequestHead {
+        method: head.method.clone(),
+        path_and_query: head.path_and_query.clone(),
+        headers,
+        hash_key: head.hash_key,
+    };
     let upstreams = proxy.upstreams.clone();
     let no_retry = crate::upstream::RetryPolicy::none();
     tokio::spawn(async move {

@@ -199,10 +199,7 @@ impl RequestView<'_> {
     }
 
     fn query_param(&self, name: &str) -> Option<&str> {
-        self.query?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        })
+        crate::http_parts::query_param(self.query, name)
     }
 }
 

@@ -377,17 +377,11 @@ fn extract(location: &Location, headers: &HeaderMap, query: Option<&str>) -> Opt
             };
             Some(token.trim().to_string()).filter(|t| !t.is_empty())
         }
-        Location::Param(name) => query?.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == name && !v.is_empty()).then(|| v.to_string())
-        }),
+        Location::Param(name) => {
+            crate::http_parts::query_param(query, name).filter(|v| !v.is_empty()).map(str::to_string)
+        }
         Location::Cookie(name) => {
-            headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
-                c.split(';').find_map(|kv| {
-                    let (k, v) = kv.trim().split_once('=')?;
-                    (k == name && !v.is_empty()).then(|| v.to_string())
-                })
-            })
+            crate::http_parts::cookie(headers, name).filter(|v| !v.is_empty()).map(str::to_string)
         }
     }
 }

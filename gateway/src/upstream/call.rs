@@ -62,6 +62,8 @@ pub struct RequestHead {
     pub path_and_query: PathAndQuery,
     /// Headers as sent upstream.
     pub headers: HeaderMap,
+    /// The consistent-hash key, the same for every attempt.
+    pub hash_key: Option<u64>,
 }
 
 /// A response from an upstream and how it was obtained.
@@ -109,7 +111,7 @@ pub async fn call(
     loop {
         attempt += 1;
         let avoid = if retry.avoid_previous_hosts { previous } else { None };
-        let Some(endpoint) = cluster.select(avoid) else {
+        let Some(endpoint) = cluster.select(avoid, head.hash_key) else {
             let error = ProxyError::NoHealthyUpstream { cluster: cluster.name.clone() };
             return Err(CallFailure { error, upstream: previous, flags: ResponseFlags::default() });
         };

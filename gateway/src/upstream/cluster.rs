@@ -223,8 +223,8 @@ impl Cluster {
     }
 
     /// Picks an endpoint, avoiding `previous` when another exists (Istio's default
-    /// `retryIgnorePreviousHosts`).
-    pub fn select(&self, previous: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+    /// `retryIgnorePreviousHosts`); `key` is the consistent-hash key, if any.
+    pub fn select(&self, previous: Option<SocketAddr>, key: Option<u64>) -> Option<Arc<Endpoint>> {
         let all = self.endpoints.load();
         // Ejected endpoints are skipped (Istio's minHealthPercent 0: no panic routing).
         let healthy: Vec<Arc<Endpoint>>;
@@ -237,9 +237,9 @@ impl Cluster {
         match previous {
             Some(prev) if eps.len() > 1 => {
                 let others: Vec<Arc<Endpoint>> = eps.iter().filter(|e| e.addr != prev).cloned().collect();
-                self.lb.pick(&others).cloned()
+                self.lb.pick(&others, key).cloned()
             }
-            _ => self.lb.pick(eps).cloned(),
+            _ => self.lb.pick(eps, key).cloned(),
         }
     }
 }

@@ -1,11 +1,30 @@
-//! Load balancing over a cluster's endpoints (DestinationRule `loadBalancer.simple`).
+//! Load balancing over a cluster's endpoints (DestinationRule `loadBalancer`).
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc,
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
+use http::{HeaderMap, HeaderName};
+
 use super::Endpoint;
+
+/// What a consistent-hash balancer hashes (`consistentHash`).
+#[derive(Debug, Clone)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The downstream connection's address.
+    SourceIp,
+    /// A query parameter's value.
+    QueryParameter(String),
+}
 
 /// How a cluster picks an endpoint.
 #[derive(Debug)]
@@ -16,6 +35,11 @@ pub enum LbPolicy {
     Random,
     /// Envoy's least request: the less busy of two random choices.
     LeastRequest,
+    /// Session affinity: the same key goes to the same endpoint, and a change of
+    /// endpoints moves only the keys of the endpoints that changed. Rendezvous hashing
+    /// gives Envoy's ring-hash/Maglev guarantees without a table to size; requests
+    /// without the key are balanced at random, as in Envoy.
+    ConsistentHash(HashOn),
 }
 
 impl LbPolicy {
@@ -25,8 +49,24 @@ impl LbPolicy {
         Self::RoundRobin(AtomicUsize::new(rand::random_range(0..1024)))
     }
 
-    /// Picks one of `eps`.
-    pub fn pick<'a>(&self, eps: &'a [Arc<Endpoint>]) -> Option<&'a Arc<Endpoint>> {
+    /// The request's hash key under this policy; `None` when the policy does not hash
+    /// or the request lacks the key.
+    pub fn hash_key(&self, headers: &HeaderMap, query: Option<&str>, client: IpAddr) -> Option<u64> {
+        let Self::ConsistentHash(on) = self else {
+            return None;
+        };
+        let mut h = DefaultHasher::new();
+        match on {
+            HashOn::Header(name) => headers.get(name)?.as_bytes().hash(&mut h),
+            HashOn::Cookie(name) => crate::http_parts::cookie(headers, name)?.hash(&mut h),
+            HashOn::SourceIp => client.hash(&mut h),
+            HashOn::QueryParameter(name) => crate::http_parts::query_param(query, name)?.hash(&mut h),
+        }
+        Some(h.finish())
+    }
+
+    /// Picks one of `eps`; `key` is the request's hash key for consistent hashing.
+    pub fn pick<'a>(&self, eps: &'a [Arc<Endpoint>], key: Option<u64>) -> Option<&'a Arc<Endpoint>> {
         match eps.len() {
             0 => None,
             1 => eps.first(),
@@ -38,7 +78,56 @@ impl LbPolicy {
                     let b = &eps[rand::random_range(0..n)];
                     Some(if b.active() < a.active() { b } else { a })
                 }
+                Self::ConsistentHash(_) => match key {
+                    Some(key) => eps.iter().max_by_key(|e| {
+                        let mut h = DefaultHasher::new();
+                        key.hash(&mut h);
+                        e.addr.hash(&mut h);
+                        h.finish()
+                    }),
+                    None => eps.get(rand::random_range(0..n)),
+                },
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, net::SocketAddr};
+
+    use super::*;
+    use crate::telemetry::DestinationLabels;
+
+    fn endpoints(ports: std::ops::Range<u16>) -> Vec<Arc<Endpoint>> {
+        let ep = |p| {
+            Arc::new(Endpoint::new(
+                SocketAddr::from(([127, 0, 0, 1], p)),
+                BTreeMap::new(),
+                DestinationLabels::unknown(),
+            ))
+        };
+        ports.map(ep).collect()
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_and_moves_only_the_keys_of_a_removed_endpoint() {
+        let lb = LbPolicy::ConsistentHash(HashOn::Header(HeaderName::from_static("x-user")));
+        let all = endpoints(9000..9010);
+        let fewer: Vec<_> = all.iter().filter(|e| e.addr.port() != 9003).cloned().collect();
+        let mut moved = 0;
+        for user in 0..1000 {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-user", user.to_string().parse().unwrap());
+            let key = lb.hash_key(&headers, None, IpAddr::from([127, 0, 0, 1]));
+            let before = lb.pick(&all, key).unwrap().addr;
+            assert_eq!(lb.pick(&all, key).unwrap().addr, before, "same key, same endpoint");
+            let after = lb.pick(&fewer, key).unwrap().addr;
+            if after != before {
+                assert_eq!(before.port(), 9003, "only keys of the removed endpoint move");
+                moved += 1;
+            }
+        }
+        assert!((50..=150).contains(&moved), "about a tenth of the keys were on the removed endpoint: {moved}");
     }
 }

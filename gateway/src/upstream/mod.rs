@@ -15,7 +15,7 @@ pub use call::{call, CallFailure, CallOutcome, ReplayBody, RequestHead};
 pub use client::{BoxError, SendError, UpstreamBody, Upstreams};
 pub use cluster::{Breakers, Cluster, Endpoint, EndpointGuard, Protocol};
 pub use dns::{refresh_dns, DnsTarget};
-pub use lb::LbPolicy;
+pub use lb::{HashOn, LbPolicy};
 pub use outlier::{Outcome, OutlierPolicy};
 pub use retry::RetryPolicy;
 pub use tls::{system_client_config, UpstreamTls};

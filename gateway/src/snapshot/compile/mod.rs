@@ -360,8 +360,20 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
             unapplied.push("outlierDetection local-origin split and minHealthPercent (TODO(#8))");
         }
         let lb = tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
-        if lb.clone().any(|l| l.consistent_hash.is_some()) {
-            unapplied.push("loadBalancer.consistentHash (TODO(#8); LEAST_REQUEST is used)");
+        let bad_header = |c: &crate::config::istio::ConsistentHashLb| {
+            c.http_header_name.as_ref().is_some_and(|h| http::HeaderName::try_from(h.as_str()).is_err())
+        };
+        if lb.clone().filter_map(|l| l.consistent_hash.as_ref()).any(bad_header) {
+            unapplied.push("consistentHash.httpHeaderName is not a valid header name");
+        }
+        if lb
+            .clone()
+            .filter_map(|l| l.consistent_hash.as_ref())
+            .any(|c| c.http_cookie.as_ref().is_some_and(|k| k.ttl.is_some()))
+        {
+            unapplied.push(
+                "consistentHash.httpCookie.ttl (no cookie is generated; requests without it are spread at random)",
+            );
         }
         if tp.tunnel.is_some() || tp.proxy_protocol.is_some() || tp.retry_budget.is_some() {
             unapplied.push("tunnel/proxyProtocol/retryBudget");

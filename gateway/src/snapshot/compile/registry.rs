@@ -7,16 +7,19 @@ use std::{
     sync::Arc,
 };
 
+use http::HeaderName;
+
 use crate::{
     config::{
         istio::{
-            DestinationRule, PortTrafficPolicy, ServiceEntry, ServicePort, SimpleLb, TrafficPolicy, WorkloadEntry,
+            ConsistentHashLb, DestinationRule, PortTrafficPolicy, ServiceEntry, ServicePort, SimpleLb, TrafficPolicy,
+            WorkloadEntry,
         },
         Bootstrap, Diagnostic, Resource, ResourceRef, Spec,
     },
     listener::certs::CertStore,
     telemetry::DestinationLabels,
-    upstream::{Breakers, Cluster, DnsTarget, Endpoint, LbPolicy, OutlierPolicy, Protocol, UpstreamTls},
+    upstream::{Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, Protocol, UpstreamTls},
 };
 
 struct Service {
@@ -277,12 +280,30 @@ fn block<T>(
 }
 
 fn lb_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> LbPolicy {
-    match block(top, subset, port, |t| t.load_balancer.clone(), |p| p.load_balancer.clone()).and_then(|s| s.simple) {
+    let settings = block(top, subset, port, |t| t.load_balancer.clone(), |p| p.load_balancer.clone());
+    if let Some(on) = settings.as_ref().and_then(|s| s.consistent_hash.as_ref()).and_then(hash_on) {
+        return LbPolicy::ConsistentHash(on);
+    }
+    match settings.and_then(|s| s.simple) {
         Some(SimpleLb::RoundRobin) => LbPolicy::round_robin(),
         Some(SimpleLb::Random) => LbPolicy::Random,
-        // TODO(#8): consistentHash; Istio's default and LEAST_CONN are least request.
+        // Istio's default and LEAST_CONN are least request.
         _ => LbPolicy::LeastRequest,
     }
+}
+
+/// The key of a `consistentHash` block; `None` when it names none (or an invalid header).
+fn hash_on(c: &ConsistentHashLb) -> Option<HashOn> {
+    if let Some(name) = &c.http_header_name {
+        return HeaderName::try_from(name.to_ascii_lowercase()).ok().map(HashOn::Header);
+    }
+    if let Some(cookie) = &c.http_cookie {
+        return Some(HashOn::Cookie(cookie.name.clone()));
+    }
+    if c.use_source_ip == Some(true) {
+        return Some(HashOn::SourceIp);
+    }
+    c.http_query_parameter_name.clone().map(HashOn::QueryParameter)
 }
 
 /// Every TLS block of a DestinationRule must be usable (files present and valid);
