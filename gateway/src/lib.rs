@@ -121,7 +121,8 @@ impl Drop for Gateway {
 /// reloads on every change of the config directory.
 pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gateway, StartError> {
     let metrics = Arc::new(telemetry::Metrics::new());
-    let telemetry = telemetry::Telemetry::new(access_log, metrics.clone(), &bootstrap.labels, &bootstrap.namespace);
+    let telemetry =
+        telemetry::Telemetry::new(access_log.clone(), metrics.clone(), &bootstrap.labels, &bootstrap.namespace);
     let handle = SnapshotHandle::default();
     let drain = Arc::new(listener::drain::Drain::default());
     let proxy =
@@ -139,6 +140,7 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
         metrics: metrics.clone(),
         caches,
         status: status.clone(),
+        access_log,
     };
     supervisor.reload().await?;
     let admin = match bootstrap.admin {

@@ -15,7 +15,7 @@ use crate::{
     config::LoadError,
     listener::Listeners,
     snapshot::{Caches, ReloadOutcome, Reloader, SnapshotHandle},
-    telemetry::Metrics,
+    telemetry::{AccessLog, Metrics},
     upstream,
 };
 
@@ -43,6 +43,8 @@ pub(crate) struct Supervisor {
     pub metrics: Arc<Metrics>,
     pub caches: Arc<Caches>,
     pub status: Arc<RwLock<ReloadStatus>>,
+    /// Follows the mesh config's `accessLogFile`.
+    pub access_log: AccessLog,
 }
 
 impl Supervisor {
@@ -117,6 +119,9 @@ impl Supervisor {
             upstream::refresh_dns(c).await;
         }
         self.caches.jwks.start_all();
+        if let Err(e) = self.access_log.use_file(snapshot.access_log_file.as_deref()) {
+            tracing::error!(file = ?snapshot.access_log_file, error = %e, "cannot open the access log file; logging where it went before");
+        }
         self.handle.publish(snapshot.clone());
         for (port, e) in self.listeners.reconcile(&snapshot.listeners).await {
             tracing::error!(port, error = %e, "listener not opened");

@@ -213,16 +213,52 @@ async fn access_logs_follow_the_mesh_config_format() {
     assert_eq!(gw.next_line().await, None);
 }
 
+#[tokio::test]
+async fn access_logs_go_to_the_mesh_config_file_and_back() {
+    let up = Upstream::start("api").await;
+    let reg = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let logs = tempfile::tempdir().unwrap();
+    let file = logs.path().join("access.log");
+    let to_file = mesh(&format!("    accessLogFile: {}\n", file.display()));
+    let mut gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs(""), &to_file])).await;
+    gw.get("api.test", "/into-file").await;
+    let mut written = String::new();
+    for _ in 0..300 {
+        written = std::fs::read_to_string(&file).unwrap_or_default();
+        if written.contains("/into-file") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let line: serde_json::Value = serde_json::from_str(written.lines().next().unwrap()).unwrap();
+    assert_eq!(line["path"], "/into-file");
+    assert_eq!(gw.next_line().await, None, "nothing went to the original output");
+
+    // Without accessLogFile the lines go back to the gateway's output.
+    gw.write("config.yaml", &docs(&[GATEWAY, &reg, &vs("")])).await;
+    gw.get("api.test", "/back").await;
+    assert!(gw.next_line().await.unwrap().contains("/back"));
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("/back"));
+
+    // A relative path is an error naming the field.
+    let relative = mesh("    accessLogFile: access.log\n");
+    let problems = validate_dir(&relative);
+    assert!(
+        problems.iter().any(|p| p.contains("data.mesh.accessLogFile") && p.contains("must be an absolute path")),
+        "{problems:#?}"
+    );
+}
+
+fn validate_dir(yaml: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+    let bootstrap = wicket::config::Bootstrap { config_dir: dir.path().into(), ..Default::default() };
+    wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect()
+}
+
 #[test]
 fn a_bad_access_log_format_is_a_validate_error() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("mesh.yaml"),
-        mesh("    accessLogEncoding: TEXT\n    accessLogFormat: \"%NOPE%\"\n"),
-    )
-    .unwrap();
-    let bootstrap = wicket::config::Bootstrap { config_dir: dir.path().into(), ..Default::default() };
-    let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();
+    let problems = validate_dir(&mesh("    accessLogEncoding: TEXT\n    accessLogFormat: \"%NOPE%\"\n"));
     assert!(
         problems.iter().any(|p| p.contains(
             "ConfigMap/istio-system/istio: data.mesh.accessLogFormat: error: unknown access log operator %NOPE%"

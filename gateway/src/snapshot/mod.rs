@@ -165,6 +165,8 @@ pub struct Snapshot {
     pub security: Security,
     /// Access log format (mesh config `accessLogEncoding`/`accessLogFormat`).
     pub access_log: Arc<LogFormat>,
+    /// Access log file (mesh config `accessLogFile`); `None` keeps the gateway's output.
+    pub access_log_file: Option<std::path::PathBuf>,
     /// Problems found while compiling (warnings and reference errors).
     pub diagnostics: Vec<Diagnostic>,
     /// Every resource read and what became of it.

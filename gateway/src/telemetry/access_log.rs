@@ -4,6 +4,7 @@
 use std::{
     io::Write,
     net::SocketAddr,
+    path::{Path, PathBuf},
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -13,6 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde::Serialize;
@@ -32,9 +34,17 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// Where access log lines go. Requests serialize into a shared buffer under a short
 /// lock; a writer thread swaps it out and writes it every `FLUSH_EVERY`, so the request
-/// path never waits on the writer nor wakes it.
+/// path never waits on the writer nor wakes it. The mesh config's `accessLogFile` can
+/// point the log at a file; without one it goes to the sink it was built with.
 #[derive(Debug, Clone)]
-pub struct AccessLog(Option<Arc<Sink>>);
+pub struct AccessLog(Arc<Target>);
+
+#[derive(Debug)]
+struct Target {
+    current: ArcSwapOption<Sink>,
+    base: Option<Arc<Sink>>,
+    file: Mutex<Option<PathBuf>>,
+}
 
 #[derive(Debug)]
 struct Sink {
@@ -49,32 +59,29 @@ impl AccessLog {
     }
 
     /// Lines to any writer, flushed from a dedicated thread.
-    pub fn to_writer<W: Write + Send + 'static>(mut out: W) -> Self {
-        let sink = Arc::new(Sink { buffer: Mutex::new(Vec::with_capacity(64 << 10)), dropped: AtomicU64::new(0) });
-        let writer = sink.clone();
-        let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            let mut spare = Vec::with_capacity(64 << 10);
-            loop {
-                // The last handle gone: drain once more, then stop.
-                let last = Arc::strong_count(&writer) == 1;
-                if let Ok(mut buffer) = writer.buffer.lock() {
-                    std::mem::swap(&mut *buffer, &mut spare);
-                }
-                if !spare.is_empty() {
-                    let _ = out.write_all(&spare).and_then(|()| out.flush());
-                    spare.clear();
-                }
-                let dropped = writer.dropped.swap(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    tracing::warn!(dropped, "access log lines dropped: the writer fell behind");
-                }
-                if last {
-                    break;
-                }
-                std::thread::park_timeout(FLUSH_EVERY);
-            }
-        });
-        Self(spawned.ok().map(|_| sink))
+    pub fn to_writer<W: Write + Send + 'static>(out: W) -> Self {
+        Self::with_base(spawn_sink(out))
+    }
+
+    fn with_base(base: Option<Arc<Sink>>) -> Self {
+        Self(Arc::new(Target { current: ArcSwapOption::new(base.clone()), base, file: Mutex::new(None) }))
+    }
+
+    /// Sends lines to `file` (appending; created if missing), or back to the original
+    /// sink with `None`. Pointing at the file already in use keeps its writer.
+    pub fn use_file(&self, file: Option<&Path>) -> std::io::Result<()> {
+        let Ok(mut current) = self.0.file.lock() else { return Ok(()) };
+        if current.as_deref() == file {
+            return Ok(());
+        }
+        let sink = match file {
+            Some(path) => spawn_sink(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            None => self.0.base.clone(),
+        };
+        // The replaced writer drains its buffer and stops once no request holds it.
+        self.0.current.store(sink);
+        *current = file.map(Path::to_path_buf);
+        Ok(())
     }
 
     /// Lines to a channel the caller reads (tests, embedding).
@@ -85,7 +92,7 @@ impl AccessLog {
 
     /// No access log.
     pub fn disabled() -> Self {
-        Self(None)
+        Self::with_base(None)
     }
 
     /// Writes a request's line in its format (JSON, text, or nothing).
@@ -111,7 +118,8 @@ impl AccessLog {
     }
 
     fn append(&self, render: impl FnOnce(&mut Vec<u8>)) {
-        let Some(sink) = &self.0 else { return };
+        let sink = self.0.current.load();
+        let Some(sink) = &*sink else { return };
         let Ok(mut buffer) = sink.buffer.lock() else { return };
         if buffer.len() > MAX_BUFFERED {
             sink.dropped.fetch_add(1, Ordering::Relaxed);
@@ -119,6 +127,35 @@ impl AccessLog {
         }
         render(&mut buffer);
     }
+}
+
+/// A buffer and the thread that writes it to `out` until the last handle is gone.
+fn spawn_sink<W: Write + Send + 'static>(mut out: W) -> Option<Arc<Sink>> {
+    let sink = Arc::new(Sink { buffer: Mutex::new(Vec::with_capacity(64 << 10)), dropped: AtomicU64::new(0) });
+    let writer = sink.clone();
+    let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || {
+        let mut spare = Vec::with_capacity(64 << 10);
+        loop {
+            // The last handle gone: drain once more, then stop.
+            let last = Arc::strong_count(&writer) == 1;
+            if let Ok(mut buffer) = writer.buffer.lock() {
+                std::mem::swap(&mut *buffer, &mut spare);
+            }
+            if !spare.is_empty() {
+                let _ = out.write_all(&spare).and_then(|()| out.flush());
+                spare.clear();
+            }
+            let dropped = writer.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                tracing::warn!(dropped, "access log lines dropped: the writer fell behind");
+            }
+            if last {
+                break;
+            }
+            std::thread::park_timeout(FLUSH_EVERY);
+        }
+    });
+    spawned.ok().map(|_| sink)
 }
 
 /// Splits written bytes into lines for `AccessLog::channel`.

@@ -10,6 +10,7 @@ mod security;
 
 use std::{
     collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
     sync::Arc,
     time::SystemTime,
 };
@@ -70,6 +71,13 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
     });
     let security =
         security::compile(resources, mesh, bootstrap, &mut registry, &caches.jwks, &mut diagnostics, &mut rejected);
+    let access_log_file = mesh.and_then(|(r, m)| match access_log_file(m) {
+        Ok(file) => file,
+        Err(e) => {
+            diagnostics.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.accessLogFile", e));
+            None
+        }
+    });
     let access_log = Arc::new(match mesh.map(|(r, m)| (r, access_log_format(m))) {
         None => LogFormat::Json,
         Some((_, Ok(f))) => f,
@@ -262,6 +270,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         clusters: registry.into_clusters(),
         security,
         access_log,
+        access_log_file,
         diagnostics: diagnostics.iter().chain(&refs).cloned().collect(),
         resources: Vec::new(),
         created: Some(SystemTime::now()),
@@ -276,14 +285,27 @@ fn access_log_format(mesh: &crate::config::MeshConfig) -> Result<LogFormat, Stri
     if mesh.access_log_file.as_deref() == Some("") {
         return Ok(LogFormat::Off);
     }
-    if let Some(file) = mesh.access_log_file.as_deref().filter(|f| *f != "/dev/stdout") {
-        return Err(format!("accessLogFile {file:?}: only /dev/stdout (or \"\" for none) is supported"));
-    }
     match mesh.access_log_encoding.as_deref().unwrap_or("JSON") {
         "JSON" => Ok(LogFormat::Json),
         "TEXT" => TextFormat::parse(mesh.access_log_format.as_deref().unwrap_or(ISTIO_TEXT)).map(LogFormat::Text),
         other => Err(format!("unknown accessLogEncoding {other:?} (JSON or TEXT)")),
     }
+}
+
+/// Mesh config `accessLogFile` when it names a file; `/dev/stdout` (and no setting)
+/// keep the gateway's own output.
+fn access_log_file(mesh: &crate::config::MeshConfig) -> Result<Option<PathBuf>, String> {
+    let Some(file) = mesh.access_log_file.as_deref().filter(|f| !f.is_empty() && *f != "/dev/stdout") else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(file);
+    if !path.is_absolute() {
+        return Err(format!("accessLogFile {file:?} must be an absolute path"));
+    }
+    if !path.parent().is_some_and(Path::is_dir) {
+        return Err(format!("accessLogFile {file:?}: its directory does not exist"));
+    }
+    Ok(Some(path))
 }
 
 /// A route table from its virtual hosts; `httpsRedirect` servers mark theirs.
