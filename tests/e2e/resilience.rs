@@ -122,3 +122,29 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
     assert_eq!(state(bad.addr), ("ejected".to_owned(), 1));
     assert_eq!(state(good.addr), ("healthy".to_owned(), 0));
 }
+
+#[tokio::test]
+async fn an_ejected_endpoint_returns_after_base_ejection_time() {
+    let bad = Upstream::failing_first("bad", 2, StatusCode::SERVICE_UNAVAILABLE).await;
+    let good = Upstream::start("good").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&bad, "v1"), (&good, "v1")]);
+    let vs = VS.replace("  - route:", "  - retries: {attempts: 0}\n    route:");
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 1s, maxEjectionPercent: 100}\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, dr])).await;
+    while bad.hits() < 2 {
+        gw.get("a.test", "/").await;
+    }
+    // Ejected now; it comes back once its ejection time is up, and answers again.
+    let mut bodies = Vec::new();
+    for _ in 0..500 {
+        let r = gw.get("a.test", "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+        bodies.push(r.body);
+        if bad.hits() > 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bodies.last().map(String::as_str), Some("bad"), "the endpoint is back in rotation");
+    assert!(bodies.iter().filter(|b| *b == "good").count() > 1, "it was ejected for a while: {bodies:?}");
+}
