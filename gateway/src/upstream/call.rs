@@ -190,8 +190,8 @@ pub async fn call(
     }
 }
 
-/// How outlier detection sees an attempt: 502/503/504 and local failures are gateway
-/// errors, other 5xx server errors.
+/// How outlier detection sees an attempt: 502/503/504 are gateway errors, other 5xx
+/// server errors, and no response at all a local-origin failure.
 fn attempt_outcome<E>(result: &Result<Result<Response<Incoming>, E>, Duration>) -> Outcome {
     match result {
         Ok(Ok(response)) => match response.status().as_u16() {
@@ -199,7 +199,7 @@ fn attempt_outcome<E>(result: &Result<Result<Response<Incoming>, E>, Duration>) 
             500..=599 => Outcome::ServerError,
             _ => Outcome::Success,
         },
-        _ => Outcome::GatewayError,
+        _ => Outcome::LocalOrigin,
     }
 }
 

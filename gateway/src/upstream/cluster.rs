@@ -226,13 +226,18 @@ impl Cluster {
     /// `retryIgnorePreviousHosts`); `key` is the consistent-hash key, if any.
     pub fn select(&self, previous: Option<SocketAddr>, key: Option<u64>) -> Option<Arc<Endpoint>> {
         let all = self.endpoints.load();
-        // Ejected endpoints are skipped (Istio's minHealthPercent 0: no panic routing).
+        // Ejected endpoints are skipped unless too few are left (`minHealthPercent`).
         let healthy: Vec<Arc<Endpoint>>;
-        let eps: &[Arc<Endpoint>] = if self.outlier.is_some() && all.iter().any(|e| e.health.is_ejected()) {
-            healthy = all.iter().filter(|e| !e.health.is_ejected()).cloned().collect();
-            &healthy
-        } else {
-            &all
+        let eps: &[Arc<Endpoint>] = match &self.outlier {
+            Some(policy) if all.iter().any(|e| e.health.is_ejected()) => {
+                healthy = all.iter().filter(|e| !e.health.is_ejected()).cloned().collect();
+                if policy.panics(healthy.len(), all.len()) {
+                    &all
+                } else {
+                    &healthy
+                }
+            }
+            _ => &all,
         };
         match previous {
             Some(prev) if eps.len() > 1 => {

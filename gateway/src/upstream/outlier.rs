@@ -1,7 +1,8 @@
 //! Outlier detection (DestinationRule `outlierDetection`, Envoy passive health
 //! checking): an endpoint that fails N times in a row is ejected for
 //! `baseEjectionTime` × the times it was ejected, with at most `maxEjectionPercent` of
-//! the cluster ejected at once. Ejections end lazily when their time is up.
+//! the cluster ejected at once. Ejections end lazily when their time is up, so
+//! `interval` (Envoy's sweep period) has nothing to do.
 
 use std::{
     sync::{
@@ -21,8 +22,13 @@ use crate::config::istio::OutlierDetection;
 pub struct OutlierPolicy {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    /// With `splitExternalLocalOriginErrors`: the local-origin threshold; without it,
+    /// local failures count as gateway errors.
+    consecutive_local: Option<u32>,
     base_ejection: Duration,
     max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, ejections are ignored (Envoy's panic mode).
+    min_health_percent: u32,
 }
 
 impl OutlierPolicy {
@@ -32,8 +38,16 @@ impl OutlierPolicy {
             consecutive_5xx: o.consecutive_5xx_errors.unwrap_or(5),
             consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
             base_ejection: o.base_ejection_time.map_or(Duration::from_secs(30), |d| d.0),
+            consecutive_local: (o.split_external_local_origin_errors == Some(true))
+                .then(|| o.consecutive_local_origin_failures.unwrap_or(5)),
             max_ejection_percent: o.max_ejection_percent.unwrap_or(10).min(100),
+            min_health_percent: o.min_health_percent.unwrap_or(0).min(100),
         }
+    }
+
+    /// True when too few endpoints are healthy to honour ejections.
+    pub fn panics(&self, healthy: usize, total: usize) -> bool {
+        healthy * 100 < total * self.min_health_percent as usize
     }
 }
 
@@ -44,9 +58,11 @@ pub enum Outcome {
     Success,
     /// A 5xx response other than 502/503/504.
     ServerError,
-    /// 502, 503, 504, or a connect failure, reset or timeout (local origin counts, as
-    /// Istio does without `splitExternalLocalOriginErrors`).
+    /// 502, 503 or 504 from the endpoint.
     GatewayError,
+    /// A connect failure, reset or timeout: a gateway error unless
+    /// `splitExternalLocalOriginErrors` counts them on their own.
+    LocalOrigin,
 }
 
 /// Per-endpoint counters and ejection state.
@@ -54,6 +70,7 @@ pub enum Outcome {
 pub struct Health {
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
+    consecutive_local: AtomicU32,
     times_ejected: AtomicU32,
     /// Milliseconds since the process clock's start; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -81,20 +98,32 @@ impl Health {
 /// Records an attempt's outcome on `endpoint` and ejects it when the policy says so.
 pub(super) fn record(policy: &OutlierPolicy, endpoints: &[Arc<Endpoint>], endpoint: &Endpoint, outcome: Outcome) {
     let h = &endpoint.health;
-    if outcome == Outcome::Success {
-        h.consecutive_5xx.store(0, Ordering::Relaxed);
-        h.consecutive_gateway.store(0, Ordering::Relaxed);
-        return;
-    }
-    let fives = h.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1;
-    let gateway = if outcome == Outcome::GatewayError {
-        h.consecutive_gateway.fetch_add(1, Ordering::AcqRel) + 1
-    } else {
-        h.consecutive_gateway.store(0, Ordering::Relaxed);
-        0
+    let tripped = match (outcome, policy.consecutive_local) {
+        (Outcome::LocalOrigin, Some(limit)) => {
+            limit > 0 && h.consecutive_local.fetch_add(1, Ordering::AcqRel) + 1 >= limit
+        }
+        (Outcome::Success, _) => {
+            h.consecutive_5xx.store(0, Ordering::Relaxed);
+            h.consecutive_gateway.store(0, Ordering::Relaxed);
+            h.consecutive_local.store(0, Ordering::Relaxed);
+            return;
+        }
+        _ => {
+            if policy.consecutive_local.is_some() {
+                // The endpoint answered: the connection itself works.
+                h.consecutive_local.store(0, Ordering::Relaxed);
+            }
+            let fives = h.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1;
+            let gateway = if outcome == Outcome::ServerError {
+                h.consecutive_gateway.store(0, Ordering::Relaxed);
+                0
+            } else {
+                h.consecutive_gateway.fetch_add(1, Ordering::AcqRel) + 1
+            };
+            (policy.consecutive_5xx > 0 && fives >= policy.consecutive_5xx)
+                || (policy.consecutive_gateway > 0 && gateway >= policy.consecutive_gateway)
+        }
     };
-    let tripped = (policy.consecutive_5xx > 0 && fives >= policy.consecutive_5xx)
-        || (policy.consecutive_gateway > 0 && gateway >= policy.consecutive_gateway);
     if !tripped || h.is_ejected() {
         return;
     }
@@ -109,6 +138,7 @@ pub(super) fn record(policy: &OutlierPolicy, endpoints: &[Arc<Endpoint>], endpoi
     h.ejected_until.store(until, Ordering::Release);
     h.consecutive_5xx.store(0, Ordering::Relaxed);
     h.consecutive_gateway.store(0, Ordering::Relaxed);
+    h.consecutive_local.store(0, Ordering::Relaxed);
     tracing::warn!(endpoint = %endpoint.addr, times, "endpoint ejected (outlier detection)");
 }
 
@@ -156,6 +186,26 @@ mod tests {
     }
 
     #[test]
+    fn split_local_origin_errors_count_apart_from_responses() {
+        let eps = endpoints(2);
+        let p = policy("{consecutive5xxErrors: 2, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 3, maxEjectionPercent: 100}");
+        record(&p, &eps, &eps[0], Outcome::LocalOrigin);
+        record(&p, &eps, &eps[0], Outcome::LocalOrigin);
+        record(&p, &eps, &eps[0], Outcome::ServerError);
+        assert!(!eps[0].health.is_ejected(), "neither count reached its threshold");
+        record(&p, &eps, &eps[1], Outcome::LocalOrigin);
+        record(&p, &eps, &eps[1], Outcome::LocalOrigin);
+        record(&p, &eps, &eps[1], Outcome::LocalOrigin);
+        assert!(eps[1].health.is_ejected());
+        // Without the split a local failure is a gateway error, which is a 5xx too.
+        let p = policy("{consecutive5xxErrors: 2, maxEjectionPercent: 100}");
+        let eps = endpoints(2);
+        record(&p, &eps, &eps[0], Outcome::LocalOrigin);
+        record(&p, &eps, &eps[0], Outcome::LocalOrigin);
+        assert!(eps[0].health.is_ejected());
+    }
+
+    #[test]
     fn max_ejection_percent_caps_ejections_but_one_is_always_allowed() {
         let eps = endpoints(4);
         let p = policy("{consecutive5xxErrors: 1, maxEjectionPercent: 10}");
@@ -169,5 +219,13 @@ mod tests {
             record(&p, &eps, e, Outcome::ServerError);
         }
         assert_eq!(eps.iter().filter(|e| e.health.is_ejected()).count(), 2);
+    }
+
+    #[test]
+    fn min_health_percent_sets_the_panic_threshold() {
+        let p = policy("{minHealthPercent: 50}");
+        assert!(!p.panics(2, 4));
+        assert!(p.panics(1, 4));
+        assert!(!policy("{}").panics(0, 4), "Istio's default 0 never panics");
     }
 }

@@ -370,17 +370,6 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
         if pools.clone().any(partly) {
             unapplied.push("connectionPool beyond http.http2MaxRequests and http.maxRetries (TODO(#8))");
         }
-        let outliers = tp
-            .outlier_detection
-            .iter()
-            .chain(tp.port_level_settings.iter().filter_map(|p| p.outlier_detection.as_ref()));
-        if outliers.clone().any(|o| {
-            o.consecutive_local_origin_failures.is_some()
-                || o.split_external_local_origin_errors == Some(true)
-                || o.min_health_percent.is_some_and(|p| p > 0)
-        }) {
-            unapplied.push("outlierDetection local-origin split and minHealthPercent (TODO(#8))");
-        }
         let lb = tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
         let bad_header = |c: &crate::config::istio::ConsistentHashLb| {
             c.http_header_name.as_ref().is_some_and(|h| http::HeaderName::try_from(h.as_str()).is_err())
