@@ -64,11 +64,8 @@ async fn round_robin_alternates_endpoints() {
     assert_eq!((a.hits(), b.hits()), (3, 3));
 }
 
-/// Puts a session key into a request.
-type SetKey = fn(&mut Request<http_body_util::Full<bytes::Bytes>>, u32);
-
-#[tokio::test]
-async fn consistent_hash_keeps_each_key_on_one_endpoint() {
+/// Three upstreams named a, b, c behind service `api`, and its ServiceEntry.
+async fn three_endpoints() -> ([Upstream; 3], String) {
     let ups = [Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await];
     let se = service_entry(
         "api.default.svc.cluster.local",
@@ -76,6 +73,15 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
         "HTTP",
         &[(&ups[0], "v1"), (&ups[1], "v1"), (&ups[2], "v1")],
     );
+    (ups, se)
+}
+
+/// Puts a session key into a request.
+type SetKey = fn(&mut Request<http_body_util::Full<bytes::Bytes>>, u32);
+
+#[tokio::test]
+async fn consistent_hash_keeps_each_key_on_one_endpoint() {
+    let (_ups, se) = three_endpoints().await;
     let keyed: [(&str, SetKey); 3] = [
         ("{httpHeaderName: X-User}", |r, k| {
             r.headers_mut().insert("x-user", k.to_string().parse().unwrap());
@@ -102,6 +108,26 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
             used.extend(bodies);
         }
         assert!(used.len() > 1, "{hash}: keys spread over endpoints: {used:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_cookie_with_a_ttl_is_generated_and_pins_the_client() {
+    let (_ups, se) = three_endpoints().await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: sticky}\nspec:\n  host: api\n  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 60s}}}}\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, dr, &vs("h.test", "api")])).await;
+    for _ in 0..10 {
+        let first = gw.get("h.test", "/").await;
+        let set = first.header("set-cookie").expect("a session cookie is generated").to_owned();
+        assert!(set.starts_with("session=\"") && set.ends_with("\"; Max-Age=60; Path=/; HttpOnly"), "{set}");
+        let cookie = set.split(';').next().unwrap().to_owned();
+        for _ in 0..3 {
+            let mut req = client::get("h.test", "/");
+            req.headers_mut().insert("cookie", cookie.parse().unwrap());
+            let again = client::send(gw.addr(), req).await;
+            assert_eq!(again.body, first.body, "{cookie} stays on one endpoint");
+            assert_eq!(again.header("set-cookie"), None, "the client has its cookie");
+        }
     }
 }
 

@@ -100,7 +100,10 @@ pub(super) async fn forward(
     if let ReplayBody::Full(b) = &body {
         record.bytes_received = b.len() as u64;
     }
-    let hash_key = cluster.lb.hash_key(&headers, parts.uri.query(), conn.peer.ip());
+    let (hash_key, session_cookie) = match cluster.lb.new_session_cookie(&headers) {
+        Some((key, cookie)) => (Some(key), Some(cookie)),
+        None => (cluster.lb.hash_key(&headers, parts.uri.query(), conn.peer.ip()), None),
+    };
     let head = RequestHead { method: parts.method, path_and_query, headers, hash_key };
     for mirror in &route.mirrors {
         if crate::route::roll(mirror.per_million) {
@@ -147,6 +150,9 @@ pub(super) async fn forward(
     strip_hop_by_hop(&mut parts.headers, false);
     dest.headers.response.apply(&mut parts.headers);
     route.headers.response.apply(&mut parts.headers);
+    if let Some(cookie) = session_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
     let guard = outcome.endpoint;
     // The endpoint stays counted as busy until the response body is done.
     let body = body.map_frame(move |f| {

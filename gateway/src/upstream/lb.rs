@@ -7,9 +7,10 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::Endpoint;
 
@@ -18,8 +19,17 @@ use super::Endpoint;
 pub enum HashOn {
     /// A request header's value.
     Header(HeaderName),
-    /// A cookie's value.
-    Cookie(String),
+    /// A cookie's value; with a `ttl`, a request without the cookie gets a new one
+    /// (Envoy's generated session cookie).
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Lifetime of a generated cookie (`Max-Age`; zero makes a session cookie);
+        /// `None` never generates one.
+        ttl: Option<Duration>,
+        /// `Path` of a generated cookie.
+        path: Option<String>,
+    },
     /// The downstream connection's address.
     SourceIp,
     /// A query parameter's value.
@@ -58,11 +68,35 @@ impl LbPolicy {
         let mut h = DefaultHasher::new();
         match on {
             HashOn::Header(name) => headers.get(name)?.as_bytes().hash(&mut h),
-            HashOn::Cookie(name) => crate::http_parts::cookie(headers, name)?.hash(&mut h),
+            HashOn::Cookie { name, .. } => crate::http_parts::cookie(headers, name)?.hash(&mut h),
             HashOn::SourceIp => client.hash(&mut h),
             HashOn::QueryParameter(name) => crate::http_parts::query_param(query, name)?.hash(&mut h),
         }
         Some(h.finish())
+    }
+
+    /// For a cookie policy with a TTL and a request without the cookie: a new cookie's
+    /// hash key and the `Set-Cookie` value that pins the client to it.
+    pub fn new_session_cookie(&self, headers: &HeaderMap) -> Option<(u64, HeaderValue)> {
+        let Self::ConsistentHash(HashOn::Cookie { name, ttl: Some(ttl), path }) = self else {
+            return None;
+        };
+        if crate::http_parts::cookie(headers, name).is_some() {
+            return None;
+        }
+        let value = format!("{:016x}", rand::random::<u64>());
+        let mut set = format!("{name}=\"{value}\"");
+        if !ttl.is_zero() {
+            set.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+        }
+        if let Some(path) = path {
+            set.push_str("; Path=");
+            set.push_str(path);
+        }
+        set.push_str("; HttpOnly");
+        let mut h = DefaultHasher::new();
+        format!("\"{value}\"").as_str().hash(&mut h);
+        Some((h.finish(), HeaderValue::try_from(set).ok()?))
     }
 
     /// Picks one of `eps`; `key` is the request's hash key for consistent hashing.

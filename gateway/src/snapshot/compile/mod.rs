@@ -377,15 +377,6 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
         if lb.clone().filter_map(|l| l.consistent_hash.as_ref()).any(bad_header) {
             unapplied.push("consistentHash.httpHeaderName is not a valid header name");
         }
-        if lb
-            .clone()
-            .filter_map(|l| l.consistent_hash.as_ref())
-            .any(|c| c.http_cookie.as_ref().is_some_and(|k| k.ttl.is_some()))
-        {
-            unapplied.push(
-                "consistentHash.httpCookie.ttl (no cookie is generated; requests without it are spread at random)",
-            );
-        }
         if tp.tunnel.is_some() || tp.proxy_protocol.is_some() || tp.retry_budget.is_some() {
             unapplied.push("tunnel/proxyProtocol/retryBudget");
         }

@@ -298,7 +298,11 @@ fn hash_on(c: &ConsistentHashLb) -> Option<HashOn> {
         return HeaderName::try_from(name.to_ascii_lowercase()).ok().map(HashOn::Header);
     }
     if let Some(cookie) = &c.http_cookie {
-        return Some(HashOn::Cookie(cookie.name.clone()));
+        return Some(HashOn::Cookie {
+            name: cookie.name.clone(),
+            ttl: cookie.ttl.map(|t| t.0),
+            path: cookie.path.clone(),
+        });
     }
     if c.use_source_ip == Some(true) {
         return Some(HashOn::SourceIp);
