@@ -134,7 +134,7 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
     let mut supervisor = Supervisor {
         reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap.clone(), caches.clone()))),
         handle: handle.clone(),
-        listeners: Listeners::new(proxy.clone(), bootstrap.port_map.clone()),
+        listeners: Listeners::new(proxy.clone(), bootstrap.port_map.clone(), bootstrap.max_connections),
         addrs: Arc::new(RwLock::new(HashMap::new())),
         version: version_tx,
         metrics: metrics.clone(),

@@ -45,6 +45,9 @@ enum Command {
         /// On SIGTERM, how long open connections may finish (Istio `terminationDrainDuration`).
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         drain_time: std::time::Duration,
+        /// Open connections allowed per listener; more are closed at once.
+        #[arg(long, default_value_t = 100_000)]
+        max_connections: usize,
         /// Worker threads serving traffic (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
@@ -114,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mesh_port,
             credentials_dir,
             drain_time,
+            max_connections,
             workers,
             echo,
         } => {
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bind_ip: bind_address,
                 mesh_port,
                 credentials_dir,
+                max_connections,
                 ..Bootstrap::default()
             };
             let rt = runtime(workers)?;

@@ -148,3 +148,43 @@ async fn an_ejected_endpoint_returns_after_base_ejection_time() {
     assert_eq!(bodies.last().map(String::as_str), Some("bad"), "the endpoint is back in rotation");
     assert!(bodies.iter().filter(|b| *b == "good").count() > 1, "it was ejected for a while: {bodies:?}");
 }
+
+#[tokio::test]
+async fn connections_over_the_listener_limit_are_closed_at_once() {
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start_with(&docs(&[GATEWAY, &se, VS]), |b| b.max_connections = 2).await;
+    let addr = gw.addr();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        assert_eq!(sender.send_request(client::get("a.test", "/")).await.unwrap().status(), StatusCode::OK);
+        held.push(sender);
+    }
+    // A third connection is accepted by the kernel, then closed by the gateway.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::io::AsyncReadExt::read(&mut third, &mut buf).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer: {read:?}");
+    let admin = gw.gateway.admin_addr().unwrap();
+    let metrics = client::send(admin, client::get("admin", "/metrics")).await.body;
+    assert!(metrics.contains("wicket_listener_overflow_total{port=\"80\"} 1"), "{metrics}");
+    // Closing a held connection makes room again.
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..300 {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            tokio::spawn(conn);
+            if sender.send_request(client::get("a.test", "/")).await.is_ok_and(|r| r.status() == StatusCode::OK) {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served, "a new connection is served once one closed");
+}

@@ -27,6 +27,9 @@ pub struct Bootstrap {
     pub mesh_port: Option<u16>,
     /// Where `credentialName` secrets are read: `<dir>/<namespace>/<name>/tls.crt`.
     pub credentials_dir: PathBuf,
+    /// Open connections allowed per listener; more are closed as soon as accepted
+    /// (Envoy's downstream connection limit), so a flood cannot exhaust descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for Bootstrap {
@@ -41,6 +44,7 @@ impl Default for Bootstrap {
             domain_suffix: "cluster.local".into(),
             mesh_port: None,
             credentials_dir: PathBuf::from("credentials"),
+            max_connections: 100_000,
         }
     }
 }

@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
     task::JoinHandle,
 };
 use tracing::Instrument;
@@ -52,13 +53,14 @@ struct Open {
 pub struct Listeners {
     proxy: Arc<Proxy>,
     port_map: BTreeMap<u16, u16>,
+    max_connections: usize,
     open: HashMap<(IpAddr, u16), Open>,
 }
 
 impl Listeners {
     /// No listener open yet.
-    pub fn new(proxy: Arc<Proxy>, port_map: BTreeMap<u16, u16>) -> Self {
-        Self { proxy, port_map, open: HashMap::new() }
+    pub fn new(proxy: Arc<Proxy>, port_map: BTreeMap<u16, u16>, max_connections: usize) -> Self {
+        Self { proxy, port_map, max_connections, open: HashMap::new() }
     }
 
     /// Opens the listeners `specs` has and we lack, closes those it no longer has.
@@ -84,7 +86,8 @@ impl Listeners {
                     let local = listener.local_addr().unwrap_or(SocketAddr::new(spec.bind, bind_port));
                     tracing::info!(port = spec.port, addr = %local, "listener bound");
                     let span = tracing::info_span!("listener", port = spec.port, addr = %local);
-                    let task = tokio::spawn(accept_loop(listener, self.proxy.clone(), spec.port).instrument(span));
+                    let accept = accept_loop(listener, self.proxy.clone(), spec.port, self.max_connections);
+                    let task = tokio::spawn(accept.instrument(span));
                     self.open.insert(key, Open { local, task });
                 }
                 Err(e) => {
@@ -129,15 +132,22 @@ impl Drop for OpenConnection {
 /// Bound on reading the ClientHello and completing a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16) {
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_connections: usize) {
     let builder = Arc::new(server_builder());
     let active = proxy.telemetry.metrics.active_connections(port);
+    let overflow = proxy.telemetry.metrics.overflow(port);
+    let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    overflow.inc();
+                    tracing::debug!(%peer, max_connections, "listener at its connection limit; connection closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("conn", peer.addr = %peer);
-                let open = (OpenConnection::new(&active), proxy.drain.track());
+                let open = (OpenConnection::new(&active), proxy.drain.track(), permit);
                 let conn = connection(stream, peer, port, proxy.clone(), builder.clone());
                 tokio::spawn(
                     async move {

@@ -206,6 +206,7 @@ pub struct Metrics {
     tcp_closed: Family<TcpLabels, Counter>,
     upstream_requests: Family<ClusterLabels, Counter>,
     active_connections: Family<ListenerLabels, Gauge>,
+    overflow: Family<ListenerLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     config_version: Gauge<i64, AtomicI64>,
     access_log_dropped: Counter<u64, AtomicU64>,
@@ -241,6 +242,7 @@ impl Metrics {
             tcp_closed: Family::default(),
             upstream_requests: Family::default(),
             active_connections: Family::default(),
+            overflow: Family::default(),
             reloads: Family::default(),
             config_version: Gauge::default(),
             access_log_dropped: Counter::default(),
@@ -268,6 +270,11 @@ impl Metrics {
             "wicket_listener_active_connections",
             "Open downstream connections",
             m.active_connections.clone(),
+        );
+        registry.register(
+            "wicket_listener_overflow",
+            "Connections closed at once because the listener was at its connection limit",
+            m.overflow.clone(),
         );
         registry.register("wicket_config_reloads", "Configuration reloads by result", m.reloads.clone());
         registry.register("wicket_config_version", "Version of the snapshot serving", m.config_version.clone());
@@ -303,6 +310,11 @@ impl Metrics {
     /// The gauge of open connections on a listener port.
     pub fn active_connections(&self, port: u16) -> Gauge {
         self.active_connections.get_or_create_owned(&ListenerLabels { port })
+    }
+
+    /// The counter of connections refused over a listener's limit.
+    pub fn overflow(&self, port: u16) -> Counter {
+        self.overflow.get_or_create_owned(&ListenerLabels { port })
     }
 
     /// Counts a reload and, on success, the version now serving.
