@@ -1,6 +1,6 @@
 //! Outlier detection (DestinationRule `outlierDetection`, Envoy passive health
 //! checking): an endpoint that fails N times in a row is ejected for
-//! `baseEjectionTime` × the times it was ejected, with at most `maxEjectionPercent` of
+//! `baseEjectionTime` × the times it was ejected (up to 300 s), with at most `maxEjectionPercent` of
 //! the cluster ejected at once. Ejections end lazily when their time is up, so
 //! `interval` (Envoy's sweep period) has nothing to do.
 
@@ -16,6 +16,9 @@ use tokio::time::Instant;
 
 use super::Endpoint;
 use crate::config::istio::OutlierDetection;
+
+/// Envoy's default `max_ejection_time`, which Istio does not expose.
+const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 /// A compiled `outlierDetection` block.
 #[derive(Debug, Clone)]
@@ -134,7 +137,9 @@ pub(super) fn record(policy: &OutlierPolicy, endpoints: &[Arc<Endpoint>], endpoi
         return;
     }
     let times = h.times_ejected.fetch_add(1, Ordering::AcqRel) + 1;
-    let until = now_ms() + (policy.base_ejection * times).as_millis() as u64;
+    // Envoy caps the growth at max_ejection_time: 300 s, or the base time if longer.
+    let cap = policy.base_ejection.max(MAX_EJECTION);
+    let until = now_ms() + policy.base_ejection.saturating_mul(times).min(cap).as_millis() as u64;
     h.ejected_until.store(until, Ordering::Release);
     h.consecutive_5xx.store(0, Ordering::Relaxed);
     h.consecutive_gateway.store(0, Ordering::Relaxed);
