@@ -188,3 +188,30 @@ async fn connections_over_the_listener_limit_are_closed_at_once() {
     }
     assert!(served, "a new connection is served once one closed");
 }
+
+#[tokio::test]
+async fn connect_timeout_bounds_connection_attempts() {
+    // A listener that never accepts, with its backlog full: new connections hang.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut filler = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+        {
+            filler.push(s);
+        }
+    }
+    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: hang}}\nspec:\n  hosts: [api.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n", addr.port());
+    // The route allows 5 s (less than the default 10 s connect timeout); the pool gives
+    // up on connecting after 100 ms.
+    let vs = VS.replace("  - route:", "  - timeout: 5s\n    route:");
+    let dr =
+        pool_rule("{http2MaxRequests: 100}").replace("      http:", "      tcp: {connectTimeout: 100ms}\n      http:");
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, &dr])).await;
+    assert_eq!(gw.get("a.test", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    let log = gw.find_log(|l| l["response_code"] == 503).await;
+    assert!(log["response_flags"].as_str().unwrap().contains("UF"), "a connect failure, not a timeout: {log}");
+    drop(listener);
+}

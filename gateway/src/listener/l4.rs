@@ -2,7 +2,7 @@
 //! the first matching rule picks a weighted destination, the bytes are copied both
 //! ways, and one access log line records the byte counts when the connection ends.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -16,9 +16,6 @@ use crate::{
     security::authz::{AuthzEngine, AuthzRequest, Decision},
     telemetry::{metrics::TcpLabels, DestinationLabels, TcpRecord},
 };
-
-/// Upstream connect timeout (Istio mesh `connectTimeout`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Proxies `client` by `routes`; closes it when no rule or no endpoint is found.
 pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
@@ -73,7 +70,7 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
         return fail(record, ResponseFlags::UH);
     };
     record.upstream_host = Some(endpoint.addr.to_string());
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr)).await {
+    let mut upstream = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(endpoint.addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%peer, upstream = %endpoint.addr, error = %e, "upstream connect failed");

@@ -125,7 +125,7 @@ pub async fn call(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let sent = upstreams.send(cluster.protocol, addr, cluster.tls.as_deref(), req);
+        let sent = upstreams.send(cluster.protocol, addr, cluster.tls.as_deref(), cluster.connect_timeout, req);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),

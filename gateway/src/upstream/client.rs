@@ -33,7 +33,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Default upstream connect timeout (Istio mesh `connectTimeout`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why sending a request upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 #[derive(Clone)]
 pub struct Upstreams {
     h1: Client<HttpConnector, UpstreamBody>,
+    /// Plain HTTP/1.1 clients for clusters with their own `connectTimeout`, by timeout.
+    h1_timed: Arc<Mutex<HashMap<Duration, Client<HttpConnector, UpstreamBody>>>>,
     h2: Arc<Mutex<HashMap<ConnKey, http2::SendRequest<UpstreamBody>>>>,
     h1_tls: Arc<Mutex<HashMap<ConnKey, Vec<http1::SendRequest<UpstreamBody>>>>>,
 }
@@ -76,24 +78,28 @@ impl Default for Upstreams {
 impl Upstreams {
     /// Builds the clients with keep-alive pools.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Self { h1, h2: Arc::default(), h1_tls: Arc::default() }
+        Self { h1: h1_client(CONNECT_TIMEOUT), h1_timed: Arc::default(), h2: Arc::default(), h1_tls: Arc::default() }
+    }
+
+    /// The plain HTTP/1.1 client whose connections time out after `connect_timeout`.
+    fn h1(&self, connect_timeout: Duration) -> Client<HttpConnector, UpstreamBody> {
+        if connect_timeout == CONNECT_TIMEOUT {
+            return self.h1.clone();
+        }
+        let Ok(mut timed) = self.h1_timed.lock() else { return self.h1.clone() };
+        timed.entry(connect_timeout).or_insert_with(|| h1_client(connect_timeout)).clone()
     }
 
     /// Sends one request to `addr`. For HTTP/1.1 the URI is `http://addr/path`; for
     /// HTTP/2 it carries the authority to send. With `tls`, the connection is TLS and
-    /// its SNI is the configured one or the request's host.
+    /// its SNI is the configured one or the request's host. A new connection must be
+    /// made (TCP and TLS) within `connect_timeout`.
     pub async fn send(
         &self,
         protocol: Protocol,
         addr: SocketAddr,
         tls: Option<&UpstreamTls>,
+        connect_timeout: Duration,
         mut req: http::Request<UpstreamBody>,
     ) -> Result<http::Response<Incoming>, SendError> {
         let tls = tls.map(|t| {
@@ -102,7 +108,7 @@ impl Upstreams {
         });
         let key: ConnKey = (addr, tls.as_ref().map_or(0, |(t, _)| t.key), tls.as_ref().map(|(_, n)| n.clone()));
         match (protocol, &tls) {
-            (Protocol::Http1, None) => self.h1.request(req).await.map_err(|e| {
+            (Protocol::Http1, None) => self.h1(connect_timeout).request(req).await.map_err(|e| {
                 if e.is_connect() {
                     SendError::Connect(e.into())
                 } else {
@@ -110,7 +116,7 @@ impl Upstreams {
                 }
             }),
             (Protocol::Http2, _) => {
-                let mut sender = self.h2_sender(key, tls).await?;
+                let mut sender = self.h2_sender(key, tls, connect_timeout).await?;
                 sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
                 sender.send_request(req).await.map_err(|e| SendError::Protocol(e.into()))
             }
@@ -119,7 +125,7 @@ impl Upstreams {
                 let origin =
                     req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
                 *req.uri_mut() = origin.into();
-                let mut sender = self.h1_tls_sender(&key, tls).await?;
+                let mut sender = self.h1_tls_sender(&key, tls, connect_timeout).await?;
                 sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
                 let response = sender.send_request(req);
                 // Back to the pool at once: it is ready again when this response ends.
@@ -136,6 +142,7 @@ impl Upstreams {
         &self,
         key: &ConnKey,
         tls: Option<(&UpstreamTls, ServerName<'static>)>,
+        connect_timeout: Duration,
     ) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
         let idle = self.h1_tls.lock().ok().and_then(|mut pool| {
             let list = pool.get_mut(key)?;
@@ -146,7 +153,7 @@ impl Upstreams {
         if let Some(sender) = idle {
             return Ok(sender);
         }
-        let io = connect(key.0, tls).await?;
+        let io = connect(key.0, tls, connect_timeout).await?;
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| SendError::Connect(e.into()))?;
         let addr = key.0;
@@ -162,12 +169,13 @@ impl Upstreams {
         &self,
         key: ConnKey,
         tls: Option<(&UpstreamTls, ServerName<'static>)>,
+        connect_timeout: Duration,
     ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
         let existing = self.h2.lock().ok().and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
         if let Some(sender) = existing {
             return Ok(sender);
         }
-        let io = connect(key.0, tls).await?;
+        let io = connect(key.0, tls, connect_timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(io))
@@ -187,16 +195,31 @@ impl Upstreams {
     }
 }
 
+/// A pooled plain HTTP/1.1 client.
+fn h1_client(connect_timeout: Duration) -> Client<HttpConnector, UpstreamBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
 /// Opens a TCP connection to `addr`, with TLS when asked.
-async fn connect(addr: SocketAddr, tls: Option<(&UpstreamTls, ServerName<'static>)>) -> Result<Box<dyn Io>, SendError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<(&UpstreamTls, ServerName<'static>)>,
+    connect_timeout: Duration,
+) -> Result<Box<dyn Io>, SendError> {
+    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|e| SendError::Connect(e.into()))?
         .map_err(|e| SendError::Connect(e.into()))?;
     let _ = tcp.set_nodelay(true);
     let Some((tls, sni)) = tls else { return Ok(Box::new(tcp)) };
     let handshake = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(sni, tcp);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+    let stream = tokio::time::timeout(connect_timeout, handshake)
         .await
         .map_err(|e| SendError::Connect(e.into()))?
         .map_err(|e| SendError::Connect(e.into()))?;

@@ -7,6 +7,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -99,6 +100,8 @@ pub struct Cluster {
     pub breakers: Breakers,
     /// Passive health checking (DestinationRule `outlierDetection`).
     pub outlier: Option<OutlierPolicy>,
+    /// Time allowed to open a connection (`connectionPool.tcp.connectTimeout`).
+    pub connect_timeout: Duration,
 }
 
 /// Envoy cluster circuit breakers: limits on concurrent requests and retries. Going
@@ -178,7 +181,14 @@ impl Cluster {
             metrics: DestinationLabels::unknown(),
             breakers: Breakers::default(),
             outlier: None,
+            connect_timeout: super::client::CONNECT_TIMEOUT,
         }
+    }
+
+    /// Opens connections within `timeout`.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// Ejects failing endpoints under this policy.

@@ -12,7 +12,7 @@ mod retry;
 mod tls;
 
 pub use call::{call, CallFailure, CallOutcome, ReplayBody, RequestHead};
-pub use client::{BoxError, SendError, UpstreamBody, Upstreams};
+pub use client::{BoxError, SendError, UpstreamBody, Upstreams, CONNECT_TIMEOUT};
 pub use cluster::{Breakers, Cluster, Endpoint, EndpointGuard, Protocol};
 pub use dns::{refresh_dns, DnsTarget};
 pub use lb::{HashOn, LbPolicy};

@@ -19,7 +19,9 @@ use crate::{
     },
     listener::certs::CertStore,
     telemetry::DestinationLabels,
-    upstream::{Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, Protocol, UpstreamTls},
+    upstream::{
+        Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, Protocol, UpstreamTls, CONNECT_TIMEOUT,
+    },
 };
 
 struct Service {
@@ -149,6 +151,7 @@ impl<'a> Registry<'a> {
             _ => Protocol::Http1,
         };
         let pool = block(top, subset_policy, port, |t| t.connection_pool.clone(), |p| p.connection_pool.clone());
+        let connect_timeout = pool.as_ref().and_then(|p| p.tcp.as_ref()?.connect_timeout).map(|t| t.0);
         let http = pool.and_then(|p| p.http);
         let breakers = Breakers::new(
             http.as_ref().and_then(|h| h.http2_max_requests).unwrap_or(u32::MAX),
@@ -187,7 +190,8 @@ impl<'a> Registry<'a> {
                 .with_tls(tls)
                 .with_metrics(service_labels)
                 .with_breakers(breakers)
-                .with_outlier(outlier),
+                .with_outlier(outlier)
+                .with_connect_timeout(connect_timeout.filter(|t| !t.is_zero()).unwrap_or(CONNECT_TIMEOUT)),
         );
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
