@@ -215,3 +215,42 @@ async fn connect_timeout_bounds_connection_attempts() {
     assert!(log["response_flags"].as_str().unwrap().contains("UF"), "a connect failure, not a timeout: {log}");
     drop(listener);
 }
+
+#[tokio::test]
+async fn max_connections_queues_up_to_http1_max_pending_requests() {
+    let up = Upstream::slow("api", Duration::from_millis(600)).await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let dr =
+        pool_rule("{http1MaxPendingRequests: 1}").replace("      http:", "      tcp: {maxConnections: 1}\n      http:");
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, &dr])).await;
+    let addr = gw.addr();
+    let first = tokio::spawn(client::send(addr, client::get("a.test", "/")));
+    while up.hits() < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One connection busy: of the next two, one waits for it and one overflows.
+    let (b, c) =
+        tokio::join!(client::send(addr, client::get("a.test", "/")), client::send(addr, client::get("a.test", "/")));
+    let mut statuses = [b.status, c.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE]);
+    assert_eq!(gw.find_log(|l| l["response_code"] == 503).await["response_flags"], "UO");
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(up.hits(), 2, "the overflowing request never reached the upstream");
+}
+
+#[tokio::test]
+async fn max_connections_refuses_tcp_connections_over_the_limit() {
+    use tokio::io::AsyncReadExt;
+    let port = wicket_tests::upstream::tcp_echo().await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo}\nspec:\n  host: echo\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}\n";
+    let gw = TestGateway::start(&docs(&[&wicket_tests::yaml::tcp_gateway(port), dr])).await;
+    let mut held = tokio::net::TcpStream::connect(gw.addr_of(9000)).await.unwrap();
+    held.write_all(b"one").await.unwrap();
+    let mut back = [0u8; 3];
+    held.read_exact(&mut back).await.unwrap();
+    let mut over = tokio::net::TcpStream::connect(gw.addr_of(9000)).await.unwrap();
+    let _ = over.write_all(b"two").await;
+    assert!(matches!(over.read(&mut back).await, Ok(0) | Err(_)), "the second connection is closed");
+    assert_eq!(gw.find_log(|l| l["response_flags"] == "UO").await["response_flags"], "UO");
+}

@@ -66,6 +66,7 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(target) = route.choose() else { return fail(record, ResponseFlags::NR) };
     record.upstream_cluster = Some(target.name.to_string());
     let Some(cluster) = &target.cluster else { return fail(record, ResponseFlags::NC) };
+    let Ok(_connection) = cluster.breakers.tcp_connection() else { return fail(record, ResponseFlags::UO) };
     let Some(endpoint) = cluster.select(None, cluster.lb.hash_key(&http::HeaderMap::new(), None, peer.ip())) else {
         return fail(record, ResponseFlags::UH);
     };

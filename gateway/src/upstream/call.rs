@@ -10,7 +10,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{
-    retry::AttemptFailure, BoxError, Cluster, EndpointGuard, Outcome, Protocol, RetryPolicy, UpstreamBody, Upstreams,
+    cluster::Overflowed, retry::AttemptFailure, BoxError, Cluster, EndpointGuard, Outcome, Protocol, RetryPolicy,
+    UpstreamBody, Upstreams,
 };
 use crate::error::{ProxyError, ResponseFlags};
 
@@ -104,6 +105,28 @@ pub async fn call(
         return Err(CallFailure { error, upstream: None, flags: ResponseFlags::default() });
     };
     let deadline = timeout.map(|t| Instant::now() + t);
+    // HTTP/1 holds one connection per request in flight (`tcp.maxConnections`); HTTP/2
+    // multiplexes over one per endpoint.
+    let _connection = if cluster.protocol == Protocol::Http1 {
+        let waited = match deadline {
+            Some(d) => tokio::time::timeout_at(d, cluster.breakers.connection()).await,
+            None => Ok(cluster.breakers.connection().await),
+        };
+        match waited {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(Overflowed)) => {
+                let error = ProxyError::Overflow { cluster: cluster.name.clone() };
+                return Err(CallFailure { error, upstream: None, flags: ResponseFlags::default() });
+            }
+            Err(_) => {
+                let error =
+                    ProxyError::UpstreamTimeout { cluster: cluster.name.clone(), after: timeout.unwrap_or_default() };
+                return Err(CallFailure { error, upstream: None, flags: ResponseFlags::default() });
+            }
+        }
+    } else {
+        None
+    };
     let mut previous = None;
     let mut attempt: u32 = 0;
     // Held while a retry is in flight (DestinationRule `maxRetries`).

@@ -11,6 +11,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
     dns::DnsTarget,
@@ -104,14 +105,19 @@ pub struct Cluster {
     pub connect_timeout: Duration,
 }
 
-/// Envoy cluster circuit breakers: limits on concurrent requests and retries. Going
-/// over answers 503 `UO` at once; nothing queues.
+/// Envoy cluster circuit breakers: limits on concurrent requests, retries and
+/// connections. Going over answers 503 `UO` at once; only requests waiting for an
+/// HTTP/1 connection queue, and no more than `http1MaxPendingRequests` of them.
 #[derive(Debug)]
 pub struct Breakers {
     max_requests: usize,
     max_retries: usize,
     requests: AtomicUsize,
     retries: AtomicUsize,
+    /// `tcp.maxConnections`; `None` when unlimited.
+    connections: Option<Arc<Semaphore>>,
+    max_pending: usize,
+    pending: AtomicUsize,
 }
 
 impl Default for Breakers {
@@ -120,6 +126,10 @@ impl Default for Breakers {
         Self::new(u32::MAX, u32::MAX)
     }
 }
+
+/// Over a connection limit with too many requests already waiting.
+#[derive(Debug)]
+pub struct Overflowed;
 
 /// Holds one unit of a breaker until dropped.
 #[derive(Debug)]
@@ -148,7 +158,34 @@ impl Breakers {
             max_retries: max_retries as usize,
             requests: AtomicUsize::new(0),
             retries: AtomicUsize::new(0),
+            connections: None,
+            max_pending: usize::MAX,
+            pending: AtomicUsize::new(0),
         }
+    }
+
+    /// Adds `tcp.maxConnections` and `http.http1MaxPendingRequests`.
+    pub fn with_connections(mut self, max_connections: Option<u32>, max_pending: Option<u32>) -> Self {
+        self.connections = max_connections.map(|n| Arc::new(Semaphore::new((n as usize).min(Semaphore::MAX_PERMITS))));
+        self.max_pending = max_pending.map_or(usize::MAX, |n| n as usize);
+        self
+    }
+
+    /// A connection slot, taken at once when one is free, else after waiting in line
+    /// while fewer than `http1MaxPendingRequests` wait. `Ok(None)` when unlimited.
+    pub async fn connection(&self) -> Result<Option<OwnedSemaphorePermit>, Overflowed> {
+        let Some(limit) = &self.connections else { return Ok(None) };
+        if let Ok(permit) = limit.clone().try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        let _waiting = admit(&self.pending, self.max_pending).ok_or(Overflowed)?;
+        limit.clone().acquire_owned().await.map(Some).map_err(|_| Overflowed)
+    }
+
+    /// A connection slot for a TCP connection, which never waits.
+    pub fn tcp_connection(&self) -> Result<Option<OwnedSemaphorePermit>, Overflowed> {
+        let Some(limit) = &self.connections else { return Ok(None) };
+        limit.clone().try_acquire_owned().map(Some).map_err(|_| Overflowed)
     }
 
     /// A request slot, or `None` when the cluster is at `http2MaxRequests`.

@@ -358,13 +358,9 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
             tp.connection_pool.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.connection_pool.as_ref()));
         let partly = |p: &crate::config::istio::ConnectionPoolSettings| {
             p.tcp.as_ref().is_some_and(|t| {
-                t.max_connections.is_some()
-                    || t.tcp_keepalive.is_some()
-                    || t.max_connection_duration.is_some()
-                    || t.idle_timeout.is_some()
+                t.tcp_keepalive.is_some() || t.max_connection_duration.is_some() || t.idle_timeout.is_some()
             }) || p.http.as_ref().is_some_and(|h| {
-                h.http1_max_pending_requests.is_some()
-                    || h.max_requests_per_connection.is_some()
+                h.max_requests_per_connection.is_some()
                     || h.idle_timeout.is_some()
                     || h.h2_upgrade_policy.is_some()
                     || h.use_client_protocol.is_some()
@@ -372,8 +368,10 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
             })
         };
         if pools.clone().any(partly) {
-            unapplied
-                .push("connectionPool beyond tcp.connectTimeout, http.http2MaxRequests and http.maxRetries (TODO(#8))");
+            unapplied.push(
+                "connectionPool tcpKeepalive, maxConnectionDuration, idleTimeout, maxRequestsPerConnection, \
+                 h2UpgradePolicy, useClientProtocol, maxConcurrentStreams (TODO(#8))",
+            );
         }
         let lb = tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
         let bad_header = |c: &crate::config::istio::ConsistentHashLb| {

@@ -151,11 +151,16 @@ impl<'a> Registry<'a> {
             _ => Protocol::Http1,
         };
         let pool = block(top, subset_policy, port, |t| t.connection_pool.clone(), |p| p.connection_pool.clone());
-        let connect_timeout = pool.as_ref().and_then(|p| p.tcp.as_ref()?.connect_timeout).map(|t| t.0);
+        let tcp = pool.as_ref().and_then(|p| p.tcp.clone());
+        let connect_timeout = tcp.as_ref().and_then(|t| t.connect_timeout).map(|t| t.0);
         let http = pool.and_then(|p| p.http);
         let breakers = Breakers::new(
             http.as_ref().and_then(|h| h.http2_max_requests).unwrap_or(u32::MAX),
             http.as_ref().and_then(|h| h.max_retries).unwrap_or(u32::MAX),
+        )
+        .with_connections(
+            tcp.as_ref().and_then(|t| t.max_connections),
+            http.as_ref().and_then(|h| h.http1_max_pending_requests),
         );
         let tls = match block(top, subset_policy, port, |t| t.tls.clone(), |p| p.tls.clone()) {
             Some(settings) => UpstreamTls::compile(&settings, protocol, self.certs)?.map(Arc::new),
