@@ -115,7 +115,12 @@ impl Supervisor {
         let Some(snapshot) = outcome.snapshot else { return };
         let errors: Vec<String> =
             outcome.diagnostics.iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
+        let previous = self.handle.current();
+        let old: HashMap<&str, &upstream::Cluster> = previous.clusters.iter().map(|c| (&*c.name, &**c)).collect();
         for c in &snapshot.clusters {
+            if let Some(prev) = old.get(&*c.name) {
+                c.adopt_endpoints(prev);
+            }
             upstream::refresh_dns(c).await;
         }
         self.caches.jwks.start_all();

@@ -99,7 +99,7 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
     // No retries, so every request lands on the endpoint picked first.
     let vs = VS.replace("  - route:", "  - retries: {attempts: 0}\n    route:");
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}\n";
-    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, dr])).await;
+    let mut gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, dr])).await;
     let mut failures = 0;
     for _ in 0..6 {
         if gw.get("a.test", "/").await.status != StatusCode::OK {
@@ -111,6 +111,13 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
         assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK, "the ejected endpoint gets no traffic");
     }
     assert_eq!(bad.hits(), 2);
+    // A reload keeps the ejection.
+    let other = VS.replace("name: api", "name: other").replace("\"*\"", "other.test");
+    gw.write("other.yaml", &other).await;
+    for _ in 0..4 {
+        assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);
+    }
+    assert_eq!(bad.hits(), 2, "still ejected after the reload");
     let admin = gw.gateway.admin_addr().unwrap();
     let clusters: serde_json::Value =
         serde_json::from_str(&client::send(admin, client::get("admin", "/clusters")).await.body).unwrap();

@@ -269,6 +269,31 @@ impl Cluster {
         self.endpoints.store(Arc::new(endpoints));
     }
 
+    /// Takes over `previous`'s endpoints that this cluster has too (same address,
+    /// labels and metric labels), so a reload keeps their requests in flight and
+    /// outlier state.
+    pub fn adopt_endpoints(&self, previous: &Cluster) {
+        let old = previous.endpoints();
+        if !self.dns.is_empty() {
+            // Resolved endpoints: the next refresh keeps those it finds again.
+            if self.dns == previous.dns {
+                self.set_endpoints(old.to_vec());
+            }
+            return;
+        }
+        let merged = self
+            .endpoints()
+            .iter()
+            .map(|e| {
+                old.iter()
+                    .find(|o| o.addr == e.addr && o.labels == e.labels && o.metrics == e.metrics)
+                    .unwrap_or(e)
+                    .clone()
+            })
+            .collect();
+        self.set_endpoints(merged);
+    }
+
     /// Picks an endpoint, avoiding `previous` when another exists (Istio's default
     /// `retryIgnorePreviousHosts`); `key` is the consistent-hash key, if any.
     pub fn select(&self, previous: Option<SocketAddr>, key: Option<u64>) -> Option<Arc<Endpoint>> {
