@@ -100,10 +100,9 @@ pub async fn call(
     timeout: Option<Duration>,
     retry: &RetryPolicy,
 ) -> Result<CallOutcome, CallFailure> {
-    let Some(_in_flight) = cluster.breakers.request() else {
-        let error = ProxyError::Overflow { cluster: cluster.name.clone() };
-        return Err(CallFailure { error, upstream: None, flags: ResponseFlags::default() });
-    };
+    let failed = |error| CallFailure { error, upstream: None, flags: ResponseFlags::default() };
+    let overflow = || failed(ProxyError::Overflow { cluster: cluster.name.clone() });
+    let Some(_in_flight) = cluster.breakers.request() else { return Err(overflow()) };
     let deadline = timeout.map(|t| Instant::now() + t);
     // HTTP/1 holds one connection per request in flight (`tcp.maxConnections`); HTTP/2
     // multiplexes over one per endpoint.
@@ -114,14 +113,10 @@ pub async fn call(
         };
         match waited {
             Ok(Ok(slot)) => slot,
-            Ok(Err(Overflowed)) => {
-                let error = ProxyError::Overflow { cluster: cluster.name.clone() };
-                return Err(CallFailure { error, upstream: None, flags: ResponseFlags::default() });
-            }
+            Ok(Err(Overflowed)) => return Err(overflow()),
             Err(_) => {
-                let error =
-                    ProxyError::UpstreamTimeout { cluster: cluster.name.clone(), after: timeout.unwrap_or_default() };
-                return Err(CallFailure { error, upstream: None, flags: ResponseFlags::default() });
+                let after = timeout.unwrap_or_default();
+                return Err(failed(ProxyError::UpstreamTimeout { cluster: cluster.name.clone(), after }));
             }
         }
     } else {
