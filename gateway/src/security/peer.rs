@@ -33,7 +33,8 @@ fn parse<'a>(der: &'a CertificateDer<'_>) -> Option<X509Certificate<'a>> {
     x509_parser::parse_x509_certificate(der).ok().map(|(_, c)| c)
 }
 
-fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
+/// A certificate's URI and DNS subject alternative names.
+pub(crate) fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
     let (mut uris, mut dns) = (Vec::new(), Vec::new());
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {

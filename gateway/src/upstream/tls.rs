@@ -150,21 +150,12 @@ impl ServerCertVerifier for SanVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
-        let mut names = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for n in &san.value.general_names {
-                match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
-                    x509_parser::extensions::GeneralName::URI(u) => names.push(u.to_string()),
-                    _ => {}
-                }
-            }
-        }
-        if !names.iter().any(|n| self.sans.contains(n)) {
+        let (uris, dns) = crate::security::peer::sans(&cert);
+        if !uris.iter().chain(&dns).any(|n| self.sans.contains(n)) {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName));
         }
         // Chain validation needs a name the certificate holds: use one of its DNS SANs.
-        let dns = names.iter().find(|n| !n.contains("://")).cloned().unwrap_or_default();
+        let dns = dns.into_iter().next().unwrap_or_default();
         let name = ServerName::try_from(dns)
             .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))?;
         self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp, now)
