@@ -95,11 +95,8 @@ fn metrics(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
 }
 
 fn logging(req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let level = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")))
-        .map(|l| l.replace("%2C", ",").replace("%3D", "="));
+    let level =
+        crate::http_parts::query_param(req.uri().query(), "level").map(|l| l.replace("%2C", ",").replace("%3D", "="));
     match level {
         None => text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=debug\n"),
         Some(level) => match log_level::set(&level) {
