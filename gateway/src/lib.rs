@@ -29,6 +29,7 @@ pub mod snapshot;
 mod supervisor;
 pub mod telemetry;
 pub mod upstream;
+pub mod wasm;
 
 use std::{
     collections::HashMap,
@@ -127,7 +128,9 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
     let drain = Arc::new(listener::drain::Drain::default());
     let proxy =
         Arc::new(Proxy { snapshot: handle.clone(), upstreams: Upstreams::new(), telemetry, drain: drain.clone() });
-    let caches = Arc::new(snapshot::Caches::default());
+    let runtime = wasm::Runtime::new(metrics.wasm_plugins(), bootstrap.wasm_cache_dir.clone());
+    runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), snapshot: handle.clone() });
+    let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), ..Default::default() });
     let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
     let (version_tx, version_rx) = watch::channel(0);
     let status = Arc::new(RwLock::new(supervisor::ReloadStatus::default()));

@@ -51,6 +51,9 @@ enum Command {
         /// Worker threads serving traffic (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Cache of compiled Wasm modules, by sha256 (default: <tmp>/wicket-wasm-cache).
+        #[arg(long)]
+        wasm_cache_dir: Option<PathBuf>,
         /// Also start a built-in echo upstream: ADDR=NAME (repeatable; for demos).
         #[arg(long = "echo", value_name = "ADDR=NAME")]
         echo: Vec<String>,
@@ -119,6 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drain_time,
             max_connections,
             workers,
+            wasm_cache_dir,
             echo,
         } => {
             let bootstrap = Bootstrap {
@@ -131,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mesh_port,
                 credentials_dir,
                 max_connections,
+                wasm_cache_dir: wasm_cache_dir.or_else(|| Bootstrap::default().wasm_cache_dir),
                 ..Bootstrap::default()
             };
             let rt = runtime(workers)?;

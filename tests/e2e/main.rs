@@ -13,3 +13,4 @@ mod routing;
 mod tls;
 mod upstream_tls;
 mod upstreams;
+mod wasm;

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod jwt;
 pub mod pki;
 pub mod upstream;
+pub mod wasm;
 pub mod yaml;
 
 pub use client::Resp;

@@ -30,6 +30,8 @@ pub struct Bootstrap {
     /// Open connections allowed per listener; more are closed as soon as accepted
     /// (Envoy's downstream connection limit), so a flood cannot exhaust descriptors.
     pub max_connections: usize,
+    /// Where compiled Wasm modules are cached by sha256 (`None`: compile every start).
+    pub wasm_cache_dir: Option<PathBuf>,
 }
 
 impl Default for Bootstrap {
@@ -45,6 +47,7 @@ impl Default for Bootstrap {
             mesh_port: None,
             credentials_dir: PathBuf::from("credentials"),
             max_connections: 100_000,
+            wasm_cache_dir: Some(std::env::temp_dir().join("wicket-wasm-cache")),
         }
     }
 }

@@ -53,6 +53,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// MeshConfig from the `istio` ConfigMap.
     MeshConfig,
+    /// `extensions.istio.io` WasmPlugin.
+    WasmPlugin,
 }
 
 impl fmt::Display for Kind {
@@ -65,6 +67,7 @@ impl fmt::Display for Kind {
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::WasmPlugin => "WasmPlugin",
             Kind::MeshConfig => "ConfigMap",
         })
     }
@@ -125,6 +128,8 @@ pub enum Spec {
     AuthorizationPolicy(istio::AuthorizationPolicy),
     /// MeshConfig.
     MeshConfig(MeshConfig),
+    /// WasmPlugin spec.
+    WasmPlugin(istio::WasmPlugin),
 }
 
 /// One loaded resource with its identity and origin.

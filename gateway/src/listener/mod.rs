@@ -177,7 +177,15 @@ async fn connection(
     let snapshot = proxy.snapshot.current();
     match snapshot.ports.get(&port) {
         None | Some(PortPlan::Http(_)) => {
-            let conn = Arc::new(ConnInfo { peer, port, scheme: "http", sni: None, peer_cert: None });
+            let conn = Arc::new(ConnInfo {
+                peer,
+                port,
+                scheme: "http",
+                sni: None,
+                peer_cert: None,
+                id: ConnInfo::next_id(),
+                tls_version: None,
+            });
             serve_http(stream, conn, proxy, builder).await
         }
         Some(PortPlan::Tcp(routes)) => {
@@ -205,7 +213,12 @@ async fn connection(
                 }
                 ChainAction::Https { tls, .. } => {
                     let Some((tls_stream, peer_cert)) = handshake(tls, stream, peer).await else { return };
-                    let conn = Arc::new(ConnInfo { peer, port, scheme: "https", sni, peer_cert });
+                    let tls_version = tls_stream.get_ref().1.protocol_version().map(|v| match v {
+                        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                        _ => "TLSv1.2",
+                    });
+                    let id = ConnInfo::next_id();
+                    let conn = Arc::new(ConnInfo { peer, port, scheme: "https", sni, peer_cert, id, tls_version });
                     serve_http(tls_stream, conn, proxy, builder).await
                 }
                 ChainAction::TlsTcp { tls, routes } => {

@@ -4,10 +4,10 @@
 
 use std::sync::{atomic::AtomicU64, Arc};
 
+use bytes::Bytes;
 use http::{header, uri::PathAndQuery, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::Body as _;
+use http_body::Body;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::{
@@ -19,7 +19,7 @@ use crate::{
     error::{ProxyError, ResponseFlags},
     route::{Forward, MatchedBlock, Mirror, Route},
     telemetry::AccessRecord,
-    upstream::{self, ReplayBody, RequestHead},
+    upstream::{self, BoxError, ReplayBody, RequestHead},
 };
 
 /// Bodies up to this size are buffered so that retries and mirrors can replay them.
@@ -30,16 +30,20 @@ const HOP_BY_HOP: [&str; 7] =
     ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate"];
 
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn forward(
+pub(super) async fn forward<B>(
     proxy: &Proxy,
     conn: &ConnInfo,
     route: &Route,
     fwd: &Forward,
     matched: MatchedBlock<'_>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     record: &mut AccessRecord,
     mut flags: ResponseFlags,
-) -> Result<Forwarded, LocalReply> {
+) -> Result<Forwarded, LocalReply>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let Some(dest) = fwd.choose() else {
         return Err(LocalReply::error(&ProxyError::NoRoute {
             authority: String::new(),
@@ -144,7 +148,7 @@ pub(super) async fn forward(
             }
         });
         let (parts, _) = response.into_parts();
-        return Ok((Response::from_parts(parts, super::body::full(bytes::Bytes::new())), received));
+        return Ok((Response::from_parts(parts, super::body::full(Bytes::new())), received));
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
@@ -163,7 +167,11 @@ pub(super) async fn forward(
 }
 
 /// Buffers small bodies (known length ≤ 64 KiB) so they can be replayed; streams the rest.
-async fn request_body(body: Incoming) -> Result<(ReplayBody, Option<Arc<AtomicU64>>), LocalReply> {
+async fn request_body<B>(body: B) -> Result<(ReplayBody, Option<Arc<AtomicU64>>), LocalReply>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     if body.is_end_stream() {
         return Ok((ReplayBody::Empty, None));
     }

@@ -92,6 +92,27 @@ impl LocalReply {
         reply
     }
 
+    /// A filter's local reply (`proxy_send_local_response`); UAEX in the access log.
+    pub(super) fn wasm(r: crate::wasm::LocalResponse) -> Self {
+        let mut reply = match r.grpc_status {
+            Some(code) => {
+                let mut g = Self::bytes(StatusCode::OK, Bytes::new());
+                g.0.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                g.0.headers.insert("grpc-status", HeaderValue::from(code));
+                if let Ok(v) = HeaderValue::from_bytes(&r.body) {
+                    g.0.headers.insert("grpc-message", v);
+                }
+                g
+            }
+            None => Self::bytes(r.status, r.body),
+        };
+        for (k, v) in r.headers {
+            reply.0.headers.append(k, v);
+        }
+        reply.0.details = Some(if r.details.is_empty() { "wasm_local_reply".into() } else { r.details });
+        reply.with_flags(ResponseFlags::UAEX)
+    }
+
     pub(super) fn with_flags(mut self, flags: ResponseFlags) -> Self {
         self.0.flags.insert(flags);
         self

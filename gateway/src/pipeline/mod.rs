@@ -9,6 +9,7 @@ mod local;
 use std::{net::SocketAddr, sync::Arc};
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use body::ResponseBody;
@@ -26,6 +27,7 @@ use crate::{
     snapshot::{Snapshot, SnapshotHandle},
     telemetry::{AccessRecord, Logged, Telemetry},
     upstream::Upstreams,
+    wasm::{Phase, WasmStream},
 };
 
 /// What every request needs from the process: the live snapshot, the upstream
@@ -55,6 +57,18 @@ pub struct ConnInfo {
     pub sni: Option<Arc<str>>,
     /// The client's verified certificate (mutual TLS).
     pub peer_cert: Option<Arc<crate::security::peer::PeerCert>>,
+    /// Unique per process (Envoy's `connection.id`).
+    pub id: u64,
+    /// Negotiated TLS version (`TLSv1.3`), for TLS connections.
+    pub tls_version: Option<&'static str>,
+}
+
+impl ConnInfo {
+    /// A fresh connection id.
+    pub fn next_id() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Handles one request end to end; never fails (failures become responses).
@@ -81,21 +95,48 @@ pub async fn handle(
     record.grpc =
         req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 
+    let mut wasm = (!snapshot.wasm.is_empty()).then(|| WasmStream::new(stream_info(&conn, &req, &record)));
     let reply = match authority {
         None => Err(LocalReply::error(&ProxyError::BadRequest("missing or repeated Host header"))),
         Some(_) if req.version() == Version::HTTP_10 => Err(LocalReply::text(StatusCode::UPGRADE_REQUIRED, "")),
-        Some(authority) => route_and_forward(&proxy, &snapshot, &conn, req, &authority, &mut record).await,
+        Some(authority) => {
+            route_and_forward(&proxy, &snapshot, &conn, req, &authority, &mut record, wasm.as_mut()).await
+        }
     };
-    let (response, received) = match reply {
+    let (mut response, received) = match reply {
         Ok(forwarded) => forwarded,
         Err(local) => (local.into_response(&mut record), None),
     };
+    if let Some(mut stream) = wasm.filter(|w| !w.is_empty()) {
+        let eos = response.body().is_end_stream();
+        if let Err(local) = stream.response_headers(&mut response, eos) {
+            response = LocalReply::wasm(local).into_response(&mut record);
+        }
+        response = response.map(|b| body::boxed(stream.response_body(b)));
+    }
     record.response_code = response.status().as_u16();
     record.grpc_status = crate::telemetry::grpc_status(response.headers()).or(record.grpc_status);
     response.map(|b| Logged::new(b, record, received, proxy.telemetry.clone()))
 }
 
 type Forwarded = (Response<ResponseBody>, Option<Arc<std::sync::atomic::AtomicU64>>);
+
+/// What Wasm filters read as `source.*`, `request.*` and `connection.*`.
+fn stream_info<B>(conn: &ConnInfo, req: &Request<B>, record: &AccessRecord) -> crate::wasm::StreamInfo {
+    crate::wasm::StreamInfo {
+        source: conn.peer,
+        destination_port: conn.port,
+        scheme: conn.scheme,
+        protocol: protocol(req.version()),
+        request_id: record.request_id.clone(),
+        start: std::time::SystemTime::now(),
+        connection_id: conn.id,
+        sni: conn.sni.clone(),
+        mtls: conn.peer_cert.is_some(),
+        peer_uri_san: conn.peer_cert.as_ref().and_then(|p| p.uris.first().cloned()),
+        tls_version: conn.tls_version,
+    }
+}
 
 /// Virtual host, route, CORS, fault and action, in Istio's order.
 async fn route_and_forward(
@@ -105,6 +146,7 @@ async fn route_and_forward(
     mut req: Request<Incoming>,
     authority: &str,
     record: &mut AccessRecord,
+    mut wasm: Option<&mut WasmStream>,
 ) -> Result<Forwarded, LocalReply> {
     let no_route = || {
         LocalReply::error(&ProxyError::NoRoute { authority: authority.to_string(), path: req.uri().path().to_string() })
@@ -118,7 +160,10 @@ async fn route_and_forward(
         }
     }
     // Istio's filter order: normalization, JWT, authorization, then routing.
-    let identity = secure(proxy, snapshot, conn, &mut req, authority).await?;
+    let identity = secure(proxy, snapshot, conn, &mut req, authority, wasm.as_deref_mut()).await?;
+    // Filters may have rewritten `:authority`.
+    let rewritten = wasm.is_some().then(|| request_authority(&req)).flatten();
+    let authority = rewritten.as_deref().unwrap_or(authority);
     let no_route = || {
         LocalReply::error(&ProxyError::NoRoute { authority: authority.to_string(), path: req.uri().path().to_string() })
     };
@@ -140,6 +185,13 @@ async fn route_and_forward(
     };
     let (route, matched) = vhost.find_route(&view).ok_or_else(no_route)?;
     record.route_name = Some(route.name.to_string());
+    if let Some(w) = &wasm {
+        let cluster = match &route.action {
+            Action::Forward(f) => f.choose().map(|d| Arc::from(&*d.target.name)),
+            _ => None,
+        };
+        w.routed(&req, Some(Arc::from(&*route.name)), cluster);
+    }
 
     let origin = req.headers().get(header::ORIGIN).cloned();
     let cors = route.cors.as_ref().zip(origin.as_ref()).filter(|(c, o)| c.allows(o));
@@ -190,7 +242,13 @@ async fn route_and_forward(
             route.headers.response.apply(reply.headers_mut());
             return Err(reply);
         }
-        Action::Forward(fwd) => forward::forward(proxy, conn, route, fwd, matched, req, record, flags).await?,
+        Action::Forward(fwd) => match wasm {
+            Some(w) if !w.is_empty() => {
+                let req = req.map(|b| w.request_body(b));
+                forward::forward(proxy, conn, route, fwd, matched, req, record, flags).await?
+            }
+            _ => forward::forward(proxy, conn, route, fwd, matched, req, record, flags).await?,
+        },
     };
     if let Some((c, o)) = cors {
         c.response_headers(o, forwarded.0.headers_mut());
@@ -206,8 +264,10 @@ async fn secure(
     conn: &ConnInfo,
     req: &mut Request<Incoming>,
     authority: &str,
+    mut wasm: Option<&mut WasmStream>,
 ) -> Result<Option<Arc<Identity>>, LocalReply> {
     let security = &snapshot.security;
+    let eos = req.body().is_end_stream();
     if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(LocalReply::error(&ProxyError::BadRequest("method must be upper-case")));
     }
@@ -215,6 +275,9 @@ async fn secure(
         Err(_) => return Err(LocalReply::error(&ProxyError::BadRequest("invalid path"))),
         Ok(Some(path)) => set_path(req, &path)?,
         Ok(None) => {}
+    }
+    if let Some(w) = wasm.as_deref_mut() {
+        w.request_headers(&snapshot.wasm, Phase::Authn, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
     }
     let identity = match &security.jwt {
         // Istio: CORS preflights skip JWT validation (not authorization).
@@ -227,6 +290,9 @@ async fn secure(
         }
         _ => None,
     };
+    if let Some(w) = wasm.as_deref_mut() {
+        w.request_headers(&snapshot.wasm, Phase::Authz, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
+    }
     if !security.authz.is_empty() {
         let id = identity.as_deref();
         // Istio: CUSTOM first, then DENY, then ALLOW.
@@ -250,6 +316,11 @@ async fn secure(
         }
         if let Decision::Deny(policy) = security.authz.evaluate(&authz_request(req, conn, snapshot, id, authority)) {
             return Err(LocalReply::forbidden(&policy));
+        }
+    }
+    if let Some(w) = wasm {
+        for phase in [Phase::Stats, Phase::Unspecified] {
+            w.request_headers(&snapshot.wasm, phase, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
         }
     }
     Ok(identity)

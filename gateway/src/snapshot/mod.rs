@@ -133,6 +133,8 @@ pub struct Caches {
     pub certs: CertStore,
     /// Remote JWKS sets.
     pub jwks: JwksCache,
+    /// Wasm engine, compiled modules and running plugins.
+    pub wasm: Arc<crate::wasm::Runtime>,
 }
 
 /// The request-level security of this gateway: normalization, JWT, authorization.
@@ -165,6 +167,10 @@ pub struct Snapshot {
     pub security: Security,
     /// Access log format (mesh config `accessLogEncoding`/`accessLogFormat`).
     pub access_log: Arc<LogFormat>,
+    /// WasmPlugins, in chain order.
+    pub wasm: crate::wasm::Chain,
+    /// Clusters Wasm HTTP calls may name, by Envoy name, `host:port` and `host`.
+    pub services: HashMap<String, Arc<Cluster>>,
     /// Access log file (mesh config `accessLogFile`); `None` keeps the gateway's output.
     pub access_log_file: Option<std::path::PathBuf>,
     /// Problems found while compiling (warnings and reference errors).
@@ -176,6 +182,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A configured cluster for a Wasm HTTP call.
+    pub fn service_cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.services.get(name).cloned()
+    }
+
     /// The HTTP route table for a connection: the port's, or on a TLS port the one of
     /// the server its SNI chose, with that server's names (to answer 421 for others).
     pub fn route_table(&self, port: u16, sni: Option<&str>) -> Option<(&RouteTable, Option<&[String]>)> {

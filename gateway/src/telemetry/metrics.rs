@@ -210,6 +210,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     config_version: Gauge<i64, AtomicI64>,
     access_log_dropped: Counter<u64, AtomicU64>,
+    wasm: Arc<crate::wasm::PluginMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -246,6 +247,7 @@ impl Metrics {
             reloads: Family::default(),
             config_version: Gauge::default(),
             access_log_dropped: Counter::default(),
+            wasm: Arc::default(),
         };
         // prometheus-client appends `_total` to counters.
         registry.register("istio_requests", "Requests handled, by source and destination", m.requests.clone());
@@ -279,7 +281,13 @@ impl Metrics {
         registry.register("wicket_config_reloads", "Configuration reloads by result", m.reloads.clone());
         registry.register("wicket_config_version", "Version of the snapshot serving", m.config_version.clone());
         registry.register("wicket_access_log_dropped", "Access log lines dropped", m.access_log_dropped.clone());
+        registry.register_collector(Box::new(m.wasm.clone()));
         Self { registry, ..m }
+    }
+
+    /// Metrics Wasm plugins define, and their failure counts.
+    pub fn wasm_plugins(&self) -> Arc<crate::wasm::PluginMetrics> {
+        self.wasm.clone()
     }
 
     /// Records a finished HTTP request.

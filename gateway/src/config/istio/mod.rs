@@ -9,6 +9,7 @@ mod gateway;
 mod security;
 mod service_entry;
 mod virtual_service;
+mod wasm_plugin;
 
 pub use common::*;
 pub use destination_rule::*;
@@ -16,3 +17,4 @@ pub use gateway::*;
 pub use security::*;
 pub use service_entry::*;
 pub use virtual_service::*;
+pub use wasm_plugin::*;

@@ -7,6 +7,7 @@ mod mesh;
 mod registry;
 mod routes;
 mod security;
+mod wasm;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -86,6 +87,16 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
             LogFormat::Json
         }
     });
+    let default_mesh = crate::config::MeshConfig::default();
+    let wasm = wasm::compile(
+        resources,
+        mesh.map_or(&default_mesh, |(_, m)| m),
+        bootstrap,
+        &caches.wasm,
+        &mut diagnostics,
+        &mut rejected,
+    );
+    let services = if wasm.is_empty() { HashMap::new() } else { wasm::call_targets(&mut registry) };
     let ports = binding::gateway_servers(resources, bootstrap, &mut diagnostics);
     let gateway_names: HashSet<String> = resources
         .iter()
@@ -269,6 +280,8 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         ports: plans,
         clusters: registry.into_clusters(),
         security,
+        wasm,
+        services,
         access_log,
         access_log_file,
         diagnostics: diagnostics.iter().chain(&refs).cloned().collect(),

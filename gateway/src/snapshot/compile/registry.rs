@@ -112,6 +112,14 @@ impl<'a> Registry<'a> {
         }
     }
 
+    /// The port numbers of a service.
+    pub(super) fn service_ports(&self, host: &str) -> Vec<u16> {
+        self.services
+            .get(host)
+            .map(|s| s.ports.iter().filter_map(|p| u16::try_from(p.number).ok()).collect())
+            .unwrap_or_default()
+    }
+
     /// Every service host, sorted.
     pub(super) fn service_hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self.services.keys().cloned().collect();

@@ -1,0 +1,96 @@
+//! WasmPlugin → the snapshot's filter chain. Scope as Istio: the gateway's namespace
+//! or the root namespace, and a selector matching the gateway's labels. A module
+//! that cannot be fetched leaves a placeholder per `failStrategy` (FAIL_CLOSE
+//! denies); a broken module or field rejects the resource, so its last good version
+//! keeps serving.
+
+use std::{collections::HashMap, sync::Arc};
+
+use super::registry::Registry;
+use crate::{
+    config::{Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, Spec},
+    upstream::Cluster,
+    wasm::{self, Chain, Filter, Runtime},
+};
+
+/// Builds the chain; reports every problem against its resource.
+pub(super) fn compile(
+    resources: &[Resource],
+    mesh: &MeshConfig,
+    bootstrap: &Bootstrap,
+    runtime: &Arc<Runtime>,
+    diags: &mut Vec<Diagnostic>,
+    rejected: &mut Vec<ResourceRef>,
+) -> Chain {
+    let mut filters = Vec::new();
+    for r in resources {
+        let Spec::WasmPlugin(spec) = &r.spec else { continue };
+        let in_scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
+        let selected = spec
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
+        if !spec.target_refs.is_empty() || spec.target_ref.is_some() {
+            let msg = "targetRefs are not supported; use selector";
+            diags.push(Diagnostic::warning(&r.origin, &r.id, "spec.targetRefs", msg));
+            continue;
+        }
+        if !in_scope || !selected {
+            continue;
+        }
+        let (phase, fail_open, ports) = match wasm::placement(spec) {
+            Ok(p) => p,
+            Err(wasm::LoadError::Field { field, message }) => {
+                diags.push(Diagnostic::error(&r.origin, &r.id, field, message));
+                rejected.push(r.id.clone());
+                continue;
+            }
+            Err(e) => {
+                diags.push(Diagnostic::error(&r.origin, &r.id, "spec", e.to_string()));
+                rejected.push(r.id.clone());
+                continue;
+            }
+        };
+        let id = format!("{}/{}", r.id.namespace, r.id.name);
+        let plugin = match wasm::load(runtime, spec, &r.id.namespace, &r.id.name, &bootstrap.config_dir) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let (field, message) = match &e {
+                    wasm::LoadError::Field { field, message } => (*field, message.clone()),
+                    wasm::LoadError::Fetch(m) => ("spec.url", m.clone()),
+                    wasm::LoadError::Module(m) => ("spec.url", format!("module: {m}")),
+                };
+                let strategy =
+                    if fail_open { "FAIL_OPEN: requests skip it" } else { "FAIL_CLOSE: requests are denied" };
+                diags.push(Diagnostic::error(&r.origin, &r.id, field, format!("{message} ({strategy})")));
+                if !e.is_fetch() {
+                    rejected.push(r.id.clone());
+                }
+                None
+            }
+        };
+        if plugin.is_none() && fail_open {
+            continue;
+        }
+        filters.push(Arc::new(Filter { id, plugin, phase, priority: spec.priority, fail_open, ports }));
+    }
+    Chain::new(filters)
+}
+
+/// Every registry service port as a cluster Wasm HTTP calls may name: Envoy's
+/// `outbound|port||host`, `host:port`, and `host` when the service has one port.
+pub(super) fn call_targets(registry: &mut Registry<'_>) -> HashMap<String, Arc<Cluster>> {
+    let mut out = HashMap::new();
+    for host in registry.service_hosts() {
+        let ports = registry.service_ports(&host);
+        for port in &ports {
+            let Ok(cluster) = registry.cluster(&host, *port, None) else { continue };
+            out.insert(cluster.name.to_string(), cluster.clone());
+            out.insert(format!("{host}:{port}"), cluster.clone());
+            if ports.len() == 1 {
+                out.insert(host.clone(), cluster);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,209 @@
+//! Proxy-wasm filters in wasmtime, driven by WasmPlugin resources.
+//!
+//! `runtime` owns the engine and what plugins share; `plugin` a configured plugin
+//! and its VMs; `vm` one instance and its callbacks; `abi` + `wasi` the host
+//! functions, over `host` (the store data), `headers`, `properties`, `guest`
+//! (bounds-checked memory) and `pairs`; `call` outbound HTTP calls; `stream` drives
+//! one request through the chain for the pipeline.
+
+mod abi;
+mod cache;
+mod call;
+mod guest;
+mod headers;
+mod host;
+mod metrics;
+mod pairs;
+mod plugin;
+mod properties;
+mod runtime;
+mod shared;
+mod status;
+mod stream;
+mod vm;
+mod wasi;
+
+use std::{path::Path, sync::Arc};
+
+pub use call::Dispatcher;
+pub use host::{LocalResponse, StreamInfo};
+pub use metrics::PluginMetrics;
+pub use plugin::{Chain, Filter, Phase, Plugin, PluginInfo};
+pub use runtime::Runtime;
+pub use stream::{Filtered, WasmStream};
+
+use crate::config::istio::WasmPlugin;
+
+/// Why a WasmPlugin cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A field is invalid.
+    #[error("{field}: {message}")]
+    Field {
+        /// The field, as written.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The module cannot be fetched (remote URL while offline, missing file).
+    #[error("url: {0}")]
+    Fetch(String),
+    /// The module is not a working proxy-wasm filter.
+    #[error("module: {0}")]
+    Module(String),
+}
+
+impl LoadError {
+    /// Fetch failures leave a placeholder that applies the fail strategy; a broken
+    /// module or field is a rejection (the last good version keeps serving).
+    pub fn is_fetch(&self) -> bool {
+        matches!(self, Self::Fetch(_))
+    }
+}
+
+/// Where the plugin sits and how it fails, without loading the module.
+pub fn placement(spec: &WasmPlugin) -> Result<(Phase, bool, Vec<u16>), LoadError> {
+    let field = |field, message: String| LoadError::Field { field, message };
+    let phase = match spec.phase.as_deref() {
+        None | Some("UNSPECIFIED_PHASE") => Phase::Unspecified,
+        Some("AUTHN") => Phase::Authn,
+        Some("AUTHZ") => Phase::Authz,
+        Some("STATS") => Phase::Stats,
+        Some(p) => {
+            return Err(field("spec.phase", format!("unknown phase {p:?} (AUTHN, AUTHZ, STATS, UNSPECIFIED_PHASE)")))
+        }
+    };
+    let fail_open = match spec.fail_strategy.as_deref() {
+        None | Some("FAIL_CLOSE") | Some("FAIL_RELOAD") => false,
+        Some("FAIL_OPEN") => true,
+        Some(s) => {
+            return Err(field("spec.failStrategy", format!("unknown {s:?} (FAIL_CLOSE, FAIL_OPEN, FAIL_RELOAD)")))
+        }
+    };
+    match spec.plugin_type.as_deref() {
+        None | Some("HTTP") | Some("UNSPECIFIED_PLUGIN_TYPE") => {}
+        Some("NETWORK") => return Err(field("spec.type", "NETWORK plugins are not supported; use HTTP".into())),
+        Some(t) => return Err(field("spec.type", format!("unknown type {t:?}"))),
+    }
+    let mut ports = Vec::new();
+    for (i, m) in spec.matches.iter().enumerate() {
+        match m.mode.as_deref() {
+            None | Some("CLIENT") | Some("CLIENT_AND_SERVER") | Some("UNDEFINED") => {}
+            Some("SERVER") => continue, // a gateway is a client: never matches
+            Some(other) => {
+                return Err(LoadError::Field { field: "spec.match", message: format!("[{i}].mode: unknown {other:?}") })
+            }
+        }
+        if m.ports.is_empty() {
+            return Ok((phase, fail_open, Vec::new()));
+        }
+        for p in &m.ports {
+            ports.push(
+                u16::try_from(p.number).map_err(|_| field("spec.match", format!("port {} out of range", p.number)))?,
+            );
+        }
+    }
+    if !spec.matches.is_empty() && ports.is_empty() {
+        // Only SERVER entries: nothing at a gateway. Port 0 never matches a listener.
+        ports.push(0);
+    }
+    Ok((phase, fail_open, ports))
+}
+
+/// Loads the module a WasmPlugin names and starts its VMs (or reuses the running
+/// plugin when nothing about it changed).
+pub fn load(
+    runtime: &Arc<Runtime>,
+    spec: &WasmPlugin,
+    namespace: &str,
+    name: &str,
+    config_dir: &Path,
+) -> Result<Arc<Plugin>, LoadError> {
+    let bytes = fetch(&spec.url, config_dir)?;
+    let sha = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+    if let Some(want) = &spec.sha256 {
+        if !want.eq_ignore_ascii_case(&sha) {
+            return Err(LoadError::Field {
+                field: "spec.sha256",
+                message: format!("module has sha256 {sha}, not {want}"),
+            });
+        }
+    }
+    let configuration = match &spec.plugin_config {
+        None => Vec::new(),
+        Some(v) if v.as_object().is_some_and(serde_json::Map::is_empty) => Vec::new(),
+        Some(v) => serde_json::to_vec(v)
+            .map_err(|e| LoadError::Field { field: "spec.pluginConfig", message: e.to_string() })?,
+    };
+    let mut env = Vec::new();
+    for e in spec.vm_config.iter().flat_map(|v| &v.env) {
+        match e.value_from.as_deref() {
+            None | Some("INLINE") => env.push((e.name.clone(), e.value.clone().unwrap_or_default())),
+            Some("HOST") => {
+                if e.value.is_some() {
+                    return Err(LoadError::Field {
+                        field: "spec.vmConfig.env",
+                        message: format!("{}: value is only allowed with valueFrom INLINE", e.name),
+                    });
+                }
+                if let Ok(v) = std::env::var(&e.name) {
+                    env.push((e.name.clone(), v));
+                }
+            }
+            Some(other) => {
+                return Err(LoadError::Field {
+                    field: "spec.vmConfig.env",
+                    message: format!("{}: unknown valueFrom {other:?} (INLINE, HOST)", e.name),
+                })
+            }
+        }
+    }
+    let info = PluginInfo {
+        name: format!("{namespace}.{name}"),
+        root_id: spec.plugin_name.clone().unwrap_or_default(),
+        vm_id: String::new(),
+        node_id: format!("router~wicket~{namespace}"),
+        configuration,
+        env,
+        sha256: sha.clone(),
+    };
+    let key = Plugin::key(&info);
+    if let Some(running) = runtime.running(key) {
+        return Ok(running);
+    }
+    let module = runtime.module(&bytes, &sha).map_err(LoadError::Module)?;
+    let pre = runtime.link(&module).map_err(LoadError::Module)?;
+    let vms = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let plugin = Plugin::start(runtime, info, pre, vms).map_err(LoadError::Module)?;
+    runtime.remember(key, &plugin);
+    Ok(plugin)
+}
+
+/// Reads a local module; remote schemes cannot be fetched by an offline gateway.
+fn fetch(url: &str, config_dir: &Path) -> Result<Vec<u8>, LoadError> {
+    let path = if let Some(p) = url.strip_prefix("file://") {
+        Path::new(p).to_path_buf()
+    } else if url.is_empty() {
+        return Err(LoadError::Fetch("url is required".into()));
+    } else if url.starts_with("oci://")
+        || url.starts_with("http://")
+        || url.starts_with("https://")
+        || !url.contains('/') && url.contains(':')
+    {
+        return Err(LoadError::Fetch(format!(
+            "cannot fetch {url} in offline mode; download the module and use a file:// url (with its sha256)"
+        )));
+    } else {
+        // A plain path; relative ones are read from the config directory.
+        config_dir.join(url)
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))?;
+    if meta.len() > runtime::MAX_MODULE as u64 {
+        return Err(LoadError::Fetch(format!("{} is larger than {} bytes", path.display(), runtime::MAX_MODULE)));
+    }
+    std::fs::read(&path).map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
