@@ -110,3 +110,171 @@ async fn vm_environment_comes_from_vm_config_only() {
     assert_eq!(gw.send(get("/")).await.header("x-env"), Some("eu-west"));
     let _ = Duration::ZERO;
 }
+
+/// `base` plus an `auth` service the filter may call.
+fn with_auth(up: &Upstream, auth: &Upstream) -> String {
+    docs(&[&base(up), &service_entry("auth.default.svc.cluster.local", 80, "HTTP", &[(auth, "v1")])])
+}
+
+#[tokio::test]
+async fn an_auth_filter_pauses_calls_out_and_then_continues_or_denies() {
+    let (up, auth) = (Upstream::start("api").await, Upstream::start("auth-ok").await);
+    let allow = r#"{"auth_call": {"cluster": "outbound|80||auth.default.svc.cluster.local", "path": "/check"}}"#;
+    let deny = r#"{"auth_call": {"cluster": "auth.default.svc.cluster.local:80", "path": "/status/403"}}"#;
+    let gw = TestGateway::start(&docs(&[&with_auth(&up, &auth), &filter("allow", allow, "")])).await;
+    let resp = gw.send(get("/resource")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(up.last().headers["x-auth-body"], "auth-ok");
+    let call = auth.last();
+    assert_eq!(
+        (call.path.as_str(), call.authority.as_str()),
+        ("/check", "outbound|80||auth.default.svc.cluster.local")
+    );
+    assert_eq!(call.headers["x-original-path"], "/resource");
+
+    let gw = TestGateway::start(&docs(&[&with_auth(&up, &auth), &filter("deny", deny, "")])).await;
+    let hits = up.hits();
+    let resp = gw.send(get("/resource")).await;
+    assert_eq!(resp.status, StatusCode::FORBIDDEN);
+    assert_eq!(resp.body, "denied by auth service (403)");
+    assert_eq!(up.hits(), hits, "a denied request never reaches the upstream");
+}
+
+#[tokio::test]
+async fn http_call_timeouts_and_unknown_clusters_are_answers_not_hangs() {
+    let (up, slow) = (Upstream::start("api").await, Upstream::slow("slow", Duration::from_secs(5)).await);
+    let timeout = r#"{"auth_call": {"cluster": "auth.default.svc.cluster.local", "path": "/", "timeout_ms": 100}}"#;
+    let gw = TestGateway::start(&docs(&[&with_auth(&up, &slow), &filter("t", timeout, "")])).await;
+    let resp = gw.send(get("/")).await;
+    assert_eq!(resp.status, StatusCode::FORBIDDEN);
+    assert_eq!(resp.body, "denied by auth service (504)");
+
+    let unknown = r#"{"auth_call": {"cluster": "nowhere.example.com", "path": "/"}}"#;
+    let gw = TestGateway::start(&docs(&[&with_auth(&up, &slow), &filter("u", unknown, "")])).await;
+    let resp = gw.send(get("/")).await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.body.contains("BadArgument"), "{}", resp.body);
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_are_read_and_replaced() {
+    let up = Upstream::start("a secret answer").await;
+    let config = r#"{"request_body": "upper", "redact_response": true}"#;
+    let gw = TestGateway::start(&docs(&[&base(&up), &filter("bodies", config, "")])).await;
+    let req = Request::post("/").header("host", "api.test").body(Full::new(Bytes::from("hello body"))).unwrap();
+    let resp = gw.send(req).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(up.last().body, "HELLO BODY");
+    assert_eq!(resp.body, "a ****** answer");
+
+    let append = r#"{"request_body": "append: and more"}"#;
+    let gw = TestGateway::start(&docs(&[&base(&up), &filter("append", append, "")])).await;
+    let big = "x".repeat(200_000);
+    let req = Request::post("/").header("host", "api.test").body(Full::new(Bytes::from(big.clone()))).unwrap();
+    assert_eq!(gw.send(req).await.status, StatusCode::OK);
+    assert_eq!(up.last().body, format!("{big} and more"));
+}
+
+#[tokio::test]
+async fn shared_data_counts_exactly_across_requests_and_vms() {
+    let up = Upstream::start("api").await;
+    let gw = TestGateway::start(&docs(&[&base(&up), &filter("count", r#"{"counter": "hits"}"#, "")])).await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(gw.send(get("/")).await.header("x-count").unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6], "VMs take turns and share one counter");
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..40).map(|_| tokio::spawn(client::send(addr, get("/")))).collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap().header("x-count").unwrap().parse::<u64>().unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (7..=46).collect::<Vec<_>>(), "compare-and-swap loses no increment");
+}
+
+#[tokio::test]
+async fn ticks_run_on_every_vm() {
+    let up = Upstream::start("api").await;
+    let config = r#"{"tick_ms": 20, "expose_shared": "ticks"}"#;
+    let gw = TestGateway::start(&docs(&[&base(&up), &filter("ticker", config, "")])).await;
+    let mut ticks = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ticks = gw.send(get("/")).await.header("x-shared").unwrap().parse::<u64>().unwrap_or(0);
+        if ticks >= 10 {
+            break;
+        }
+    }
+    assert!(ticks >= 10, "on_tick ran {ticks} times");
+}
+
+#[tokio::test]
+async fn plugin_metrics_are_exported_with_the_gateways() {
+    let up = Upstream::start("api").await;
+    let gw = TestGateway::start(&docs(&[&base(&up), &filter("m", r#"{"metric": "conformance.requests"}"#, "")])).await;
+    for _ in 0..3 {
+        assert_eq!(gw.send(get("/")).await.status, StatusCode::OK);
+    }
+    let metrics = client::send(gw.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body;
+    assert!(metrics.contains("wasmcustom_conformance_requests_total 3"), "{metrics}");
+}
+
+#[tokio::test]
+async fn phases_and_priorities_sit_around_jwt_and_authorization_as_in_istio() {
+    use serde_json::json;
+    use wicket_tests::jwt::{jwks, now, Signer};
+    let up = Upstream::start("api").await;
+    let signer = Signer::es256("k1");
+    let jwt = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  jwtRules:\n  - issuer: https://idp.test\n    jwks: '{}'\n    outputPayloadToHeader: x-jwt-payload\n",
+        jwks(&[&signer])
+    );
+    let require = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: require-jwt, namespace: default}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n";
+    let block = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: block, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - when: [{key: 'request.headers[x-block]', values: [\"*\"]}]\n";
+    let plugins = [
+        // Written out of order on purpose: the chain order comes from phase and priority.
+        filter("last", r#"{"tag": "unspecified"}"#, ""),
+        filter("stats-low", r#"{"tag": "stats-10", "counter": "stats-runs"}"#, "  phase: STATS\n  priority: 10\n"),
+        filter("stats-none", r#"{"tag": "stats-none"}"#, "  phase: STATS\n"),
+        filter("stats-high", r#"{"tag": "stats-20"}"#, "  phase: STATS\n  priority: 20\n"),
+        filter("authz", r#"{"tag": "authz", "observe_header": "x-jwt-payload"}"#, "  phase: AUTHZ\n"),
+        // Turns an API key header into the bearer token JWT authentication checks.
+        filter(
+            "authn",
+            r#"{"tag": "authn", "copy_header": ["x-token", "authorization", "Bearer "]}"#,
+            "  phase: AUTHN\n",
+        ),
+    ];
+    let mut all = vec![base(&up), jwt, require.to_string(), block.to_string()];
+    all.extend(plugins);
+    let gw = TestGateway::start(&all.join("\n---\n")).await;
+    assert!(gw.gateway.snapshot().diagnostics.is_empty(), "{:?}", gw.gateway.snapshot().diagnostics);
+    let token = signer.sign(&json!({"iss": "https://idp.test", "sub": "bob", "exp": now() + 600}));
+    let req = Request::get("/").header("host", "api.test").header("x-token", &token).body(Full::default()).unwrap();
+    let resp = gw.send(req).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-order"], "authn,authz,stats-20,stats-10,stats-none,unspecified");
+    assert_eq!(seen.headers["x-saw-x-jwt-payload"], "yes", "AUTHZ plugins run after JWT authentication");
+
+    // Authorization denies before STATS plugins run: their counter does not move.
+    let before = gw
+        .send(Request::get("/").header("host", "api.test").header("x-token", &token).body(Full::default()).unwrap())
+        .await;
+    let count = before.header("x-count").unwrap().parse::<u64>().unwrap();
+    let req = Request::get("/")
+        .header("host", "api.test")
+        .header("x-token", &token)
+        .header("x-block", "1")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(gw.send(req).await.status, StatusCode::FORBIDDEN);
+    let after = gw
+        .send(Request::get("/").header("host", "api.test").header("x-token", &token).body(Full::default()).unwrap())
+        .await;
+    assert_eq!(after.header("x-count").unwrap().parse::<u64>().unwrap(), count + 1);
+    // Without the AUTHN plugin's token the request has no principal: 403.
+    assert_eq!(gw.send(get("/")).await.status, StatusCode::FORBIDDEN);
+}

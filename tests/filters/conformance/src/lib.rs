@@ -45,6 +45,8 @@ struct Config {
     panic_if_header: Option<String>,
     /// Returns `x-env` with the value of this environment variable.
     env: Option<String>,
+    /// Returns `x-shared` with this shared-data key's value.
+    expose_shared: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +245,11 @@ impl HttpContext for Filter {
         }
         if let Some(n) = self.count {
             self.set_http_response_header("x-count", Some(&n.to_string()));
+        }
+        if let Some(key) = &c.expose_shared {
+            let (value, _) = hostcalls::get_shared_data(key).unwrap_or((None, None));
+            let v = value.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_else(|| "<none>".into());
+            self.set_http_response_header("x-shared", Some(&v));
         }
         if let Some(name) = &c.env {
             let v = std::env::var(name).unwrap_or_else(|_| "<unset>".into());
