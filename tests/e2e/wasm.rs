@@ -278,3 +278,135 @@ async fn phases_and_priorities_sit_around_jwt_and_authorization_as_in_istio() {
     // Without the AUTHN plugin's token the request has no principal: 403.
     assert_eq!(gw.send(get("/")).await.status, StatusCode::FORBIDDEN);
 }
+
+/// A filter module in WAT: `imports` and `body` on top of the ABI skeleton.
+fn hostile_plugin(gw_dir: &std::path::Path, name: &str, body: &str, extra: &str) -> String {
+    let path = wicket_tests::wasm::wat(gw_dir, name, &wicket_tests::wasm::hostile(body));
+    plugin(name, &path, extra)
+}
+
+/// Starts a gateway whose config directory holds the WAT modules it names.
+async fn start_with_modules(build: impl FnOnce(&std::path::Path) -> String) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = build(dir.path());
+    std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+    TestGateway::start_in(dir).await
+}
+
+async fn failures(gw: &TestGateway, cause: &str) -> u64 {
+    let metrics = client::send(gw.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("wicket_wasm_plugin_failures_total") && l.contains(&format!("cause=\"{cause}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+const LOOP: &str = r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (loop $forever (br $forever)) (i32.const 0))"#;
+
+#[tokio::test]
+async fn an_endless_loop_hits_the_deadline_and_fails_per_strategy() {
+    let up = Upstream::start("api").await;
+    for (strategy, expect) in [("FAIL_CLOSE", StatusCode::SERVICE_UNAVAILABLE), ("FAIL_OPEN", StatusCode::OK)] {
+        let gw = start_with_modules(|dir| {
+            docs(&[&base(&up), &hostile_plugin(dir, "spin", LOOP, &format!("  failStrategy: {strategy}\n"))])
+        })
+        .await;
+        // Answering at all proves the deadline cut the loop.
+        assert_eq!(gw.send(get("/")).await.status, expect, "{strategy}");
+        assert!(failures(&gw, "deadline").await >= 1);
+        // The gateway keeps serving: the next request meets a fresh VM (and the loop again).
+        assert_eq!(gw.send(get("/")).await.status, expect);
+    }
+}
+
+#[tokio::test]
+async fn a_memory_bomb_stops_at_the_vm_cap() {
+    let up = Upstream::start("api").await;
+    // Grows 64 MiB at a time until refused, then reports how far it got in pages.
+    let bomb = r#"(import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (block $full (loop $grow
+      (br_if $full (i32.eq (memory.grow (i32.const 1024)) (i32.const -1)))
+      (br $grow)))
+    (drop (call $reply (select (i32.const 200) (i32.const 500) (i32.le_u (memory.size) (i32.const 4096)))
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))"#;
+    let gw = start_with_modules(|dir| docs(&[&base(&up), &hostile_plugin(dir, "bomb", bomb, "")])).await;
+    assert_eq!(gw.send(get("/")).await.status, StatusCode::OK, "memory stayed within 256 MiB");
+    assert_eq!(up.hits(), 0);
+}
+
+/// Every hostcall that takes a pointer, called with out-of-bounds pointers and
+/// lengths: each must answer INVALID_MEMORY_ACCESS (WASI: EFAULT) and touch nothing.
+#[tokio::test]
+async fn out_of_bounds_pointers_are_refused_by_every_hostcall() {
+    let up = Upstream::start("api").await;
+    let calls: &[(&str, &str, &str, i32)] = &[
+        ("env", "proxy_log", "(i32.const 2) $P $L", 6),
+        ("env", "proxy_get_log_level", "$P", 6),
+        ("env", "proxy_get_current_time_nanoseconds", "$P", 6),
+        ("env", "proxy_get_property", "$P $L (i32.const 0) (i32.const 4)", 6),
+        ("env", "proxy_get_property", "(i32.const 512) (i32.const 11) $P (i32.const 4)", 6),
+        ("env", "proxy_set_property", "$P $L (i32.const 0) (i32.const 1)", 6),
+        ("env", "proxy_get_header_map_pairs", "(i32.const 0) $P (i32.const 4)", 6),
+        ("env", "proxy_set_header_map_pairs", "(i32.const 0) $P $L", 6),
+        ("env", "proxy_get_header_map_value", "(i32.const 0) $P $L (i32.const 0) (i32.const 4)", 6),
+        ("env", "proxy_add_header_map_value", "(i32.const 0) $P $L (i32.const 0) (i32.const 1)", 6),
+        ("env", "proxy_replace_header_map_value", "(i32.const 0) (i32.const 0) (i32.const 1) $P $L", 6),
+        ("env", "proxy_remove_header_map_value", "(i32.const 0) $P $L", 6),
+        ("env", "proxy_get_buffer_bytes", "(i32.const 7) (i32.const 0) (i32.const 8) $P (i32.const 4)", 6),
+        ("env", "proxy_set_buffer_bytes", "(i32.const 0) (i32.const 0) (i32.const 0) $P $L", 6),
+        ("env", "proxy_send_local_response", "(i32.const 200) $P $L (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)", 6),
+        ("env", "proxy_http_call", "$P $L (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 0)", 6),
+        ("env", "proxy_get_shared_data", "$P $L (i32.const 0) (i32.const 4) (i32.const 8)", 6),
+        ("env", "proxy_set_shared_data", "(i32.const 0) (i32.const 1) $P $L (i32.const 0)", 6),
+        ("env", "proxy_register_shared_queue", "$P $L (i32.const 0)", 6),
+        ("env", "proxy_resolve_shared_queue", "$P $L (i32.const 0) (i32.const 1) (i32.const 0)", 6),
+        ("env", "proxy_enqueue_shared_queue", "(i32.const 1) $P $L", 6),
+        ("env", "proxy_define_metric", "(i32.const 0) $P $L (i32.const 0)", 6),
+        ("wasi_snapshot_preview1", "fd_write", "(i32.const 1) $P (i32.const 1) (i32.const 0)", 21),
+        ("wasi_snapshot_preview1", "environ_sizes_get", "$P (i32.const 0)", 21),
+        ("wasi_snapshot_preview1", "clock_time_get", "(i32.const 0) (i64.const 0) $P", 21),
+        ("wasi_snapshot_preview1", "random_get", "$P (i32.const 64)", 21),
+    ];
+    let mut imports = String::new();
+    let mut checks = String::new();
+    for (i, (module, name, args, expect)) in calls.iter().enumerate() {
+        let params: String = args
+            .split_whitespace()
+            .filter(|t| t.starts_with('$') || t.starts_with("(i"))
+            .map(|t| if t.starts_with("(i64") { " i64" } else { " i32" })
+            .collect();
+        imports.push_str(&format!("(import \"{module}\" \"{name}\" (func $f{i} (param{params}) (result i32)))\n"));
+        for (v, (p, l)) in [("(i32.const 0xfffffff0)", "(i32.const 64)"), ("(i32.const 16)", "(i32.const 0xffffffff)")]
+            .into_iter()
+            .enumerate()
+        {
+            let n = i * 2 + v;
+            if v == 1 && !args.contains("$L") {
+                continue; // only a pointer: the in-bounds variant is a valid call
+            }
+            let call = args.replace("$P", p).replace("$L", l);
+            checks.push_str(&format!(
+                "(if (i32.ne (call $f{i} {call}) (i32.const {expect})) (then (drop (call $reply (i32.add (i32.const 200) (i32.const {n})) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1))) (return (i32.const 1))))\n"
+            ));
+        }
+    }
+    let body = format!(
+        r#"{imports}
+  (data (i32.const 512) "plugin_name")
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    {checks}
+    (drop (call $reply (i32.const 200)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))"#
+    );
+    let gw = start_with_modules(|dir| docs(&[&base(&up), &hostile_plugin(dir, "oob", &body, "")])).await;
+    let resp = gw.send(get("/")).await;
+    // 200, or 200 + (2 × index in `calls` + variant) of the first call that misbehaved.
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(up.hits(), 0);
+}

@@ -61,10 +61,13 @@ pub fn plugin(name: &str, module: &Path, extra: &str) -> String {
 }
 
 /// The minimal hostile-module skeleton: ABI marker, memory, allocator; `body` adds
-/// more exports and functions.
+/// more exports and functions, and its `(import ...)` lines are hoisted first.
 pub fn hostile(body: &str) -> String {
+    let (imports, rest): (Vec<&str>, Vec<&str>) = body.lines().partition(|l| l.trim_start().starts_with("(import"));
+    let (imports, body) = (imports.join("\n"), rest.join("\n"));
     format!(
         r#"(module
+  {imports}
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 1024))
   (func (export "proxy_abi_version_0_2_1"))

@@ -34,6 +34,18 @@ struct Active {
     filter: Arc<Filter>,
     vm: Arc<Vm>,
     ctx: u32,
+    /// Its VM died during this stream: no further callbacks.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Active {
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The stream's filter contexts, shared with its body wrappers; the teardown runs
@@ -119,12 +131,13 @@ impl WasmStream {
                 return Err(fail_closed(filter)); // bodies already started: cannot happen
             };
             let index = contexts.active.len();
-            contexts.active.push(Active { filter: filter.clone(), vm: vm.clone(), ctx });
+            contexts.active.push(Active { filter: filter.clone(), vm: vm.clone(), ctx, failed: Default::default() });
             let head = RequestHead {
                 method: std::mem::take(req.method_mut()),
                 uri: std::mem::take(req.uri_mut()),
                 headers: std::mem::take(req.headers_mut()),
             };
+            let failed = || self.contexts.active[index].fail();
             let outcome = match vm.request_headers(ctx, head, eos) {
                 Err(VmFailure::Dead) => Verdict::Failed,
                 Ok((Verdict::Continue, Some(head))) => {
@@ -144,8 +157,13 @@ impl WasmStream {
                     return Err(r);
                 }
                 Verdict::Close => return Err(closed()),
-                // The request head went down with the VM, so even FAIL_OPEN cannot go on.
-                Verdict::Failed | Verdict::Pause => return Err(fail_closed(filter)),
+                Verdict::Failed | Verdict::Pause => {
+                    failed();
+                    match vm.take_request(ctx) {
+                        Some(head) if filter.fail_open => restore(req, head),
+                        _ => return Err(fail_closed(filter)),
+                    }
+                }
             }
         }
         Ok(())
@@ -171,7 +189,7 @@ impl WasmStream {
     pub fn response_headers<B>(&mut self, resp: &mut Response<B>, eos: bool) -> Result<(), LocalResponse> {
         let skip = Some(self.contexts.replier.swap(usize::MAX, Ordering::Relaxed));
         for (i, a) in self.contexts.active.iter().enumerate().rev() {
-            if Some(i) == skip {
+            if Some(i) == skip || a.failed() {
                 continue;
             }
             let head = ResponseHead { status: resp.status(), headers: std::mem::take(resp.headers_mut()) };
@@ -192,8 +210,12 @@ impl WasmStream {
                         _ => {}
                     }
                 }
-                Err(VmFailure::Dead) if a.filter.fail_open => {}
-                Err(VmFailure::Dead) => return Err(fail_closed(&a.filter)),
+                Err(VmFailure::Dead) => {
+                    a.fail();
+                    if !a.filter.fail_open {
+                        return Err(fail_closed(&a.filter));
+                    }
+                }
             }
         }
         Ok(())
@@ -275,10 +297,11 @@ impl<B> Filtered<B> {
         Self { inner, contexts, dir, done: false, trailers: None }
     }
 
+    /// The filters still running, in this direction's order.
     fn order(&self) -> Box<dyn Iterator<Item = &Active> + '_> {
         match self.dir {
-            Dir::Request => Box::new(self.contexts.active.iter()),
-            Dir::Response => Box::new(self.contexts.active.iter().rev()),
+            Dir::Request => Box::new(self.contexts.active.iter().filter(|a| !a.failed())),
+            Dir::Response => Box::new(self.contexts.active.iter().rev().filter(|a| !a.failed())),
         }
     }
 
@@ -286,13 +309,17 @@ impl<B> Filtered<B> {
     fn data(&self, chunk: Bytes, eos: bool) -> Result<Bytes, BoxError> {
         let mut chunk = chunk;
         for a in self.order() {
-            match a.vm.body(a.ctx, self.dir, chunk, eos) {
+            match a.vm.body(a.ctx, self.dir, chunk.clone(), eos) {
                 Ok((Verdict::Reply(_) | Verdict::Close, _)) => return Err("body reset by a Wasm filter".into()),
                 Ok((_, Some(out))) => chunk = out.freeze(),
                 Ok((_, None)) if eos => chunk = Bytes::new(),
                 Ok((_, None)) => return Ok(Bytes::new()), // buffered by a paused filter
-                Err(VmFailure::Dead) if a.filter.fail_open => chunk = Bytes::new(),
-                Err(VmFailure::Dead) => return Err(format!("Wasm plugin {} failed", a.filter.id).into()),
+                Err(VmFailure::Dead) => {
+                    a.fail();
+                    if !a.filter.fail_open {
+                        return Err(format!("Wasm plugin {} failed", a.filter.id).into());
+                    }
+                }
             }
         }
         Ok(chunk)
@@ -303,8 +330,12 @@ impl<B> Filtered<B> {
             match a.vm.trailers(a.ctx, self.dir, trailers.clone()) {
                 Ok((Verdict::Reply(_) | Verdict::Close, _)) => return Err("stream reset by a Wasm filter".into()),
                 Ok((_, t)) => trailers = t,
-                Err(VmFailure::Dead) if a.filter.fail_open => {}
-                Err(VmFailure::Dead) => return Err(format!("Wasm plugin {} failed", a.filter.id).into()),
+                Err(VmFailure::Dead) => {
+                    a.fail();
+                    if !a.filter.fail_open {
+                        return Err(format!("Wasm plugin {} failed", a.filter.id).into());
+                    }
+                }
             }
         }
         Ok(trailers)

@@ -105,6 +105,8 @@ struct Live {
 /// One instance of a plugin.
 pub(super) struct Vm {
     live: Mutex<Option<Live>>,
+    /// Streams of a VM that died: their request heads survive for FAIL_OPEN.
+    orphans: Mutex<std::collections::HashMap<u32, StreamData>>,
     plugin: Arc<PluginInfo>,
     runtime: Arc<Runtime>,
     tick: Arc<Tick>,
@@ -132,6 +134,7 @@ impl Vm {
     ) -> Result<Arc<Self>, String> {
         let vm = Arc::new(Self {
             live: Mutex::new(None),
+            orphans: Mutex::default(),
             plugin: plugin.clone(),
             runtime: runtime.clone(),
             tick: Arc::default(),
@@ -223,10 +226,14 @@ impl Vm {
                 let what = if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) { "deadline" } else { "trap" };
                 tracing::error!(plugin = %self.plugin.name, cause = %why, "Wasm plugin failed; replacing its VM");
                 self.runtime.metrics.failure(&self.plugin.name, what);
-                if let Some(dead) = guard.take() {
-                    for s in dead.store.data().streams.values() {
+                if let Some(mut dead) = guard.take() {
+                    let streams = std::mem::take(&mut dead.store.data_mut().streams);
+                    for s in streams.values() {
                         s.signal.push(Deferred::Failed);
                     }
+                    drop(guard);
+                    drop(dead);
+                    self.orphans.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(streams);
                 }
                 return Err(VmFailure::Dead);
             }
@@ -313,9 +320,12 @@ impl Vm {
         Ok((verdict, head))
     }
 
-    /// The request head after a resume.
+    /// The request head after a resume, or after the VM died holding it.
     pub(super) fn take_request(&self, ctx: u32) -> Option<RequestHead> {
-        self.with_stream(ctx, |s| s.request.take()).flatten()
+        self.with_stream(ctx, |s| s.request.take()).flatten().or_else(|| {
+            let mut orphans = self.orphans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            orphans.get_mut(&ctx).and_then(|s| s.request.take())
+        })
     }
 
     /// `on_response_headers`; the head comes back unless the filter paused.
@@ -416,6 +426,7 @@ impl Vm {
 
     /// Ends a stream: `on_done`, `on_log`, `on_delete` (spec order), then forgets it.
     pub(super) fn finish(&self, ctx: u32) {
+        self.orphans.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&ctx);
         let _ = self.run(ctx, Stage::Teardown, |cb, store| cb.done.as_ref().map(|f| f.call(store, ctx).map(drop)));
         let _ = self.run(ctx, Stage::Log, |cb, store| cb.log.as_ref().map(|f| f.call(store, ctx)));
         let _ = self.run(ctx, Stage::Teardown, |cb, store| cb.delete.as_ref().map(|f| f.call(store, ctx)));
