@@ -410,3 +410,116 @@ async fn out_of_bounds_pointers_are_refused_by_every_hostcall() {
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(up.hits(), 0);
 }
+
+/// A module whose callback `trap_in` executes `unreachable`; every other callback
+/// continues.
+fn trapping(trap_in: &str) -> String {
+    let cb = |name: &str, params: &str, result: bool| {
+        let body = if name == trap_in {
+            "unreachable"
+        } else if result {
+            "i32.const 0"
+        } else {
+            ""
+        };
+        let result = if result { "(result i32)" } else { "" };
+        format!("(func (export \"{name}\") (param {params}) {result} {body})\n")
+    };
+    let mut out = String::new();
+    out.push_str(&cb("proxy_on_request_headers", "i32 i32 i32", true));
+    out.push_str(&cb("proxy_on_request_body", "i32 i32 i32", true));
+    out.push_str(&cb("proxy_on_response_headers", "i32 i32 i32", true));
+    out.push_str(&cb("proxy_on_response_body", "i32 i32 i32", true));
+    out.push_str(&cb("proxy_on_done", "i32", true).replace("i32.const 0", "i32.const 1"));
+    out.push_str(&cb("proxy_on_log", "i32", false));
+    out.push_str(&cb("proxy_on_delete", "i32", false));
+    out
+}
+
+#[tokio::test]
+async fn a_trap_in_each_callback_fails_the_stream_per_strategy_and_the_gateway_carries_on() {
+    let up = Upstream::start("api").await;
+    let post = || Request::post("/").header("host", "api.test").body(Full::new(Bytes::from("payload"))).unwrap();
+    let cases = [
+        ("proxy_on_request_headers", StatusCode::SERVICE_UNAVAILABLE),
+        ("proxy_on_response_headers", StatusCode::SERVICE_UNAVAILABLE),
+        ("proxy_on_request_body", StatusCode::SERVICE_UNAVAILABLE),
+        ("proxy_on_response_body", StatusCode::OK),
+        ("proxy_on_done", StatusCode::OK),
+        ("proxy_on_log", StatusCode::OK),
+        ("proxy_on_delete", StatusCode::OK),
+    ];
+    for (callback, closed) in cases {
+        for strategy in ["FAIL_CLOSE", "FAIL_OPEN"] {
+            let gw = start_with_modules(|dir| {
+                docs(&[
+                    &base(&up),
+                    &hostile_plugin(dir, "trap", &trapping(callback), &format!("  failStrategy: {strategy}\n")),
+                ])
+            })
+            .await;
+            let hits = up.hits();
+            let addr = gw.addr();
+            // A failure in the response body resets the stream: the client sees an error.
+            let answer = tokio::spawn(client::send(addr, post())).await;
+            match (strategy, callback) {
+                ("FAIL_CLOSE", "proxy_on_response_body") => {
+                    assert!(answer.is_err() || answer.as_ref().unwrap().body != "api", "{callback}")
+                }
+                ("FAIL_CLOSE", _) => assert_eq!(answer.unwrap().status, closed, "{callback} {strategy}"),
+                _ => {
+                    let resp = answer.unwrap();
+                    assert_eq!((resp.status, resp.body.as_str()), (StatusCode::OK, "api"), "{callback} {strategy}");
+                    assert_eq!(up.last().body, "payload", "{callback} {strategy}");
+                }
+            }
+            if callback.contains("response") {
+                assert!(up.hits() > hits, "{callback}: the request went upstream before the trap");
+            }
+            // The plugin failure is counted, and a route the plugin still covers works
+            // again once a fresh VM serves it (FAIL_OPEN) or fails cleanly (FAIL_CLOSE).
+            for _ in 0..50 {
+                if failures(&gw, "trap").await >= 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(failures(&gw, "trap").await >= 1, "{callback} {strategy}");
+            if strategy == "FAIL_OPEN" {
+                assert_eq!(gw.send(get("/")).await.status, StatusCode::OK, "{callback}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn broken_modules_are_rejected_with_the_reason_and_the_fail_strategy_applies() {
+    let up = Upstream::start("api").await;
+    let no_marker =
+        "(module (memory (export \"memory\") 1) (func (export \"malloc\") (param i32) (result i32) (i32.const 0)))";
+    let no_alloc = "(module (memory (export \"memory\") 1) (func (export \"proxy_abi_version_0_2_1\")))";
+    let cases: [(&str, String, &str); 6] = [
+        ("marker", no_marker.to_string(), "no proxy_abi_version_0_2_1"),
+        ("alloc", no_alloc.to_string(), "no allocator"),
+        ("vmstart", wicket_tests::wasm::hostile("").replace("(func (export \"proxy_on_vm_start\") (param i32 i32) (result i32) (i32.const 1))", "(func (export \"proxy_on_vm_start\") (param i32 i32) (result i32) (i32.const 0))"), "proxy_on_vm_start returned false"),
+        ("configure", wicket_tests::wasm::hostile("").replace("(func (export \"proxy_on_configure\") (param i32 i32) (result i32) (i32.const 1))", "(func (export \"proxy_on_configure\") (param i32 i32) (result i32) unreachable)"), "proxy_on_configure failed"),
+        ("exit", wicket_tests::wasm::hostile("(import \"wasi_snapshot_preview1\" \"proc_exit\" (func $exit (param i32)))\n(func (export \"_initialize\") (call $exit (i32.const 3)))"), "proc_exit(3)"),
+        ("garbage", "(module".to_string(), ""),
+    ];
+    for (name, text, why) in cases {
+        for (strategy, status) in [("FAIL_CLOSE", StatusCode::FORBIDDEN), ("FAIL_OPEN", StatusCode::OK)] {
+            let gw = start_with_modules(|dir| {
+                let path = dir.join(format!("{name}.wasm"));
+                let bytes = wat::parse_str(&text).unwrap_or_else(|_| b"\0asm\x01\0\0\0garbage".to_vec());
+                std::fs::write(&path, bytes).unwrap();
+                docs(&[&base(&up), &plugin(name, &path, &format!("  failStrategy: {strategy}\n"))])
+            })
+            .await;
+            let snapshot = gw.gateway.snapshot();
+            let diag = snapshot.diagnostics.iter().map(ToString::to_string).find(|d| d.contains(name));
+            let diag = diag.unwrap_or_else(|| panic!("{name}: no diagnostic"));
+            assert!(diag.contains("WasmPlugin/default/") && diag.contains(why), "{diag}");
+            assert_eq!(gw.send(get("/")).await.status, status, "{name} {strategy}");
+        }
+    }
+}

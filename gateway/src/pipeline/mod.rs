@@ -112,7 +112,10 @@ pub async fn handle(
         if let Err(local) = stream.response_headers(&mut response, eos) {
             response = LocalReply::wasm(local).into_response(&mut record);
         }
-        response = response.map(|b| body::boxed(stream.response_body(b)));
+        // A response without a body never reaches the body callbacks (as in Envoy).
+        if !response.body().is_end_stream() {
+            response = response.map(|b| body::boxed(stream.response_body(b)));
+        }
     }
     record.response_code = response.status().as_u16();
     record.grpc_status = crate::telemetry::grpc_status(response.headers()).or(record.grpc_status);
@@ -243,7 +246,7 @@ async fn route_and_forward(
             return Err(reply);
         }
         Action::Forward(fwd) => match wasm {
-            Some(w) if !w.is_empty() => {
+            Some(w) if !w.is_empty() && !req.body().is_end_stream() => {
                 let req = req.map(|b| w.request_body(b));
                 forward::forward(proxy, conn, route, fwd, matched, req, record, flags).await?
             }
