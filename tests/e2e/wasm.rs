@@ -523,3 +523,68 @@ async fn broken_modules_are_rejected_with_the_reason_and_the_fail_strategy_appli
         }
     }
 }
+
+/// A WAT filter adding `x-module: wat` to every response.
+const WAT_HEADER: &str = r#"(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (data (i32.const 256) "x-modulewat")
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 256) (i32.const 8) (i32.const 264) (i32.const 3)))
+    (i32.const 0))"#;
+
+#[tokio::test]
+async fn reloads_swap_plugins_without_failing_requests_and_keep_the_last_good_module() {
+    let up = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("filter.wasm");
+    std::fs::copy(conformance(), &module).unwrap();
+    let with = |version: &str, url: &str| {
+        let config = format!(r#"{{"response_set": [["x-version", "{version}"]]}}"#);
+        docs(&[&base(&up), &format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: swap, namespace: default}}\nspec:\n  url: {url}\n  pluginConfig: {config}\n")])
+    };
+    std::fs::write(dir.path().join("config.yaml"), with("a", "filter.wasm")).unwrap();
+    let mut gw = TestGateway::start_in(dir).await;
+    assert_eq!(gw.send(get("/")).await.header("x-version"), Some("a"));
+
+    // Steady load while the plugin is swapped, broken and replaced.
+    let addr = gw.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client::send(addr, get("/")).await.status {
+                    StatusCode::OK => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    gw.write("config.yaml", &with("b", "filter.wasm")).await;
+    assert_eq!(gw.send(get("/")).await.header("x-version"), Some("b"));
+
+    // A broken module is rejected; version b keeps serving.
+    std::fs::write(gw.dir().join("broken.wasm"), b"\0asm\x01\0\0\0junk").unwrap();
+    gw.write("config.yaml", &with("c", "broken.wasm")).await;
+    assert_eq!(gw.send(get("/")).await.header("x-version"), Some("b"));
+    let snapshot = gw.gateway.snapshot();
+    let status = snapshot.resources.iter().find(|r| r.id.name == "swap").unwrap();
+    assert_eq!(status.state, wicket::snapshot::ResourceState::LastGood);
+
+    // Back to a good module, then the module file itself replaced in place.
+    gw.write("config.yaml", &with("d", "filter.wasm")).await;
+    assert_eq!(gw.send(get("/")).await.header("x-version"), Some("d"));
+    let wat = wat::parse_str(wicket_tests::wasm::hostile(WAT_HEADER)).unwrap();
+    std::fs::write(gw.dir().join("filter.wasm.tmp"), wat).unwrap();
+    std::fs::rename(gw.dir().join("filter.wasm.tmp"), gw.dir().join("filter.wasm")).unwrap();
+    gw.wait_for_reload().await;
+    let resp = gw.send(get("/")).await;
+    assert_eq!((resp.header("x-module"), resp.header("x-version")), (Some("wat"), None));
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "no request failed across the swaps");
+}

@@ -35,7 +35,8 @@ impl Reloader {
 
     /// Loads and compiles the directory. Blocking: run it off the async workers.
     pub fn reload(&mut self) -> Result<ReloadOutcome, LoadError> {
-        let loaded = load_dir(&self.bootstrap.config_dir, &self.bootstrap.namespace)?;
+        let mut loaded = load_dir(&self.bootstrap.config_dir, &self.bootstrap.namespace)?;
+        loaded.digest = module_stamps(&loaded.resources, &self.bootstrap.config_dir, loaded.digest);
         if self.digest == Some(loaded.digest) {
             return Ok(ReloadOutcome { snapshot: None, diagnostics: Vec::new(), rejected: Vec::new() });
         }
@@ -47,6 +48,8 @@ impl Reloader {
         if compiled.rejected.iter().any(|r| self.last_good.contains_key(r)) {
             resources.retain(|r| !compiled.rejected.contains(&r.id));
             self.keep_last_good(&mut resources, &compiled.rejected, &mut diagnostics);
+            // Those with a last good version serve it: report them as such.
+            rejected.extend(compiled.rejected.iter().filter(|r| self.last_good.contains_key(*r)).cloned());
             let first_errors = std::mem::take(&mut compiled.diagnostics);
             compiled = compile(&resources, &self.bootstrap, &self.caches);
             diagnostics.extend(first_errors.into_iter().filter(|d| d.is_error() && !compiled.diagnostics.contains(d)));
@@ -79,6 +82,22 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Folds the size and modification time of every local Wasm module into `digest`,
+/// so replacing a module file reloads even when no YAML changed.
+fn module_stamps(resources: &[Resource], config_dir: &std::path::Path, digest: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    digest.hash(&mut h);
+    for r in resources {
+        if let crate::config::Spec::WasmPlugin(p) = &r.spec {
+            if let Some(meta) = crate::wasm::local_path(&p.url, config_dir).and_then(|f| std::fs::metadata(f).ok()) {
+                (meta.len(), meta.modified().ok()).hash(&mut h);
+            }
+        }
+    }
+    h.finish()
 }
 
 /// Each resource's state in this reload: applied, serving its last good version, or

@@ -179,23 +179,27 @@ pub fn load(
     Ok(plugin)
 }
 
+/// The file a `url` names: `file://` paths, and plain paths (relative ones from the
+/// config directory). `None` for remote schemes (`oci://`, `http(s)://`, and bare
+/// `registry/repo:tag` references, which Istio reads as OCI).
+pub fn local_path(url: &str, config_dir: &Path) -> Option<std::path::PathBuf> {
+    if let Some(p) = url.strip_prefix("file://") {
+        return Some(Path::new(p).to_path_buf());
+    }
+    let first = url.split('/').next().unwrap_or("");
+    let remote = url.contains("://") || (url.contains('/') && (first.contains('.') || first.contains(':')));
+    (!url.is_empty() && !remote && !url.contains(':')).then(|| config_dir.join(url))
+}
+
 /// Reads a local module; remote schemes cannot be fetched by an offline gateway.
 fn fetch(url: &str, config_dir: &Path) -> Result<Vec<u8>, LoadError> {
-    let path = if let Some(p) = url.strip_prefix("file://") {
-        Path::new(p).to_path_buf()
-    } else if url.is_empty() {
+    if url.is_empty() {
         return Err(LoadError::Fetch("url is required".into()));
-    } else if url.starts_with("oci://")
-        || url.starts_with("http://")
-        || url.starts_with("https://")
-        || !url.contains('/') && url.contains(':')
-    {
+    }
+    let Some(path) = local_path(url, config_dir) else {
         return Err(LoadError::Fetch(format!(
             "cannot fetch {url} in offline mode; download the module and use a file:// url (with its sha256)"
         )));
-    } else {
-        // A plain path; relative ones are read from the config directory.
-        config_dir.join(url)
     };
     let meta = std::fs::metadata(&path).map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))?;
     if meta.len() > runtime::MAX_MODULE as u64 {
