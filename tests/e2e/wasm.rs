@@ -588,3 +588,66 @@ async fn reloads_swap_plugins_without_failing_requests_and_keep_the_last_good_mo
     assert!(ok > 0);
     assert_eq!(failed, 0, "no request failed across the swaps");
 }
+
+fn corpus(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/../../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Points a corpus WasmPlugin's `url` (or template placeholder) at a local module.
+fn localize(yaml: &str, module: &std::path::Path) -> String {
+    let mut out = String::new();
+    for line in yaml.lines() {
+        if let Some((indent, _)) = line.split_once("url:") {
+            out.push_str(&format!("{indent}url: file://{}\n", module.display()));
+        } else {
+            out.push_str(&line.replace("{{ .WasmPluginName }}", "templated"));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_corpus_wasm_plugins_load_from_local_files() {
+    let up = Upstream::start("api").await;
+    let module = conformance();
+    // basic-auth sits in istio-system with the ingress selector: it applies here.
+    let basic = localize(&corpus("wasm/basic-auth-ingress.yaml"), module);
+    let gw = TestGateway::start(&docs(&[&base(&up), &basic])).await;
+    assert!(gw.gateway.snapshot().diagnostics.iter().all(|d| !d.is_error()), "{:?}", gw.gateway.snapshot().diagnostics);
+    assert_eq!(gw.gateway.snapshot().wasm.filters.len(), 1);
+    assert_eq!(gw.send(get("/productpage")).await.status, StatusCode::OK);
+
+    // attributegen's selector (app: b) does not select this gateway; the template
+    // with a targetRef is reported as unsupported and left out.
+    let attributegen = localize(&corpus("wasm/attributegen.yaml.tmpl"), module);
+    let templated = localize(&corpus("wasm/gateway-wasm-filter.yaml.tmpl"), module)
+        .lines()
+        .filter(|l| !l.contains("{{"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let gw = TestGateway::start(&docs(&[&base(&up), &attributegen, &templated])).await;
+    assert!(gw.gateway.snapshot().wasm.filters.is_empty());
+    assert_eq!(gw.send(get("/")).await.status, StatusCode::OK);
+
+    // The bad-url samples as written: offline, FAIL_CLOSE denies and FAIL_OPEN skips.
+    let close = TestGateway::start(&docs(&[&base(&up), &corpus("wasm/bad-filter-fail-close.yaml")])).await;
+    let resp = close.send(get("/")).await;
+    assert_eq!((resp.status, resp.body.as_str()), (StatusCode::FORBIDDEN, "RBAC: access denied"));
+    let open = TestGateway::start(&docs(&[&base(&up), &corpus("wasm/bad-filter-fail-open.yaml")])).await;
+    assert_eq!(open.send(get("/")).await.status, StatusCode::OK);
+    let diag = open.gateway.snapshot().diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    assert!(diag.contains("cannot fetch https://bad-url.wasm in offline mode"), "{diag}");
+}
+
+#[tokio::test]
+async fn filters_see_http2_requests_with_pseudo_headers() {
+    let up = Upstream::start("api").await;
+    let config = r#"{"properties": ["request.protocol", "request.host"], "request_add": [["x-h2", "seen"]]}"#;
+    let gw = TestGateway::start(&docs(&[&base(&up), &filter("h2", config, "")])).await;
+    let resp = client::send_h2(gw.addr(), "api.test", get("/h2")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.header("x-prop-request.protocol"), Some("HTTP/2"));
+    assert_eq!(resp.header("x-prop-request.host"), Some("api.test"));
+    assert_eq!(up.last().headers["x-h2"], "seen");
+}

@@ -211,3 +211,19 @@ fn fetch(url: &str, config_dir: &Path) -> Result<Vec<u8>, LoadError> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_local_files_or_remote_references() {
+        let dir = Path::new("/etc/wicket");
+        assert_eq!(local_path("file:///m/f.wasm", dir), Some("/m/f.wasm".into()));
+        assert_eq!(local_path("plugins/f.wasm", dir), Some("/etc/wicket/plugins/f.wasm".into()));
+        assert_eq!(local_path("f.wasm", dir), Some("/etc/wicket/f.wasm".into()));
+        for remote in ["oci://ghcr.io/a/b:1", "https://x/f.wasm", "ghcr.io/a/b:1", "localhost:5000/a", ""] {
+            assert_eq!(local_path(remote, dir), None, "{remote}");
+        }
+    }
+}

@@ -237,3 +237,32 @@ fn check_abi(module: &Module) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODULE: &str = r#"(module (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "malloc") (param i32) (result i32) (i32.const 0)))"#;
+
+    #[test]
+    fn a_restart_loads_the_compiled_module_from_the_disk_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = wat::parse_str(MODULE).unwrap();
+        let sha = super::super::hex(ring::digest::digest(&ring::digest::SHA256, &wasm).as_ref());
+        Runtime::new(Arc::default(), Some(dir.path().into())).module(&wasm, &sha).unwrap();
+        assert!(dir.path().join(format!("{sha}.cwasm")).exists());
+        // Not the module's bytes: only the cache can answer.
+        let restarted = Runtime::new(Arc::default(), Some(dir.path().into()));
+        assert!(restarted.module(b"not wasm", &sha).is_ok());
+        assert!(Runtime::new(Arc::default(), None).module(b"not wasm", &sha).is_err());
+    }
+
+    #[test]
+    fn modules_without_the_abi_marker_are_refused_with_the_reason() {
+        let wasm = wat::parse_str(r#"(module (memory (export "memory") 1))"#).unwrap();
+        let err = Runtime::default().module(&wasm, "x").unwrap_err();
+        assert!(err.contains("proxy_abi_version"), "{err}");
+    }
+}

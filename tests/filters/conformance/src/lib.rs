@@ -198,7 +198,13 @@ impl HttpContext for Filter {
                 (":authority", call.cluster.as_str()),
                 ("x-original-path", path.as_str()),
             ];
-            return match self.dispatch_http_call(&call.cluster, headers, None, vec![], Duration::from_millis(call.timeout_ms)) {
+            return match self.dispatch_http_call(
+                &call.cluster,
+                headers,
+                None,
+                vec![],
+                Duration::from_millis(call.timeout_ms),
+            ) {
                 Ok(_) => Action::Pause,
                 Err(e) => {
                     self.send_http_response(500, vec![], Some(format!("dispatch failed: {e:?}").as_bytes()));
