@@ -29,6 +29,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WICKET = os.path.join(ROOT, "target", "release", "wicket")
+WASM_FILTER = os.path.join(ROOT, "target", "wasm-filters", "wasm32-wasip1", "release", "conformance.wasm")
 TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
 
 UPSTREAM_PORT = 18080
@@ -188,7 +189,7 @@ def bench_jwt():
     return f"{header}.{payload}.{b64url(sig)}", jwks
 
 
-def wicket_conf(certs, routes=1, canary=False, jwt=False):
+def wicket_conf(certs, routes=1, canary=False, jwt=False, wasm=None):
     """A Gateway with HTTP and HTTPS servers; `routes` VirtualServices, the one that
     matches last; with `canary`, a 90/10 split across two subsets of one endpoint."""
     docs = [
@@ -250,6 +251,14 @@ spec:
   jwtRules:
   - issuer: https://bench.local
     jwks: '{jwks}'
+""")
+    if wasm:
+        docs.append(f"""apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: bench, namespace: default}}
+spec:
+  url: file://{wasm}
+  pluginConfig: {{response_add: [[x-bench, "1"]]}}
 """)
     docs.append(f"""apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -313,6 +322,8 @@ SCENARIOS = {
     "1000-routes": lambda p, d: run_wrk(p["h1"], d, 32),
     # nginx does not check JWTs: compare with Wicket's own http1 row (target >= 0.95).
     "jwt": lambda p, d: run_wrk(p["h1"], d, 32, [f"Authorization: Bearer {bench_jwt()[0]}"]),
+    # One proxy-wasm filter adding a response header: compare with Wicket's http1 row (target >= 0.9).
+    "wasm": lambda p, d: run_wrk(p["h1"], d, 32),
 }
 
 
@@ -335,7 +346,8 @@ def start_wicket(work, certs, scenario):
     os.makedirs(cfg, exist_ok=True)
     routes = 1000 if scenario == "1000-routes" else 1
     with open(os.path.join(cfg, "bench.yaml"), "w") as f:
-        f.write(wicket_conf(certs, routes=routes, canary=scenario == "canary-90-10", jwt=scenario == "jwt"))
+        wasm = WASM_FILTER if scenario == "wasm" else None
+        f.write(wicket_conf(certs, routes=routes, canary=scenario == "canary-90-10", jwt=scenario == "jwt", wasm=wasm))
     proc = Proc([WICKET, "run", "--config", cfg, "--workers", "1", "--bind-address", "127.0.0.1", "--admin", f"127.0.0.1:{WICKET_ADMIN}"], 0)
     wait_port(WICKET_ADMIN)
     for _ in range(200):
@@ -360,6 +372,10 @@ def main():
             sys.exit(f"{tool} is missing: apt-get install nginx-light wrk nghttp2-client util-linux openssl")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "wicket"], cwd=ROOT, check=True)
+        if "wasm" in (args.scenario or SCENARIOS):
+            subprocess.run(["rustup", "target", "add", "wasm32-wasip1"], check=True)
+            subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
+                            "tests/filters/Cargo.toml", "--target-dir", "target/wasm-filters"], cwd=ROOT, check=True)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     scenarios = args.scenario or list(SCENARIOS)
     work = tempfile.mkdtemp(prefix="wicket-bench-")

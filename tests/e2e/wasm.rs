@@ -239,7 +239,11 @@ async fn phases_and_priorities_sit_around_jwt_and_authorization_as_in_istio() {
         filter("stats-low", r#"{"tag": "stats-10", "counter": "stats-runs"}"#, "  phase: STATS\n  priority: 10\n"),
         filter("stats-none", r#"{"tag": "stats-none"}"#, "  phase: STATS\n"),
         filter("stats-high", r#"{"tag": "stats-20"}"#, "  phase: STATS\n  priority: 20\n"),
-        filter("authz", r#"{"tag": "authz", "observe_header": "x-jwt-payload"}"#, "  phase: AUTHZ\n"),
+        filter(
+            "authz",
+            r#"{"tag": "authz", "observe_header": "x-jwt-payload", "properties": ["request.auth.principal", "request.auth.claims.sub"]}"#,
+            "  phase: AUTHZ\n",
+        ),
         // Turns an API key header into the bearer token JWT authentication checks.
         filter(
             "authn",
@@ -258,6 +262,8 @@ async fn phases_and_priorities_sit_around_jwt_and_authorization_as_in_istio() {
     let seen = up.last();
     assert_eq!(seen.headers["x-order"], "authn,authz,stats-20,stats-10,stats-none,unspecified");
     assert_eq!(seen.headers["x-saw-x-jwt-payload"], "yes", "AUTHZ plugins run after JWT authentication");
+    assert_eq!(resp.header("x-prop-request.auth.principal"), Some("https://idp.test/bob"));
+    assert_eq!(resp.header("x-prop-request.auth.claims.sub"), Some("bob"));
 
     // Authorization denies before STATS plugins run: their counter does not move.
     let before = gw

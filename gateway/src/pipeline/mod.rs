@@ -294,6 +294,9 @@ async fn secure(
         _ => None,
     };
     if let Some(w) = wasm.as_deref_mut() {
+        if let Some(id) = &identity {
+            w.authenticated(id.clone());
+        }
         w.request_headers(&snapshot.wasm, Phase::Authz, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
     }
     if !security.authz.is_empty() {

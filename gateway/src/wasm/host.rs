@@ -89,6 +89,8 @@ pub(super) struct Facts {
     pub(super) info: StreamInfo,
     /// The request as routed, readable (not writable) after the request phase.
     pub(super) routed: std::sync::OnceLock<RequestHead>,
+    /// The verified JWT, once authentication ran (AUTHZ and later phases).
+    pub(super) identity: std::sync::OnceLock<Arc<crate::security::jwt::Identity>>,
 }
 
 /// A local reply a filter asked for (`proxy_send_local_response`).

@@ -94,6 +94,30 @@ pub(super) fn get(host: &mut Host, path: &[u8]) -> Option<Vec<u8>> {
         [b"connection", b"requested_server_name"] => Some(info.sni.as_deref().unwrap_or("").as_bytes().to_vec()),
         [b"connection", b"tls_version"] => info.tls_version.map(|v| v.as_bytes().to_vec()),
         [b"connection", b"uri_san_peer_certificate"] => info.peer_uri_san.as_ref().map(|u| u.as_bytes().to_vec()),
+        [b"request", b"auth", b"principal"] => facts.identity.get()?.principal.clone().map(String::into_bytes),
+        [b"request", b"auth", b"issuer"] => Some(facts.identity.get()?.issuer.clone().into_bytes()),
+        [b"request", b"auth", b"audiences"] => {
+            let aud = facts.identity.get()?.claims.get("aud")?;
+            Some(match aud {
+                serde_json::Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            })
+        }
+        [b"request", b"auth", b"presenter"] => {
+            facts.identity.get()?.claims.get("azp")?.as_str().map(|s| s.as_bytes().to_vec())
+        }
+        [b"request", b"auth", b"claims"] => Some(facts.identity.get()?.claims.to_string().into_bytes()),
+        [b"request", b"auth", b"claims", rest @ ..] => {
+            // Nested claims by segment; strings raw, anything else as JSON.
+            let mut v = &facts.identity.get()?.claims;
+            for seg in rest {
+                v = v.get(std::str::from_utf8(seg).ok()?)?;
+            }
+            Some(match v {
+                serde_json::Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            })
+        }
         [b"xds", b"route_name"] | [b"route_name"] => s.route_name.as_ref().map(|r| r.as_bytes().to_vec()),
         [b"xds", b"cluster_name"] | [b"cluster_name"] => s.cluster_name.as_ref().map(|r| r.as_bytes().to_vec()),
         _ => None,

@@ -99,7 +99,8 @@ impl WasmStream {
     /// A stream with no filter run yet.
     pub fn new(info: StreamInfo) -> Self {
         let contexts = Contexts { active: Vec::new(), replier: AtomicUsize::new(usize::MAX) };
-        Self { facts: Arc::new(Facts { info, routed: Default::default() }), contexts: Arc::new(contexts) }
+        let facts = Facts { info, routed: Default::default(), identity: Default::default() };
+        Self { facts: Arc::new(facts), contexts: Arc::new(contexts) }
     }
 
     /// Runs the request-headers callbacks of one phase's filters, in order. `Err` is
@@ -167,6 +168,11 @@ impl WasmStream {
             }
         }
         Ok(())
+    }
+
+    /// Makes the verified JWT readable as `request.auth.*` to later phases.
+    pub fn authenticated(&self, identity: Arc<crate::security::jwt::Identity>) {
+        let _ = self.facts.identity.set(identity);
     }
 
     /// Records the route and cluster chosen (for `xds.*` properties) and the request
