@@ -28,19 +28,30 @@ fn ensure_target() {
 /// The conformance filter's `.wasm` (built on first use).
 pub fn conformance() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        ensure_target();
-        let target_dir = root().join("target").join("wasm-filters");
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
-            .arg(root().join("tests/filters/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "building the test filters failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        target_dir.join("wasm32-wasip1/release/conformance.wasm")
-    })
+    BUILT.get_or_init(|| build(&root().join("tests/filters/Cargo.toml")).join("conformance.wasm"))
+}
+
+/// A first-party plugin's `.wasm` from `plugins/` (`header_policy`, `rate_limit`,
+/// `ip_access`, `custom_auth`), the workspace built on first use.
+pub fn first_party(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| build(&root().join("plugins/Cargo.toml")));
+    dir.join(format!("{name}.wasm"))
+}
+
+/// Builds a workspace of filters for wasm32-wasip1; returns its output directory.
+pub fn build(manifest: &Path) -> PathBuf {
+    ensure_target();
+    let target_dir = root().join("target").join("wasm-filters");
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "building {} failed:\n{}", manifest.display(), String::from_utf8_lossy(&out.stderr));
+    target_dir.join("wasm32-wasip1/release")
 }
 
 /// Compiles WAT text to a module file in `dir`.

@@ -36,7 +36,7 @@ pub(super) fn define(linker: &mut Linker<Host>) -> wasmtime::Result<Vec<&'static
     host!("proxy_log", |mut c: C<'_>, level: u32, ptr: u32, len: u32| -> R {
         finish((|| {
             let msg = read(&mut c, ptr, len)?;
-            log(c.data(), level, &String::from_utf8_lossy(&msg))
+            log(c.data_mut(), level, &String::from_utf8_lossy(&msg))
         })())
     });
     host!("proxy_get_log_level", |mut c: C<'_>, slot: u32| -> R {
@@ -335,7 +335,10 @@ pub(super) fn now_nanos() -> u64 {
 }
 
 /// `proxy_log`: into tracing, named by plugin and context.
-pub(super) fn log(host: &Host, level: u32, msg: &str) -> Result<(), Fail> {
+pub(super) fn log(host: &mut Host, level: u32, msg: &str) -> Result<(), Fail> {
+    if level >= 4 && host.stage == Stage::Start {
+        host.start_error = Some(msg.chars().take(512).collect());
+    }
     let plugin = host.plugin.name.as_str();
     let ctx = host.effective;
     match level {

@@ -198,6 +198,9 @@ pub(super) struct Host {
     pub(super) tick_ms: u64,
     /// Bytes written to stdout/stderr that did not end in a newline yet.
     pub(super) partial_line: Vec<u8>,
+    /// The last error the plugin logged while starting (why it rejected its
+    /// configuration, usually), for the operator's report.
+    pub(super) start_error: Option<String>,
 }
 
 impl Host {
@@ -222,6 +225,7 @@ impl Host {
             root_props: HashMap::new(),
             tick_ms: 0,
             partial_line: Vec::new(),
+            start_error: None,
         }
     }
 

@@ -185,7 +185,8 @@ impl Vm {
             let ok =
                 f.call(&mut store, (root, len)).map_err(|e| format!("proxy_on_configure failed: {}", cause(&e)))?;
             if ok == 0 {
-                return Err("proxy_on_configure returned false: the plugin rejected its configuration".into());
+                let why = store.data_mut().start_error.take().map(|e| format!(": {e}")).unwrap_or_default();
+                return Err(format!("proxy_on_configure returned false: the plugin rejected its configuration{why}"));
             }
         }
         store.data_mut().stage = Stage::Async;
