@@ -187,7 +187,8 @@ pub fn local_path(url: &str, config_dir: &Path) -> Option<std::path::PathBuf> {
         return Some(Path::new(p).to_path_buf());
     }
     let first = url.split('/').next().unwrap_or("");
-    let remote = url.contains("://") || (url.contains('/') && (first.contains('.') || first.contains(':')));
+    let host_like = first != "." && first != ".." && (first.contains('.') || first.contains(':'));
+    let remote = url.contains("://") || (url.contains('/') && host_like);
     (!url.is_empty() && !remote && !url.contains(':')).then(|| config_dir.join(url))
 }
 
@@ -222,6 +223,7 @@ mod tests {
         assert_eq!(local_path("file:///m/f.wasm", dir), Some("/m/f.wasm".into()));
         assert_eq!(local_path("plugins/f.wasm", dir), Some("/etc/wicket/plugins/f.wasm".into()));
         assert_eq!(local_path("f.wasm", dir), Some("/etc/wicket/f.wasm".into()));
+        assert_eq!(local_path("../build/f.wasm", dir), Some("/etc/wicket/../build/f.wasm".into()));
         for remote in ["oci://ghcr.io/a/b:1", "https://x/f.wasm", "ghcr.io/a/b:1", "localhost:5000/a", ""] {
             assert_eq!(local_path(remote, dir), None, "{remote}");
         }
