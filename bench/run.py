@@ -29,7 +29,12 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WICKET = os.path.join(ROOT, "target", "release", "wicket")
-WASM_FILTER = os.path.join(ROOT, "target", "wasm-filters", "wasm32-wasip1", "release", "conformance.wasm")
+WASM_DIR = os.path.join(ROOT, "target", "wasm-filters", "wasm32-wasip1", "release")
+# The same edit (one response header) by a raw proxy-wasm filter and by the SDK's header-policy.
+WASM_FILTERS = {
+    "wasm": (os.path.join(WASM_DIR, "conformance.wasm"), '{response_add: [[x-bench, "1"]]}'),
+    "header-policy": (os.path.join(WASM_DIR, "header_policy.wasm"), '{rules: [{response: {add: {x-bench: "1"}}}]}'),
+}
 TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
 
 UPSTREAM_PORT = 18080
@@ -253,12 +258,13 @@ spec:
     jwks: '{jwks}'
 """)
     if wasm:
+        module, config = wasm
         docs.append(f"""apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
 metadata: {{name: bench, namespace: default}}
 spec:
-  url: file://{wasm}
-  pluginConfig: {{response_add: [[x-bench, "1"]]}}
+  url: file://{module}
+  pluginConfig: {config}
 """)
     docs.append(f"""apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -324,6 +330,8 @@ SCENARIOS = {
     "jwt": lambda p, d: run_wrk(p["h1"], d, 32, [f"Authorization: Bearer {bench_jwt()[0]}"]),
     # One proxy-wasm filter adding a response header: compare with Wicket's http1 row (target >= 0.9).
     "wasm": lambda p, d: run_wrk(p["h1"], d, 32),
+    # The same edit through the SDK's header-policy plugin: compare with the wasm row.
+    "header-policy": lambda p, d: run_wrk(p["h1"], d, 32),
 }
 
 
@@ -346,7 +354,7 @@ def start_wicket(work, certs, scenario):
     os.makedirs(cfg, exist_ok=True)
     routes = 1000 if scenario == "1000-routes" else 1
     with open(os.path.join(cfg, "bench.yaml"), "w") as f:
-        wasm = WASM_FILTER if scenario == "wasm" else None
+        wasm = WASM_FILTERS.get(scenario)
         f.write(wicket_conf(certs, routes=routes, canary=scenario == "canary-90-10", jwt=scenario == "jwt", wasm=wasm))
     proc = Proc([WICKET, "run", "--config", cfg, "--workers", "1", "--bind-address", "127.0.0.1", "--admin", f"127.0.0.1:{WICKET_ADMIN}"], 0)
     wait_port(WICKET_ADMIN)
@@ -372,10 +380,11 @@ def main():
             sys.exit(f"{tool} is missing: apt-get install nginx-light wrk nghttp2-client util-linux openssl")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "wicket"], cwd=ROOT, check=True)
-        if "wasm" in (args.scenario or SCENARIOS):
+        if set(WASM_FILTERS) & set(args.scenario or SCENARIOS):
             subprocess.run(["rustup", "target", "add", "wasm32-wasip1"], check=True)
-            subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
-                            "tests/filters/Cargo.toml", "--target-dir", "target/wasm-filters"], cwd=ROOT, check=True)
+            for manifest in ("tests/filters/Cargo.toml", "plugins/Cargo.toml"):
+                subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
+                                manifest, "--target-dir", "target/wasm-filters"], cwd=ROOT, check=True)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     scenarios = args.scenario or list(SCENARIOS)
     work = tempfile.mkdtemp(prefix="wicket-bench-")

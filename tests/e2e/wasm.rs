@@ -657,3 +657,38 @@ async fn filters_see_http2_requests_with_pseudo_headers() {
     assert_eq!(resp.header("x-prop-request.host"), Some("api.test"));
     assert_eq!(up.last().headers["x-h2"], "seen");
 }
+
+#[tokio::test]
+async fn a_remote_module_loads_offline_when_its_sha256_is_cached() {
+    let up = Upstream::start("api").await;
+    let module = std::fs::read(conformance()).unwrap();
+    let sha = wicket::wasm::sha256_hex(&module);
+    // A first gateway compiles the local file and caches it under its sha256.
+    let local =
+        TestGateway::start(&docs(&[&base(&up), &filter("local", r#"{"response_add": [["x-cached", "1"]]}"#, "")]))
+            .await;
+    assert_eq!(local.send(get("/")).await.header("x-cached"), Some("1"));
+    let remote = |sha: &str| {
+        format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: remote, namespace: default}}\nspec:\n  url: oci://registry.example/conformance:1\n  sha256: {sha}\n  pluginConfig: {{response_add: [[x-cached, remote]]}}\n")
+    };
+    let gw = TestGateway::start(&docs(&[&base(&up), &remote(&sha)])).await;
+    assert_eq!(gw.send(get("/")).await.header("x-cached"), Some("remote"));
+    let unknown = "0".repeat(64);
+    let gw = TestGateway::start(&docs(&[&base(&up), &remote(&unknown)])).await;
+    assert_eq!(gw.send(get("/")).await.status, StatusCode::FORBIDDEN, "not cached: FAIL_CLOSE placeholder");
+}
+
+#[tokio::test]
+async fn a_panicking_filter_is_a_trap_handled_by_the_fail_strategy() {
+    let up = Upstream::start("api").await;
+    for (strategy, status) in [("FAIL_CLOSE", StatusCode::SERVICE_UNAVAILABLE), ("FAIL_OPEN", StatusCode::OK)] {
+        let extra = format!("  failStrategy: {strategy}\n");
+        let gw =
+            TestGateway::start(&docs(&[&base(&up), &filter("panics", r#"{"panic_if_header": "x-panic"}"#, &extra)]))
+                .await;
+        let req = Request::get("/").header("host", "api.test").header("x-panic", "1").body(Full::default()).unwrap();
+        assert_eq!(gw.send(req).await.status, status, "{strategy}");
+        assert_eq!(gw.send(get("/")).await.status, StatusCode::OK, "other requests are unaffected");
+        assert!(failures(&gw, "trap").await >= 1);
+    }
+}

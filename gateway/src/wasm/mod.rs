@@ -119,16 +119,24 @@ pub fn load(
     name: &str,
     config_dir: &Path,
 ) -> Result<Arc<Plugin>, LoadError> {
-    let bytes = fetch(&spec.url, config_dir)?;
-    let sha = hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
-    if let Some(want) = &spec.sha256 {
-        if !want.eq_ignore_ascii_case(&sha) {
-            return Err(LoadError::Field {
-                field: "spec.sha256",
-                message: format!("module has sha256 {sha}, not {want}"),
-            });
+    // A remote module cannot be fetched offline, but one compiled earlier for the
+    // same sha256 is the same module.
+    let (bytes, sha) = match fetch(&spec.url, config_dir) {
+        Ok(bytes) => {
+            let sha = sha256_hex(&bytes);
+            if let Some(want) = spec.sha256.as_ref().filter(|w| !w.eq_ignore_ascii_case(&sha)) {
+                let message = format!("module has sha256 {sha}, not {want}");
+                return Err(LoadError::Field { field: "spec.sha256", message });
+            }
+            (Some(bytes), sha)
         }
-    }
+        Err(e) => match spec.sha256.as_ref().filter(|_| local_path(&spec.url, config_dir).is_none()) {
+            Some(want) if runtime.cached_module(&want.to_ascii_lowercase()).is_some() => {
+                (None, want.to_ascii_lowercase())
+            }
+            _ => return Err(e),
+        },
+    };
     let configuration = match &spec.plugin_config {
         None => Vec::new(),
         Some(v) if v.as_object().is_some_and(serde_json::Map::is_empty) => Vec::new(),
@@ -171,7 +179,10 @@ pub fn load(
     if let Some(running) = runtime.running(key) {
         return Ok(running);
     }
-    let module = runtime.module(&bytes, &sha).map_err(LoadError::Module)?;
+    let module = match &bytes {
+        Some(bytes) => runtime.module(bytes, &sha).map_err(LoadError::Module)?,
+        None => runtime.cached_module(&sha).ok_or_else(|| LoadError::Fetch(format!("{sha} left the cache")))?,
+    };
     let pre = runtime.link(&module).map_err(LoadError::Module)?;
     let vms = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
     let plugin = Plugin::start(runtime, info, pre, vms).map_err(LoadError::Module)?;
@@ -199,7 +210,7 @@ fn fetch(url: &str, config_dir: &Path) -> Result<Vec<u8>, LoadError> {
     }
     let Some(path) = local_path(url, config_dir) else {
         return Err(LoadError::Fetch(format!(
-            "cannot fetch {url} in offline mode; download the module and use a file:// url (with its sha256)"
+            "cannot fetch {url} in offline mode (and no module with its sha256 is cached); download it and use a file:// url"
         )));
     };
     let meta = std::fs::metadata(&path).map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))?;
@@ -209,8 +220,9 @@ fn fetch(url: &str, config_dir: &Path) -> Result<Vec<u8>, LoadError> {
     std::fs::read(&path).map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The lower-case hex sha256 of a module, as WasmPlugin `sha256` writes it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

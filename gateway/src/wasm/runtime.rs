@@ -143,6 +143,14 @@ impl Runtime {
         Ok(module)
     }
 
+    /// A module already compiled for this sha256 (in memory or on disk), without
+    /// its bytes: how a remote module the gateway cannot fetch may still load.
+    pub(super) fn cached_module(&self, sha: &str) -> Option<Module> {
+        let module = self.modules.lock().ok().and_then(|m| m.get(sha).cloned()).or_else(|| self.cached(sha))?;
+        check_abi(&module).ok()?;
+        Some(module)
+    }
+
     fn cached(&self, sha: &str) -> Option<Module> {
         let path = self.cache_dir.as_ref()?.join(format!("{sha}.cwasm"));
         if !path.exists() {
@@ -250,7 +258,7 @@ mod tests {
     fn a_restart_loads_the_compiled_module_from_the_disk_cache() {
         let dir = tempfile::tempdir().unwrap();
         let wasm = wat::parse_str(MODULE).unwrap();
-        let sha = super::super::hex(ring::digest::digest(&ring::digest::SHA256, &wasm).as_ref());
+        let sha = super::super::sha256_hex(&wasm);
         Runtime::new(Arc::default(), Some(dir.path().into())).module(&wasm, &sha).unwrap();
         assert!(dir.path().join(format!("{sha}.cwasm")).exists());
         // Not the module's bytes: only the cache can answer.
