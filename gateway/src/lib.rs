@@ -131,6 +131,7 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
     let runtime = wasm::Runtime::new(metrics.wasm_plugins(), bootstrap.wasm_cache_dir.clone());
     runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), snapshot: handle.clone() });
     let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), ..Default::default() });
+    let _ = caches.tracing.set((proxy.upstreams.clone(), metrics.trace_counters()));
     let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
     let (version_tx, version_rx) = watch::channel(0);
     let status = Arc::new(RwLock::new(supervisor::ReloadStatus::default()));

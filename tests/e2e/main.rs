@@ -12,6 +12,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod tls;
+mod tracing;
 mod upstream_tls;
 mod upstreams;
 mod wasm;

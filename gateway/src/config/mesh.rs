@@ -28,9 +28,46 @@ pub struct MeshConfig {
     pub access_log_encoding: Option<String>,
     /// Envoy format string for TEXT logs (`%START_TIME%`, `%REQ(X-REQUEST-ID)%`, ...).
     pub access_log_format: Option<String>,
+    /// Turns tracing off when `false` (default on, given a provider).
+    pub enable_tracing: Option<bool>,
+    /// Providers used when no Telemetry resource names one.
+    #[serde(default)]
+    pub default_providers: DefaultProviders,
 }
 
-/// `extensionProviders[]`: only the HTTP external authorizer is read.
+/// `defaultProviders`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultProviders {
+    /// Tracing providers by `extensionProviders[].name` (the first one is used).
+    #[serde(default)]
+    pub tracing: Vec<String>,
+}
+
+/// `extensionProviders[].opentelemetry`: an OTLP collector.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenTelemetryProvider {
+    /// Collector service host.
+    pub service: String,
+    /// Its port.
+    pub port: u32,
+    /// OTLP/HTTP settings; Wicket always speaks OTLP/HTTP (protobuf).
+    #[serde(default)]
+    pub http: OtlpHttp,
+}
+
+/// `opentelemetry.http`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpHttp {
+    /// Export path (default `/v1/traces`).
+    pub path: Option<String>,
+    /// Export timeout.
+    pub timeout: Option<crate::config::GoDuration>,
+}
+
+/// `extensionProviders[]`: the HTTP external authorizer and the OpenTelemetry tracer.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtensionProvider {
@@ -38,6 +75,8 @@ pub struct ExtensionProvider {
     pub name: String,
     /// Envoy HTTP ext_authz.
     pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
+    /// OpenTelemetry tracing.
+    pub opentelemetry: Option<OpenTelemetryProvider>,
 }
 
 /// `envoyExtAuthzHttp`.
@@ -82,6 +121,8 @@ impl Default for MeshConfig {
             access_log_file: None,
             access_log_encoding: None,
             access_log_format: None,
+            enable_tracing: None,
+            default_providers: DefaultProviders::default(),
         }
     }
 }
@@ -109,6 +150,17 @@ pub struct ProxyConfig {
     /// Gateway network topology.
     #[serde(default)]
     pub gateway_topology: GatewayTopology,
+    /// Trace sampling.
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// `defaultConfig.tracing`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingConfig {
+    /// Percentage of requests traced when the caller made no decision (Istio: 1).
+    pub sampling: Option<f64>,
 }
 
 /// `gatewayTopology`.

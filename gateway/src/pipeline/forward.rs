@@ -117,7 +117,12 @@ where
 
     let retry = if websocket { crate::upstream::RetryPolicy::none() } else { route.retry.clone() };
     let span = tracing::debug_span!("upstream", cluster = %cluster.name);
-    let result = upstream::call(&proxy.upstreams, &cluster, head, body, route.timeout, &retry).instrument(span).await;
+    let mut attempts = record.span.as_ref().filter(|s| s.sampled()).map(|_| Vec::new());
+    let call = upstream::call(&proxy.upstreams, &cluster, head, body, route.timeout, &retry, attempts.as_mut());
+    let result = call.instrument(span).await;
+    if let (Some(span), Some(attempts)) = (record.span.as_mut(), attempts) {
+        span.attempts(attempts);
+    }
     record.destination = Some(cluster.metrics.clone());
     record.mutual_tls = cluster.tls.as_ref().is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
     let metrics = &proxy.telemetry.metrics;
@@ -216,7 +221,7 @@ fn spawn_mirror(
     let upstreams = proxy.upstreams.clone();
     let no_retry = crate::upstream::RetryPolicy::none();
     tokio::spawn(async move {
-        if let Ok(outcome) = upstream::call(&upstreams, &cluster, head, body, timeout, &no_retry).await {
+        if let Ok(outcome) = upstream::call(&upstreams, &cluster, head, body, timeout, &no_retry, None).await {
             let _ = outcome.response.into_body().collect().await;
         }
     });

@@ -92,6 +92,10 @@ pub async fn handle(
         record.captured = text.capture(req.headers());
     }
     record.format = snapshot.access_log.clone();
+    record.scheme = conn.scheme;
+    if let Some(tracer) = &snapshot.tracer {
+        record.span = Some(tracer.start(req.headers_mut()));
+    }
     record.grpc =
         req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 

@@ -135,6 +135,8 @@ pub struct Caches {
     pub jwks: JwksCache,
     /// Wasm engine, compiled modules and running plugins.
     pub wasm: Arc<crate::wasm::Runtime>,
+    /// What span export needs from the running gateway (unset in `validate`).
+    pub tracing: std::sync::OnceLock<(crate::upstream::Upstreams, crate::telemetry::trace::TraceCounters)>,
 }
 
 /// The request-level security of this gateway: normalization, JWT, authorization.
@@ -167,6 +169,8 @@ pub struct Snapshot {
     pub security: Security,
     /// Access log format (mesh config `accessLogEncoding`/`accessLogFormat`).
     pub access_log: Arc<LogFormat>,
+    /// The tracer (mesh config `defaultProviders.tracing` → an `opentelemetry` provider).
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
     /// WasmPlugins, in chain order.
     pub wasm: crate::wasm::Chain,
     /// Clusters Wasm HTTP calls may name, by Envoy name, `host:port` and `host`.

@@ -236,6 +236,12 @@ pub struct AccessRecord {
     /// Request headers a text format reads, captured at the start.
     #[serde(skip)]
     pub captured: Vec<Option<String>>,
+    /// The request's trace span, when tracing is on.
+    #[serde(skip)]
+    pub span: Option<super::trace::ActiveSpan>,
+    /// `http` or `https`, for the span's URL.
+    #[serde(skip)]
+    pub scheme: &'static str,
 }
 
 impl AccessRecord {
@@ -266,6 +272,8 @@ impl AccessRecord {
             mutual_tls: false,
             format: Arc::default(),
             captured: Vec::new(),
+            span: None,
+            scheme: "http",
         }
     }
 
@@ -314,6 +322,9 @@ impl<B> Logged<B> {
         };
         let millis = elapsed.as_secs_f64() * 1000.0;
         self.telemetry.metrics.record_request(&labels, millis, r.bytes_received, r.bytes_sent);
+        if let Some(span) = r.span.take() {
+            span.finish(&r, r.scheme);
+        }
         self.telemetry.log.write_request(&r);
     }
 }

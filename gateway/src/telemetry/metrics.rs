@@ -211,6 +211,7 @@ pub struct Metrics {
     config_version: Gauge<i64, AtomicI64>,
     access_log_dropped: Counter<u64, AtomicU64>,
     wasm: Arc<crate::wasm::PluginMetrics>,
+    trace: super::trace::TraceCounters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -248,6 +249,7 @@ impl Metrics {
             config_version: Gauge::default(),
             access_log_dropped: Counter::default(),
             wasm: Arc::default(),
+            trace: super::trace::TraceCounters::default(),
         };
         // prometheus-client appends `_total` to counters.
         registry.register("istio_requests", "Requests handled, by source and destination", m.requests.clone());
@@ -282,7 +284,22 @@ impl Metrics {
         registry.register("wicket_config_version", "Version of the snapshot serving", m.config_version.clone());
         registry.register("wicket_access_log_dropped", "Access log lines dropped", m.access_log_dropped.clone());
         registry.register_collector(Box::new(m.wasm.clone()));
+        registry.register(
+            "wicket_tracing_spans_exported",
+            "Spans the trace collector accepted",
+            m.trace.exported.clone(),
+        );
+        registry.register(
+            "wicket_tracing_spans_dropped",
+            "Spans lost: queue full or collector unreachable",
+            m.trace.dropped.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The tracer's export counters.
+    pub fn trace_counters(&self) -> super::trace::TraceCounters {
+        self.trace.clone()
     }
 
     /// Metrics Wasm plugins define, and their failure counts.

@@ -5,6 +5,8 @@ mod access_log;
 pub mod log_format;
 pub mod log_level;
 pub mod metrics;
+pub mod otlp;
+pub mod trace;
 
 use std::sync::Arc;
 

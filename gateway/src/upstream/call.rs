@@ -99,6 +99,7 @@ pub async fn call(
     mut body: ReplayBody,
     timeout: Option<Duration>,
     retry: &RetryPolicy,
+    mut trace: Option<&mut Vec<crate::telemetry::trace::Attempt>>,
 ) -> Result<CallOutcome, CallFailure> {
     let failed = |error| CallFailure { error, upstream: None, flags: ResponseFlags::default() };
     let overflow = || failed(ProxyError::Overflow { cluster: cluster.name.clone() });
@@ -143,11 +144,19 @@ pub async fn call(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let started = trace.is_some().then(std::time::SystemTime::now);
         let sent = upstreams.send(cluster.protocol, addr, cluster.tls.as_deref(), cluster.connect_timeout, req);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),
         };
+        if let (Some(log), Some(start)) = (trace.as_deref_mut(), started) {
+            let status = match &result {
+                Ok(Ok(r)) => Some(r.status().as_u16()),
+                _ => None,
+            };
+            log.push(crate::telemetry::trace::Attempt { start, end: std::time::SystemTime::now(), addr, status });
+        }
         let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
         // A retry needs a slot under the cluster's `maxRetries`; without one the
         // failure stands (Envoy's retry overflow).

@@ -69,6 +69,12 @@ pub struct Upstreams {
     h1_tls: Arc<Mutex<HashMap<ConnKey, Vec<http1::SendRequest<UpstreamBody>>>>>,
 }
 
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstreams")
+    }
+}
+
 impl Default for Upstreams {
     fn default() -> Self {
         Self::new()

@@ -103,7 +103,7 @@ async fn answer(
     };
     let failed = |why: String| CallAnswer { status: (BROKEN_CONNECTION as u32, why), ..CallAnswer::default() };
     let no_retry = RetryPolicy::none();
-    let call = upstream::call(upstreams, cluster, head, body, Some(timeout), &no_retry);
+    let call = upstream::call(upstreams, cluster, head, body, Some(timeout), &no_retry, None);
     let outcome = match tokio::time::timeout(timeout, call).await {
         Err(_) => return timed_out(),
         Ok(Err(f)) if f.error.flag().first_name() == "UT" => return timed_out(),

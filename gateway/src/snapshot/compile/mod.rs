@@ -7,6 +7,7 @@ mod mesh;
 mod registry;
 mod routes;
 mod security;
+mod tracer;
 mod wasm;
 
 use std::{
@@ -97,6 +98,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         &mut rejected,
     );
     let services = if wasm.is_empty() { HashMap::new() } else { wasm::call_targets(&mut registry) };
+    let tracer = tracer::compile(mesh, bootstrap, &mut registry, caches, &mut diagnostics);
     let ports = binding::gateway_servers(resources, bootstrap, &mut diagnostics);
     let gateway_names: HashSet<String> = resources
         .iter()
@@ -280,6 +282,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         ports: plans,
         clusters: registry.into_clusters(),
         security,
+        tracer,
         wasm,
         services,
         access_log,

@@ -1,0 +1,144 @@
+//! Distributed tracing: propagation (W3C, B3) towards the upstream, spans exported
+//! over OTLP/HTTP to a collector named in the mesh config, sampling, and a collector
+//! that is down.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use wicket_tests::{
+    client, otlp,
+    yaml::{docs, service_entry, GATEWAY},
+    TestGateway, Upstream,
+};
+
+fn base(up: &Upstream) -> String {
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api, namespace: default}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - name: main\n    route: [{destination: {host: api.default.svc.cluster.local}}]\n";
+    docs(&[GATEWAY, &service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(up, "v1")]), vs])
+}
+
+/// Mesh config naming an OTLP collector at `collector_port` (via a ServiceEntry).
+fn tracing_mesh(collector_port: u16, sampling: f64) -> String {
+    let mesh = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    defaultProviders:\n      tracing: [otel]\n    defaultConfig:\n      tracing:\n        sampling: {sampling}\n    extensionProviders:\n    - name: otel\n      opentelemetry:\n        service: otel-collector.observability.svc.cluster.local\n        port: 4318\n");
+    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: otel, namespace: default}}\nspec:\n  hosts: [otel-collector.observability.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 4318, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {collector_port}}}}}]\n");
+    docs(&[&mesh, &se])
+}
+
+/// Waits until the collector has received `n` spans; returns them.
+async fn spans(collector: &Upstream, n: usize) -> Vec<otlp::Span> {
+    for _ in 0..100 {
+        let all: Vec<otlp::Span> = collector.seen().iter().flat_map(|r| otlp::decode(&r.body).1).collect();
+        if all.len() >= n {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the collector did not receive {n} spans");
+}
+
+fn get(headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut r = Request::get("/traced").header("host", "api.test");
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn w3c_context_is_continued_and_the_span_exported_over_otlp() {
+    let (up, collector) = (Upstream::start("api").await, Upstream::start("collector").await);
+    let gw = TestGateway::start(&docs(&[&base(&up), &tracing_mesh(collector.addr.port(), 0.0)])).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = gw.send(get(&[("traceparent", parent), ("tracestate", "congo=t61")])).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let seen = up.last();
+    let tp = seen.headers["traceparent"].to_str().unwrap().to_string();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01"));
+    assert_ne!(parts[2], "00f067aa0ba902b7", "the upstream's parent is the gateway's span");
+    assert_eq!(seen.headers["tracestate"], "congo=t61");
+
+    let spans = spans(&collector, 2).await;
+    let server = spans.iter().find(|s| s.kind == 2).unwrap();
+    assert_eq!(server.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(server.parent, "00f067aa0ba902b7");
+    assert_eq!(server.span_id, parts[2]);
+    assert_eq!(server.name, "api.default.svc.cluster.local:80/*");
+    assert_eq!(server.attr("http.method"), Some("GET"));
+    assert_eq!(server.attr("http.url"), Some("http://api.test/traced"));
+    assert_eq!(server.attr("http.status_code"), Some("200"));
+    assert_eq!(server.attr("upstream_cluster"), Some("outbound|80||api.default.svc.cluster.local"));
+    assert_eq!(server.attr("guid:x-request-id").map(str::len), Some(36));
+    let attempt = spans.iter().find(|s| s.kind == 3).unwrap();
+    assert_eq!(
+        (attempt.parent.as_str(), attempt.trace_id.as_str()),
+        (server.span_id.as_str(), server.trace_id.as_str())
+    );
+    assert_eq!(attempt.attr("upstream_address"), Some(up.addr.to_string().as_str()));
+    let (service, _) = otlp::decode(&collector.last().body);
+    assert_eq!(service, "ingressgateway.default");
+    assert_eq!(collector.last().path, "/v1/traces");
+    assert_eq!(collector.last().headers["content-type"], "application/x-protobuf");
+}
+
+#[tokio::test]
+async fn b3_headers_are_answered_in_b3_and_unsampled_callers_are_not_exported() {
+    let (up, collector) = (Upstream::start("api").await, Upstream::start("collector").await);
+    let gw = TestGateway::start(&docs(&[&base(&up), &tracing_mesh(collector.addr.port(), 100.0)])).await;
+    let b3 = [
+        ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+        ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ("x-b3-sampled", "0"),
+    ];
+    assert_eq!(gw.send(get(&b3)).await.status, StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-b3-traceid"], "463ac35c9f6413ad48485a3953bb6124");
+    assert_eq!(seen.headers["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+    assert_eq!(seen.headers["x-b3-sampled"], "0");
+    assert_ne!(seen.headers["x-b3-spanid"], "a2fb4a1d1a96d312");
+
+    let single = [("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")];
+    assert_eq!(gw.send(get(&single)).await.status, StatusCode::OK);
+    let b3 = up.last().headers["b3"].to_str().unwrap().to_string();
+    assert!(b3.starts_with("80f198ee56343ba864fe8b2a57d3eff7-") && b3.ends_with("-1-e457b5a2e4d86bd1"), "{b3}");
+
+    // Sampling 100% with no caller decision: exported too. The unsampled B3 request is not.
+    assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
+    let spans = spans(&collector, 4).await;
+    assert!(spans.iter().all(|s| s.trace_id != "463ac35c9f6413ad48485a3953bb6124"));
+    assert!(spans.iter().any(|s| s.trace_id == "80f198ee56343ba864fe8b2a57d3eff7"));
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_costs_spans_not_requests() {
+    let up = Upstream::start("api").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gw = TestGateway::start(&docs(&[&base(&up), &tracing_mesh(closed, 100.0)])).await;
+    for _ in 0..5 {
+        assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
+    }
+    let admin = gw.gateway.admin_addr().unwrap();
+    for _ in 0..100 {
+        let metrics = client::send(admin, client::get("admin", "/metrics")).await.body;
+        let dropped = metrics
+            .lines()
+            .find(|l| l.starts_with("wicket_tracing_spans_dropped_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        if dropped >= 10 {
+            return; // five server spans and five attempt spans
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("dropped spans were not counted");
+}
+
+#[tokio::test]
+async fn without_a_tracing_provider_trace_headers_pass_through_untouched() {
+    let up = Upstream::start("api").await;
+    let gw = TestGateway::start(&base(&up)).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(gw.send(get(&[("traceparent", parent)])).await.status, StatusCode::OK);
+    assert_eq!(up.last().headers["traceparent"], parent);
+}
