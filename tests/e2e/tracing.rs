@@ -142,3 +142,64 @@ async fn without_a_tracing_provider_trace_headers_pass_through_untouched() {
     assert_eq!(gw.send(get(&[("traceparent", parent)])).await.status, StatusCode::OK);
     assert_eq!(up.last().headers["traceparent"], parent);
 }
+
+fn telemetry(ns: &str, name: &str, spec: &str) -> String {
+    format!("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+}
+
+async fn requests_total(gw: &TestGateway) -> u64 {
+    let metrics = client::send(gw.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn telemetry_resources_turn_metrics_and_access_logs_off_with_istio_inheritance() {
+    let up = Upstream::start("api").await;
+    let off = telemetry(
+        "istio-system",
+        "mesh-default",
+        "  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - match: {metric: ALL_METRICS}\n      disabled: true\n  accessLogging:\n  - disabled: true\n",
+    );
+    let gw = TestGateway::start(&docs(&[&base(&up), &off])).await;
+    assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
+    assert_eq!(requests_total(&gw).await, 0);
+    assert!(gw.next_line().await.is_none(), "no access log line");
+
+    // The gateway's own namespace, selecting it, turns metrics back on.
+    let on = telemetry(
+        "default",
+        "gateway",
+        "  selector: {matchLabels: {istio: ingressgateway}}\n  metrics:\n  - overrides:\n    - disabled: false\n",
+    );
+    let gw = TestGateway::start(&docs(&[&base(&up), &off, &on])).await;
+    assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
+    assert_eq!(requests_total(&gw).await, 1);
+    assert!(gw.next_line().await.is_none(), "access logs stay off (not overridden)");
+}
+
+#[tokio::test]
+async fn telemetry_tracing_picks_the_provider_and_sampling_or_only_propagates() {
+    let (up, collector) = (Upstream::start("api").await, Upstream::start("collector").await);
+    // The mesh config declares the provider without making it the default.
+    let mesh = tracing_mesh(collector.addr.port(), 0.0).replace("    defaultProviders:\n      tracing: [otel]\n", "");
+    let traced = telemetry(
+        "istio-system",
+        "tracing",
+        "  tracing:\n  - providers: [{name: otel}]\n    randomSamplingPercentage: 100\n",
+    );
+    let gw = TestGateway::start(&docs(&[&base(&up), &mesh, &traced])).await;
+    assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
+    assert_eq!(spans(&collector, 2).await.len(), 2);
+
+    let quiet = telemetry("default", "quiet", "  tracing:\n  - disableSpanReporting: true\n");
+    let before = collector.hits();
+    let gw = TestGateway::start(&docs(&[&base(&up), &mesh, &traced, &quiet])).await;
+    assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
+    assert!(up.last().headers["traceparent"].to_str().unwrap().ends_with("-01"), "still propagated, sampled");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // longer than one export batch
+    assert_eq!(collector.hits(), before, "nothing exported");
+}

@@ -182,6 +182,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         ("security.istio.io", "RequestAuthentication") => Some(Kind::RequestAuthentication),
         ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
         ("extensions.istio.io", "WasmPlugin") => Some(Kind::WasmPlugin),
+        ("telemetry.istio.io", "Telemetry") => Some(Kind::Telemetry),
         // Istio keeps MeshConfig in the `istio` ConfigMap, under `data.mesh`.
         ("v1", "ConfigMap") if header.metadata.as_ref().is_some_and(|m| m.name == "istio") => Some(Kind::MeshConfig),
         _ => None,
@@ -205,6 +206,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         Kind::RequestAuthentication | Kind::AuthorizationPolicy => &["v1", "v1beta1"],
         Kind::MeshConfig => &["v1"],
         Kind::WasmPlugin => &["v1alpha1"],
+        Kind::Telemetry => &["v1", "v1alpha1"],
         _ => &["v1", "v1beta1", "v1alpha3"],
     };
     if !versions.contains(&version) {
@@ -225,6 +227,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         Kind::AuthorizationPolicy => parse_spec::<istio::AuthorizationPolicy>(doc).map(Spec::AuthorizationPolicy),
         Kind::MeshConfig => parse_mesh_config(doc).map(Spec::MeshConfig),
         Kind::WasmPlugin => parse_spec::<istio::WasmPlugin>(doc).map(Spec::WasmPlugin),
+        Kind::Telemetry => parse_spec::<istio::Telemetry>(doc).map(Spec::Telemetry),
     };
     match spec {
         Ok(spec) => loaded.resources.push(Resource { id, origin, meta, spec }),

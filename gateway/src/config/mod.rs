@@ -55,6 +55,8 @@ pub enum Kind {
     MeshConfig,
     /// `extensions.istio.io` WasmPlugin.
     WasmPlugin,
+    /// `telemetry.istio.io` Telemetry.
+    Telemetry,
 }
 
 impl fmt::Display for Kind {
@@ -68,6 +70,7 @@ impl fmt::Display for Kind {
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::WasmPlugin => "WasmPlugin",
+            Kind::Telemetry => "Telemetry",
             Kind::MeshConfig => "ConfigMap",
         })
     }
@@ -130,6 +133,8 @@ pub enum Spec {
     MeshConfig(MeshConfig),
     /// WasmPlugin spec.
     WasmPlugin(istio::WasmPlugin),
+    /// Telemetry spec.
+    Telemetry(istio::Telemetry),
 }
 
 /// One loaded resource with its identity and origin.

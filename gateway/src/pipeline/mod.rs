@@ -93,6 +93,7 @@ pub async fn handle(
     }
     record.format = snapshot.access_log.clone();
     record.scheme = conn.scheme;
+    record.metrics = snapshot.request_metrics;
     if let Some(tracer) = &snapshot.tracer {
         record.span = Some(tracer.start(req.headers_mut()));
     }

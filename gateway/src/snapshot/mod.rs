@@ -169,6 +169,8 @@ pub struct Snapshot {
     pub security: Security,
     /// Access log format (mesh config `accessLogEncoding`/`accessLogFormat`).
     pub access_log: Arc<LogFormat>,
+    /// Istio request metrics on (a Telemetry resource can turn them off).
+    pub request_metrics: bool,
     /// The tracer (mesh config `defaultProviders.tracing` → an `opentelemetry` provider).
     pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
     /// WasmPlugins, in chain order.

@@ -242,6 +242,9 @@ pub struct AccessRecord {
     /// `http` or `https`, for the span's URL.
     #[serde(skip)]
     pub scheme: &'static str,
+    /// Whether Istio's request metrics count this request.
+    #[serde(skip)]
+    pub metrics: bool,
 }
 
 impl AccessRecord {
@@ -274,6 +277,7 @@ impl AccessRecord {
             captured: Vec::new(),
             span: None,
             scheme: "http",
+            metrics: true,
         }
     }
 
@@ -311,17 +315,19 @@ impl<B> Logged<B> {
         }
         let elapsed = r.started.map(|s| s.elapsed()).unwrap_or_default();
         r.duration = elapsed.as_millis() as u64;
-        let labels = RequestLabels {
-            source: self.telemetry.source.clone(),
-            destination: r.destination.clone().unwrap_or_else(DestinationLabels::unknown),
-            protocol: if r.grpc { RequestProtocol::Grpc } else { RequestProtocol::Http },
-            response_code: r.response_code,
-            grpc_status: r.grpc_status,
-            flags: r.flag_bits,
-            mutual_tls: r.mutual_tls,
-        };
-        let millis = elapsed.as_secs_f64() * 1000.0;
-        self.telemetry.metrics.record_request(&labels, millis, r.bytes_received, r.bytes_sent);
+        if r.metrics {
+            let labels = RequestLabels {
+                source: self.telemetry.source.clone(),
+                destination: r.destination.clone().unwrap_or_else(DestinationLabels::unknown),
+                protocol: if r.grpc { RequestProtocol::Grpc } else { RequestProtocol::Http },
+                response_code: r.response_code,
+                grpc_status: r.grpc_status,
+                flags: r.flag_bits,
+                mutual_tls: r.mutual_tls,
+            };
+            let millis = elapsed.as_secs_f64() * 1000.0;
+            self.telemetry.metrics.record_request(&labels, millis, r.bytes_received, r.bytes_sent);
+        }
         if let Some(span) = r.span.take() {
             span.finish(&r, r.scheme);
         }

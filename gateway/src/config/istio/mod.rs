@@ -8,6 +8,7 @@ mod destination_rule;
 mod gateway;
 mod security;
 mod service_entry;
+mod telemetry;
 mod virtual_service;
 mod wasm_plugin;
 
@@ -16,5 +17,6 @@ pub use destination_rule::*;
 pub use gateway::*;
 pub use security::*;
 pub use service_entry::*;
+pub use telemetry::*;
 pub use virtual_service::*;
 pub use wasm_plugin::*;

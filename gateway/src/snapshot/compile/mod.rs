@@ -7,6 +7,7 @@ mod mesh;
 mod registry;
 mod routes;
 mod security;
+mod telemetry;
 mod tracer;
 mod wasm;
 
@@ -71,6 +72,9 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         Spec::MeshConfig(m) => Some((r, m)),
         _ => None,
     });
+    let default_mesh = crate::config::MeshConfig::default();
+    let telemetry =
+        telemetry::overrides(resources, mesh.map_or(&default_mesh, |(_, m)| m), bootstrap, &mut diagnostics);
     let security =
         security::compile(resources, mesh, bootstrap, &mut registry, &caches.jwks, &mut diagnostics, &mut rejected);
     let access_log_file = mesh.and_then(|(r, m)| match access_log_file(m) {
@@ -81,6 +85,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         }
     });
     let access_log = Arc::new(match mesh.map(|(r, m)| (r, access_log_format(m))) {
+        _ if telemetry.access_log_disabled => LogFormat::Off,
         None => LogFormat::Json,
         Some((_, Ok(f))) => f,
         Some((r, Err(e))) => {
@@ -88,7 +93,6 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
             LogFormat::Json
         }
     });
-    let default_mesh = crate::config::MeshConfig::default();
     let wasm = wasm::compile(
         resources,
         mesh.map_or(&default_mesh, |(_, m)| m),
@@ -98,7 +102,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         &mut rejected,
     );
     let services = if wasm.is_empty() { HashMap::new() } else { wasm::call_targets(&mut registry) };
-    let tracer = tracer::compile(mesh, bootstrap, &mut registry, caches, &mut diagnostics);
+    let tracer = tracer::compile(mesh, &telemetry, bootstrap, &mut registry, caches, &mut diagnostics);
     let ports = binding::gateway_servers(resources, bootstrap, &mut diagnostics);
     let gateway_names: HashSet<String> = resources
         .iter()
@@ -282,6 +286,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         ports: plans,
         clusters: registry.into_clusters(),
         security,
+        request_metrics: !telemetry.metrics_disabled,
         tracer,
         wasm,
         services,

@@ -1,12 +1,13 @@
 //! Mesh config tracing → the snapshot's tracer: the first `defaultProviders.tracing`
 //! provider, which must be an `opentelemetry` collector in the registry, sampled at
-//! `defaultConfig.tracing.sampling` percent (Istio's default: 1).
+//! `defaultConfig.tracing.sampling` percent (Istio's default: 1), unless a Telemetry
+//! resource names another provider or percentage.
 
 use std::{sync::Arc, time::Duration};
 
 use http::uri::PathAndQuery;
 
-use super::registry::Registry;
+use super::{registry::Registry, telemetry::Overrides};
 use crate::{
     config::{Bootstrap, Diagnostic, MeshConfig, Resource},
     snapshot::Caches,
@@ -19,6 +20,7 @@ use crate::{
 /// The tracer, or `None` when tracing is off or not configured.
 pub(super) fn compile(
     mesh: Option<(&Resource, &MeshConfig)>,
+    telemetry: &Overrides,
     bootstrap: &Bootstrap,
     registry: &mut Registry<'_>,
     caches: &Caches,
@@ -28,7 +30,7 @@ pub(super) fn compile(
     if m.enable_tracing == Some(false) {
         return None;
     }
-    let name = m.default_providers.tracing.first()?;
+    let name = telemetry.tracing_provider.as_ref().or_else(|| m.default_providers.tracing.first())?;
     let mut error = |field: &str, msg: String| diags.push(Diagnostic::error(&r.origin, &r.id, field, msg));
     let Some(provider) = m.extension_providers.iter().find(|p| &p.name == name) else {
         error("data.mesh.defaultProviders.tracing", format!("no extension provider {name:?}"));
@@ -58,9 +60,9 @@ pub(super) fn compile(
     let app = bootstrap.labels.get("app").or_else(|| bootstrap.labels.get("istio")).map_or("wicket", String::as_str);
     let service = format!("{app}.{}", bootstrap.namespace);
     let node_id = format!("router~{}~{service}", bootstrap.bind_ip);
-    let sampling = m.default_config.tracing.sampling.unwrap_or(1.0);
+    let sampling = telemetry.sampling.or(m.default_config.tracing.sampling).unwrap_or(1.0);
     let counters = caches.tracing.get().map(|(_, c)| c.clone()).unwrap_or_default();
-    let queue = caches.tracing.get().and_then(|(upstreams, counters)| {
+    let queue = caches.tracing.get().filter(|_| !telemetry.spans_disabled).and_then(|(upstreams, counters)| {
         let collector = Collector {
             upstreams: upstreams.clone(),
             cluster,
