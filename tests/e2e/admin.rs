@@ -266,3 +266,36 @@ fn a_bad_access_log_format_is_a_validate_error() {
         "{problems:#?}"
     );
 }
+
+/// The Grafana dashboard in `examples/` only queries series the gateway exports.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs("")])).await;
+    assert_eq!(gw.get("api.test", "/").await.status, StatusCode::OK);
+    gw.find_log(|l| l["response_code"] == 200).await; // the request has finished
+    let exported = admin_get(&gw, "/metrics").await.body;
+    let path = format!("{}/../examples/observability/grafana-dashboard.json", env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find(['i', 'w']) {
+                let tail = &rest[at..];
+                let word: String = tail.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                if word.starts_with("istio_") || word.starts_with("wicket_") {
+                    names.push(word.clone());
+                }
+                rest = &tail[word.len().max(1)..];
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+        assert!(exported.contains(&format!("# TYPE {family} ")), "the dashboard queries {name}, which is not exported");
+    }
+}

@@ -134,18 +134,17 @@ impl PluginMetrics {
 impl Collector for PluginMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Ok(failures) = self.failures.read() {
-            if !failures.is_empty() {
-                let mut family = encoder.encode_descriptor(
-                    "wicket_wasm_plugin_failures",
-                    "Wasm callbacks that trapped, hit their deadline or could not start, by plugin and cause",
-                    None,
-                    MetricType::Counter,
-                )?;
-                for ((plugin, cause), n) in failures.iter() {
-                    let labels = [("plugin", plugin.as_str()), ("cause", *cause)];
-                    let e = family.encode_family(&labels)?;
-                    ConstCounter::new(n.load(Ordering::Relaxed)).encode(e)?;
-                }
+            // Declared even when empty, so dashboards and alerts find the family.
+            let mut family = encoder.encode_descriptor(
+                "wicket_wasm_plugin_failures",
+                "Wasm callbacks that trapped, hit their deadline or could not start, by plugin and cause",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((plugin, cause), n) in failures.iter() {
+                let labels = [("plugin", plugin.as_str()), ("cause", *cause)];
+                let e = family.encode_family(&labels)?;
+                ConstCounter::new(n.load(Ordering::Relaxed)).encode(e)?;
             }
         }
         let Ok(metrics) = self.metrics.read() else { return Ok(()) };
