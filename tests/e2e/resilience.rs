@@ -261,3 +261,44 @@ async fn max_connections_refuses_tcp_connections_over_the_limit() {
     assert!(matches!(over.read(&mut back).await, Ok(0) | Err(_)), "the second connection is closed");
     assert_eq!(gw.find_log(|l| l["response_flags"] == "UO").await["response_flags"], "UO");
 }
+
+/// The upstream connections (client ports) the requests so far came on, in order.
+fn connections(up: &Upstream) -> Vec<u16> {
+    up.seen().iter().map(|r| r.peer.port()).collect()
+}
+
+#[tokio::test]
+async fn connection_pools_reuse_or_not_as_the_destination_rule_says() {
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    // Default: one kept-alive connection serves sequential requests.
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS])).await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);
+    }
+    let ports = connections(&up);
+    assert!(ports.windows(2).all(|w| w[0] == w[1]), "reused: {ports:?}");
+
+    // maxRequestsPerConnection: 1 opens a connection per request.
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, &pool_rule("{maxRequestsPerConnection: 1}")])).await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);
+    }
+    let mut ports = connections(&up);
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "a connection per request: {:?}", connections(&up));
+
+    // idleTimeout closes a connection left idle; keepalive settings are accepted.
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api\n  trafficPolicy:\n    connectionPool:\n      tcp: {tcpKeepalive: {time: 30s, interval: 5s}}\n      http: {idleTimeout: 200ms}\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, rule])).await;
+    assert!(gw.gateway.snapshot().diagnostics.is_empty(), "{:?}", gw.gateway.snapshot().diagnostics);
+    assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);
+    let ports = connections(&up);
+    assert_ne!(ports[0], ports[1], "the idle connection was closed: {ports:?}");
+}

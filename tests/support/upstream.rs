@@ -36,6 +36,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// The client side of the connection it came on (one per connection).
+    pub peer: SocketAddr,
 }
 
 /// A running upstream.
@@ -99,7 +101,7 @@ impl Upstream {
         let (h, s) = (hits.clone(), seen.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let (name, hits, seen) = (name.clone(), h.clone(), s.clone());
@@ -107,7 +109,7 @@ impl Upstream {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
-                        async move { Ok::<_, Infallible>(answer(req, &name, &hits, &seen, (n, status, delay)).await) }
+                        async move { Ok::<_, Infallible>(answer(req, &name, &hits, &seen, (n, status, delay), peer).await) }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     match acceptor {
@@ -162,6 +164,7 @@ async fn answer(
     hits: &AtomicUsize,
     seen: &Mutex<Vec<Recorded>>,
     behaviour: Behaviour,
+    peer: SocketAddr,
 ) -> Response<Body> {
     let (n, status, delay) = behaviour;
     let count = hits.fetch_add(1, Ordering::SeqCst);
@@ -199,6 +202,7 @@ async fn answer(
         authority,
         headers: parts.headers,
         body,
+        peer,
     });
     if let Some(ms) = path.strip_prefix("/delay/").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -71,7 +71,8 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
         return fail(record, ResponseFlags::UH);
     };
     record.upstream_host = Some(endpoint.addr.to_string());
-    let mut upstream = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(endpoint.addr)).await {
+    let mut upstream = match tokio::time::timeout(cluster.pool.connect_timeout, TcpStream::connect(endpoint.addr)).await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%peer, upstream = %endpoint.addr, error = %e, "upstream connect failed");

@@ -145,7 +145,7 @@ pub async fn call(
             (a, b) => a.or(b),
         };
         let started = trace.is_some().then(std::time::SystemTime::now);
-        let sent = upstreams.send(cluster.protocol, addr, cluster.tls.as_deref(), cluster.connect_timeout, req);
+        let sent = upstreams.send(cluster.protocol, addr, cluster.tls.as_deref(), &cluster.pool, req);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),

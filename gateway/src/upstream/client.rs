@@ -24,7 +24,7 @@ use hyper_util::{
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{tls::UpstreamTls, Protocol};
+use super::{cluster::PoolSettings, tls::UpstreamTls, Protocol};
 
 /// Boxed error of request and response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,6 +34,9 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Default upstream connect timeout (Istio mesh `connectTimeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an idle pooled connection is kept when the DestinationRule says nothing.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why sending a request upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +66,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 #[derive(Clone)]
 pub struct Upstreams {
     h1: Client<HttpConnector, UpstreamBody>,
-    /// Plain HTTP/1.1 clients for clusters with their own `connectTimeout`, by timeout.
-    h1_timed: Arc<Mutex<HashMap<Duration, Client<HttpConnector, UpstreamBody>>>>,
+    /// Plain HTTP/1.1 clients for clusters with their own pool settings.
+    h1_tuned: Arc<Mutex<HashMap<PoolSettings, Client<HttpConnector, UpstreamBody>>>>,
     h2: Arc<Mutex<HashMap<ConnKey, http2::SendRequest<UpstreamBody>>>>,
     h1_tls: Arc<Mutex<HashMap<ConnKey, Vec<http1::SendRequest<UpstreamBody>>>>>,
 }
@@ -84,28 +87,29 @@ impl Default for Upstreams {
 impl Upstreams {
     /// Builds the clients with keep-alive pools.
     pub fn new() -> Self {
-        Self { h1: h1_client(CONNECT_TIMEOUT), h1_timed: Arc::default(), h2: Arc::default(), h1_tls: Arc::default() }
+        let h1 = h1_client(&PoolSettings::default());
+        Self { h1, h1_tuned: Arc::default(), h2: Arc::default(), h1_tls: Arc::default() }
     }
 
-    /// The plain HTTP/1.1 client whose connections time out after `connect_timeout`.
-    fn h1(&self, connect_timeout: Duration) -> Client<HttpConnector, UpstreamBody> {
-        if connect_timeout == CONNECT_TIMEOUT {
+    /// The plain HTTP/1.1 client for a cluster's pool settings.
+    fn h1(&self, pool: &PoolSettings) -> Client<HttpConnector, UpstreamBody> {
+        if *pool == PoolSettings::default() {
             return self.h1.clone();
         }
-        let Ok(mut timed) = self.h1_timed.lock() else { return self.h1.clone() };
-        timed.entry(connect_timeout).or_insert_with(|| h1_client(connect_timeout)).clone()
+        let Ok(mut tuned) = self.h1_tuned.lock() else { return self.h1.clone() };
+        tuned.entry(*pool).or_insert_with(|| h1_client(pool)).clone()
     }
 
     /// Sends one request to `addr`. For HTTP/1.1 the URI is `http://addr/path`; for
     /// HTTP/2 it carries the authority to send. With `tls`, the connection is TLS and
-    /// its SNI is the configured one or the request's host. A new connection must be
-    /// made (TCP and TLS) within `connect_timeout`.
+    /// its SNI is the configured one or the request's host. Connections follow `pool`
+    /// (connect timeout, keepalive, idle timeout, reuse).
     pub async fn send(
         &self,
         protocol: Protocol,
         addr: SocketAddr,
         tls: Option<&UpstreamTls>,
-        connect_timeout: Duration,
+        pool: &PoolSettings,
         mut req: http::Request<UpstreamBody>,
     ) -> Result<http::Response<Incoming>, SendError> {
         let tls = tls.map(|t| {
@@ -114,7 +118,7 @@ impl Upstreams {
         });
         let key: ConnKey = (addr, tls.as_ref().map_or(0, |(t, _)| t.key), tls.as_ref().map(|(_, n)| n.clone()));
         match (protocol, &tls) {
-            (Protocol::Http1, None) => self.h1(connect_timeout).request(req).await.map_err(|e| {
+            (Protocol::Http1, None) => self.h1(pool).request(req).await.map_err(|e| {
                 if e.is_connect() {
                     SendError::Connect(e.into())
                 } else {
@@ -122,7 +126,7 @@ impl Upstreams {
                 }
             }),
             (Protocol::Http2, _) => {
-                let mut sender = self.h2_sender(key, tls, connect_timeout).await?;
+                let mut sender = self.h2_sender(key, tls, pool).await?;
                 sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
                 sender.send_request(req).await.map_err(|e| SendError::Protocol(e.into()))
             }
@@ -131,12 +135,14 @@ impl Upstreams {
                 let origin =
                     req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
                 *req.uri_mut() = origin.into();
-                let mut sender = self.h1_tls_sender(&key, tls, connect_timeout).await?;
+                let mut sender = self.h1_tls_sender(&key, tls, pool).await?;
                 sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
                 let response = sender.send_request(req);
                 // Back to the pool at once: it is ready again when this response ends.
-                if let Ok(mut pool) = self.h1_tls.lock() {
-                    pool.entry(key).or_default().push(sender);
+                if !pool.no_reuse {
+                    if let Ok(mut idle) = self.h1_tls.lock() {
+                        idle.entry(key).or_default().push(sender);
+                    }
                 }
                 response.await.map_err(|e| SendError::Protocol(e.into()))
             }
@@ -148,7 +154,7 @@ impl Upstreams {
         &self,
         key: &ConnKey,
         tls: Option<(&UpstreamTls, ServerName<'static>)>,
-        connect_timeout: Duration,
+        pool: &PoolSettings,
     ) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
         let idle = self.h1_tls.lock().ok().and_then(|mut pool| {
             let list = pool.get_mut(key)?;
@@ -159,7 +165,7 @@ impl Upstreams {
         if let Some(sender) = idle {
             return Ok(sender);
         }
-        let io = connect(key.0, tls, connect_timeout).await?;
+        let io = connect(key.0, tls, pool).await?;
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| SendError::Connect(e.into()))?;
         let addr = key.0;
@@ -175,13 +181,13 @@ impl Upstreams {
         &self,
         key: ConnKey,
         tls: Option<(&UpstreamTls, ServerName<'static>)>,
-        connect_timeout: Duration,
+        pool: &PoolSettings,
     ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
         let existing = self.h2.lock().ok().and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
         if let Some(sender) = existing {
             return Ok(sender);
         }
-        let io = connect(key.0, tls, connect_timeout).await?;
+        let io = connect(key.0, tls, pool).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(io))
@@ -202,27 +208,43 @@ impl Upstreams {
 }
 
 /// A pooled plain HTTP/1.1 client.
-fn h1_client(connect_timeout: Duration) -> Client<HttpConnector, UpstreamBody> {
+fn h1_client(pool: &PoolSettings) -> Client<HttpConnector, UpstreamBody> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+    connector.set_connect_timeout(Some(pool.connect_timeout));
+    if let Some((time, interval)) = pool.keepalive {
+        connector.set_keepalive(Some(time));
+        connector.set_keepalive_interval(interval);
+    }
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_timer(TokioTimer::new()).pool_idle_timeout(pool.idle_timeout);
+    if pool.no_reuse {
+        builder.pool_max_idle_per_host(0);
+    }
+    builder.build(connector)
 }
 
 /// Opens a TCP connection to `addr`, with TLS when asked.
 async fn connect(
     addr: SocketAddr,
     tls: Option<(&UpstreamTls, ServerName<'static>)>,
-    connect_timeout: Duration,
+    pool: &PoolSettings,
 ) -> Result<Box<dyn Io>, SendError> {
+    let connect_timeout = pool.connect_timeout;
     let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|e| SendError::Connect(e.into()))?
         .map_err(|e| SendError::Connect(e.into()))?;
     let _ = tcp.set_nodelay(true);
+    if let Some((time, interval)) = pool.keepalive {
+        let mut ka = socket2::TcpKeepalive::new().with_time(time);
+        if let Some(i) = interval {
+            ka = ka.with_interval(i);
+        }
+        if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka) {
+            tracing::debug!(%addr, error = %e, "cannot set TCP keepalive");
+        }
+    }
     let Some((tls, sni)) = tls else { return Ok(Box::new(tcp)) };
     let handshake = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(sni, tcp);
     let stream = tokio::time::timeout(connect_timeout, handshake)

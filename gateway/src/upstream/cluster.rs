@@ -101,8 +101,33 @@ pub struct Cluster {
     pub breakers: Breakers,
     /// Passive health checking (DestinationRule `outlierDetection`).
     pub outlier: Option<OutlierPolicy>,
-    /// Time allowed to open a connection (`connectionPool.tcp.connectTimeout`).
+    /// How connections are opened and kept (`connectionPool.tcp`/`http`).
+    pub pool: PoolSettings,
+}
+
+/// Connection settings of a cluster: `connectTimeout`, `tcpKeepalive`, `idleTimeout`
+/// and `maxRequestsPerConnection`. Clusters with equal settings share a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolSettings {
+    /// Time allowed to open a connection (TCP and TLS).
     pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// TCP keepalive: idle time before the first probe, and the probe interval.
+    pub keepalive: Option<(Duration, Option<Duration>)>,
+    /// `maxRequestsPerConnection: 1`: a fresh connection per request.
+    pub no_reuse: bool,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: super::client::CONNECT_TIMEOUT,
+            idle_timeout: super::client::IDLE_TIMEOUT,
+            keepalive: None,
+            no_reuse: false,
+        }
+    }
 }
 
 /// Envoy cluster circuit breakers: limits on concurrent requests, retries and
@@ -218,13 +243,13 @@ impl Cluster {
             metrics: DestinationLabels::unknown(),
             breakers: Breakers::default(),
             outlier: None,
-            connect_timeout: super::client::CONNECT_TIMEOUT,
+            pool: PoolSettings::default(),
         }
     }
 
-    /// Opens connections within `timeout`.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+    /// Opens and keeps connections as `pool` says.
+    pub fn with_pool(mut self, pool: PoolSettings) -> Self {
+        self.pool = pool;
         self
     }
 

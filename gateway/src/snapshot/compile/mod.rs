@@ -378,20 +378,18 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
         let pools =
             tp.connection_pool.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.connection_pool.as_ref()));
         let partly = |p: &crate::config::istio::ConnectionPoolSettings| {
-            p.tcp.as_ref().is_some_and(|t| {
-                t.tcp_keepalive.is_some() || t.max_connection_duration.is_some() || t.idle_timeout.is_some()
-            }) || p.http.as_ref().is_some_and(|h| {
-                h.max_requests_per_connection.is_some()
-                    || h.idle_timeout.is_some()
-                    || h.h2_upgrade_policy.is_some()
-                    || h.use_client_protocol.is_some()
-                    || h.max_concurrent_streams.is_some()
-            })
+            p.tcp.as_ref().is_some_and(|t| t.max_connection_duration.is_some())
+                || p.http.as_ref().is_some_and(|h| {
+                    h.max_requests_per_connection.is_some_and(|n| n > 1)
+                        || h.h2_upgrade_policy.is_some()
+                        || h.use_client_protocol.is_some()
+                        || h.max_concurrent_streams.is_some()
+                })
         };
         if pools.clone().any(partly) {
             unapplied.push(
-                "connectionPool tcpKeepalive, maxConnectionDuration, idleTimeout, maxRequestsPerConnection, \
-                 h2UpgradePolicy, useClientProtocol, maxConcurrentStreams (TODO(#8))",
+                "connectionPool maxConnectionDuration, maxRequestsPerConnection above 1, h2UpgradePolicy, \
+                 useClientProtocol, maxConcurrentStreams",
             );
         }
         let lb = tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));

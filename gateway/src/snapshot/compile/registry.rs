@@ -20,7 +20,8 @@ use crate::{
     listener::certs::CertStore,
     telemetry::DestinationLabels,
     upstream::{
-        Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, Protocol, UpstreamTls, CONNECT_TIMEOUT,
+        Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, PoolSettings, Protocol, UpstreamTls,
+        CONNECT_TIMEOUT,
     },
 };
 
@@ -160,8 +161,22 @@ impl<'a> Registry<'a> {
         };
         let pool = block(top, subset_policy, port, |t| t.connection_pool.clone(), |p| p.connection_pool.clone());
         let tcp = pool.as_ref().and_then(|p| p.tcp.clone());
-        let connect_timeout = tcp.as_ref().and_then(|t| t.connect_timeout).map(|t| t.0);
         let http = pool.and_then(|p| p.http);
+        let nonzero = |d: Option<crate::config::GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
+        let defaults = PoolSettings::default();
+        let keepalive = tcp.as_ref().and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
+            // Istio's default probe time is the OS's (Linux: 2 hours).
+            (nonzero(k.time).unwrap_or(std::time::Duration::from_secs(7200)), nonzero(k.interval))
+        });
+        let pool = PoolSettings {
+            connect_timeout: nonzero(tcp.as_ref().and_then(|t| t.connect_timeout)).unwrap_or(CONNECT_TIMEOUT),
+            idle_timeout: nonzero(
+                http.as_ref().and_then(|h| h.idle_timeout).or(tcp.as_ref().and_then(|t| t.idle_timeout)),
+            )
+            .unwrap_or(defaults.idle_timeout),
+            keepalive,
+            no_reuse: http.as_ref().and_then(|h| h.max_requests_per_connection) == Some(1),
+        };
         let breakers = Breakers::new(
             http.as_ref().and_then(|h| h.http2_max_requests).unwrap_or(u32::MAX),
             http.as_ref().and_then(|h| h.max_retries).unwrap_or(u32::MAX),
@@ -204,7 +219,7 @@ impl<'a> Registry<'a> {
                 .with_metrics(service_labels)
                 .with_breakers(breakers)
                 .with_outlier(outlier)
-                .with_connect_timeout(connect_timeout.filter(|t| !t.is_zero()).unwrap_or(CONNECT_TIMEOUT)),
+                .with_pool(pool),
         );
         self.clusters.insert(key, cluster.clone());
         Ok(cluster)
