@@ -302,3 +302,46 @@ async fn connection_pools_reuse_or_not_as_the_destination_rule_says() {
     let ports = connections(&up);
     assert_ne!(ports[0], ports[1], "the idle connection was closed: {ports:?}");
 }
+
+/// Opens streams on one HTTP/2 connection and resets each one; with `dispatched`,
+/// only after the gateway has passed it upstream. Returns whether the gateway
+/// refused to go on, and the connection task.
+async fn rapid_resets(gw: &TestGateway, up: &Upstream, dispatched: bool) -> bool {
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let closed = tokio::spawn(conn);
+    for _ in 0..2000 {
+        let Ok(ready) = h2.ready().await else { break };
+        h2 = ready;
+        let hits = up.hits();
+        let req = http::Request::get("http://a.test/delay/2000").body(()).unwrap();
+        let Ok((_, mut stream)) = h2.send_request(req, false) else { break };
+        // Let the connection task put HEADERS on the wire before the reset.
+        tokio::task::yield_now().await;
+        while dispatched && up.hits() == hits && !closed.is_finished() {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    // The gateway ends the connection (GOAWAY, or a close): the task finishes.
+    tokio::time::timeout(Duration::from_secs(10), closed).await.is_ok()
+}
+
+/// CVE-2023-44487: a client that opens streams and resets them at once loses its
+/// connection instead of keeping the gateway busy; other clients are served. Bursts
+/// (HEADERS and RST together) trip h2's accept-queue limit; streams reset after they
+/// reached the gateway trip Envoy's premature-reset rule (`listener::resets`).
+#[tokio::test]
+async fn http2_rapid_reset_closes_the_offending_connection() {
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS])).await;
+    assert!(rapid_resets(&gw, &up, false).await, "bursts of resets are refused");
+    let hits = up.hits();
+    assert!(rapid_resets(&gw, &up, true).await, "resets after dispatch are refused");
+    let dispatched = up.hits() - hits;
+    assert!((500..1000).contains(&dispatched), "closed after 500 streams, at most half of them reset: {dispatched}");
+    // A well-behaved client is unaffected.
+    let resp = client::send_h2(gw.addr(), "a.test", client::get("a.test", "/")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+}

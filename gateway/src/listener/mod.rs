@@ -7,6 +7,7 @@ pub mod certs;
 pub mod client_hello;
 pub mod drain;
 mod l4;
+mod resets;
 pub mod tls;
 
 use std::{
@@ -276,14 +277,25 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let drain_started = async move {
         let _ = draining.wait_for(|d| *d).await;
     };
+    let resets = Arc::new(resets::ResetGuard::default());
+    let guard = resets.clone();
     let svc = service_fn(move |req| {
-        let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(pipeline::handle(proxy, conn, req).await) }
+        let (proxy, conn, guard) = (proxy.clone(), conn.clone(), guard.clone());
+        async move {
+            let ticket = guard.open();
+            let response = pipeline::handle(proxy, conn, req).await;
+            ticket.finish();
+            Ok::<_, Infallible>(response)
+        }
     });
     let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(served);
     let result = tokio::select! {
         result = served.as_mut() => result,
+        () = resets.abuse.notified() => {
+            tracing::warn!("closing a connection that resets most of its streams at once (HTTP/2 rapid reset)");
+            return;
+        }
         () = drain_started => {
             // HTTP/2: GOAWAY; HTTP/1: close after the response in flight.
             served.as_mut().graceful_shutdown();
