@@ -126,8 +126,13 @@ pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Resul
         telemetry::Telemetry::new(access_log.clone(), metrics.clone(), &bootstrap.labels, &bootstrap.namespace);
     let handle = SnapshotHandle::default();
     let drain = Arc::new(listener::drain::Drain::default());
-    let proxy =
-        Arc::new(Proxy { snapshot: handle.clone(), upstreams: Upstreams::new(), telemetry, drain: drain.clone() });
+    let proxy = Arc::new(Proxy {
+        snapshot: handle.clone(),
+        upstreams: Upstreams::new(),
+        telemetry,
+        drain: drain.clone(),
+        max_request_body: bootstrap.max_request_body,
+    });
     let runtime = wasm::Runtime::new(metrics.wasm_plugins(), bootstrap.wasm_cache_dir.clone());
     runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), snapshot: handle.clone() });
     let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), ..Default::default() });

@@ -14,6 +14,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the ingress gateway on a directory of Istio YAML.
     Run {
@@ -54,6 +56,9 @@ enum Command {
         /// Cache of compiled Wasm modules, by sha256 (default: <tmp>/wicket-wasm-cache).
         #[arg(long)]
         wasm_cache_dir: Option<PathBuf>,
+        /// Largest request body accepted, in bytes (413 above it); default no limit.
+        #[arg(long)]
+        max_request_body: Option<u64>,
         /// Also start a built-in echo upstream: ADDR=NAME (repeatable; for demos).
         #[arg(long = "echo", value_name = "ADDR=NAME")]
         echo: Vec<String>,
@@ -123,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_connections,
             workers,
             wasm_cache_dir,
+            max_request_body,
             echo,
         } => {
             let bootstrap = Bootstrap {
@@ -136,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 credentials_dir,
                 max_connections,
                 wasm_cache_dir: wasm_cache_dir.or_else(|| Bootstrap::default().wasm_cache_dir),
+                max_request_body,
                 ..Bootstrap::default()
             };
             let rt = runtime(workers)?;

@@ -345,3 +345,39 @@ async fn http2_rapid_reset_closes_the_offending_connection() {
     let resp = client::send_h2(gw.addr(), "a.test", client::get("a.test", "/")).await;
     assert_eq!(resp.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn request_bodies_over_the_configured_limit_get_413() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start_with(&docs(&[GATEWAY, &se, VS]), |b| b.max_request_body = Some(1000)).await;
+    let post = |n: usize| {
+        http::Request::post("/")
+            .header("host", "a.test")
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; n])))
+            .unwrap()
+    };
+    assert_eq!(gw.send(post(1000)).await.status, StatusCode::OK);
+    let resp = gw.send(post(5000)).await;
+    assert_eq!((resp.status, resp.body.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload too large"));
+    assert_eq!(up.hits(), 1, "a declared oversize body never reaches the upstream");
+
+    // A streamed (chunked) body is cut off once it passes the limit.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    tcp.write_all(b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+    for _ in 0..10 {
+        if tcp.write_all(b"200\r\n").await.is_err() {
+            break;
+        }
+        let _ = tcp.write_all(&[b'y'; 0x200]).await;
+        let _ = tcp.write_all(b"\r\n").await;
+    }
+    let _ = tcp.write_all(b"0\r\n\r\n").await;
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // Other requests carry on.
+    assert_eq!(gw.send(post(10)).await.status, StatusCode::OK);
+}

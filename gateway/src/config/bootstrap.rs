@@ -32,6 +32,9 @@ pub struct Bootstrap {
     pub max_connections: usize,
     /// Where compiled Wasm modules are cached by sha256 (`None`: compile every start).
     pub wasm_cache_dir: Option<PathBuf>,
+    /// Largest request body accepted (Envoy's buffer filter `max_request_bytes`): 413
+    /// for a larger `content-length`, a reset stream for a larger streamed body.
+    pub max_request_body: Option<u64>,
 }
 
 impl Default for Bootstrap {
@@ -48,6 +51,7 @@ impl Default for Bootstrap {
             credentials_dir: PathBuf::from("credentials"),
             max_connections: 100_000,
             wasm_cache_dir: Some(std::env::temp_dir().join("wicket-wasm-cache")),
+            max_request_body: None,
         }
     }
 }

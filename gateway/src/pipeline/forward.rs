@@ -100,7 +100,7 @@ where
         }
     };
 
-    let (body, received) = request_body(body).await?;
+    let (body, received) = request_body(body, proxy.max_request_body).await?;
     if let ReplayBody::Full(b) = &body {
         record.bytes_received = b.len() as u64;
     }
@@ -133,6 +133,10 @@ where
             metrics.upstream(&cluster.name, failure.error.flag().first_name());
             flags.insert(failure.flags);
             tracing::debug!(error = %failure.error, "upstream failed");
+            if body_too_large(&failure.error) {
+                return Err(LocalReply::text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large")
+                    .with_details("request_payload_too_large".into()));
+            }
             return Err(LocalReply::error(&failure.error).with_flags(flags));
         }
     };
@@ -171,8 +175,10 @@ where
     Ok((Response::from_parts(parts, boxed(body)), received))
 }
 
-/// Buffers small bodies (known length ≤ 64 KiB) so they can be replayed; streams the rest.
-async fn request_body<B>(body: B) -> Result<(ReplayBody, Option<Arc<AtomicU64>>), LocalReply>
+/// Buffers small bodies (known length ≤ 64 KiB) so they can be replayed; streams the
+/// rest, cut off past `limit` (the stream is reset and the client gets a 413 if the
+/// upstream had not answered yet).
+async fn request_body<B>(body: B, limit: Option<u64>) -> Result<(ReplayBody, Option<Arc<AtomicU64>>), LocalReply>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -189,7 +195,24 @@ where
         return Ok((ReplayBody::Full(collected.to_bytes()), None));
     }
     let count = Arc::new(AtomicU64::new(0));
-    Ok((ReplayBody::Stream(Some(boxed(Counting::new(body, count.clone())))), Some(count)))
+    let counted = Counting::new(body, count.clone());
+    let streamed = match limit {
+        Some(limit) => boxed(Limited::new(counted, usize::try_from(limit).unwrap_or(usize::MAX))),
+        None => boxed(counted),
+    };
+    Ok((ReplayBody::Stream(Some(streamed)), Some(count)))
+}
+
+/// Whether a failure was our own body limit cutting the request off.
+fn body_too_large(e: &ProxyError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Istio mirroring: fire and forget, `-shadow` appended to the Host, response dropped.

@@ -42,6 +42,8 @@ pub struct Proxy {
     pub telemetry: Telemetry,
     /// Shutdown drain signal and open connection count.
     pub drain: Arc<crate::listener::drain::Drain>,
+    /// Largest request body accepted (`--max-request-body`); `None`: no limit.
+    pub max_request_body: Option<u64>,
 }
 
 /// The connection a request arrived on.
@@ -210,6 +212,14 @@ async fn route_and_forward(
                 None if !policy.forward_unmatched_preflights => return Err(LocalReply::text(StatusCode::OK, "")),
                 None => {}
             }
+        }
+    }
+
+    if let Some(limit) = proxy.max_request_body {
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(LocalReply::text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large")
+                .with_details("request_payload_too_large".into()));
         }
     }
 
