@@ -692,3 +692,11 @@ async fn a_panicking_filter_is_a_trap_handled_by_the_fail_strategy() {
         assert!(failures(&gw, "trap").await >= 1);
     }
 }
+
+#[tokio::test]
+async fn a_module_path_to_a_device_is_refused_not_read_forever() {
+    let up = Upstream::start("api").await;
+    let gw = TestGateway::start(&docs(&[&base(&up), &plugin("zero", std::path::Path::new("/dev/zero"), "")])).await;
+    let diags: Vec<String> = gw.gateway.snapshot().diagnostics.iter().map(ToString::to_string).collect();
+    assert!(diags.iter().any(|d| d.contains("/dev/zero") && d.contains("not a regular file")), "{diags:?}");
+}

@@ -42,6 +42,9 @@ pub struct Loaded {
     pub digest: u64,
 }
 
+/// Largest config file read (a sanity bound, far above any real one).
+const MAX_CONFIG_FILE: u64 = 64 * 1024 * 1024;
+
 /// Reads every `*.yaml`/`*.yml` file under `dir` (recursively, sorted by path).
 /// `namespace` is given to resources that do not name one.
 pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
@@ -52,7 +55,12 @@ pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
     let mut warned_kinds = BTreeSet::new();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
+        let bytes = super::files::read_bounded(&file, MAX_CONFIG_FILE)
+            .map_err(|source| LoadError::Io { path: file.clone(), source })?;
+        let text = String::from_utf8(bytes).map_err(|e| LoadError::Io {
+            path: file.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
         std::hash::Hash::hash(&(&file, &text), &mut hasher);
         let file: Arc<Path> = file.into();
         for (line, doc) in split_documents(&text) {

@@ -17,6 +17,9 @@ use rustls::{
     sign::CertifiedKey,
 };
 
+/// Certificate, key and CRL files are small; anything larger is not one.
+const MAX_PEM: u64 = 4 * 1024 * 1024;
+
 /// Why a certificate, key or CA file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -58,7 +61,8 @@ fn invalid(path: &Path, what: impl Into<String>) -> CertError {
 
 /// Reads every certificate of a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let bytes = std::fs::read(path).map_err(|source| CertError::Read { path: path.to_path_buf(), source })?;
+    let bytes = crate::config::files::read_bounded(path, MAX_PEM)
+        .map_err(|source| CertError::Read { path: path.to_path_buf(), source })?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format!("invalid PEM: {e}")))?;
@@ -73,7 +77,8 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
 
 /// Reads every CRL of a PEM file (`caCrl`).
 pub fn read_crls(path: &Path) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, CertError> {
-    let bytes = std::fs::read(path).map_err(|source| CertError::Read { path: path.to_path_buf(), source })?;
+    let bytes = crate::config::files::read_bounded(path, MAX_PEM)
+        .map_err(|source| CertError::Read { path: path.to_path_buf(), source })?;
     let crls = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format!("invalid PEM: {e}")))?;
@@ -102,7 +107,8 @@ fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), CertErro
 /// Loads a certificate chain and its private key, checking that they match.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
     let certs = read_certs(cert)?;
-    let key_bytes = std::fs::read(key).map_err(|source| CertError::Read { path: key.to_path_buf(), source })?;
+    let key_bytes = crate::config::files::read_bounded(key, MAX_PEM)
+        .map_err(|source| CertError::Read { path: key.to_path_buf(), source })?;
     let der =
         PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| invalid(key, format!("no private key found: {e}")))?;
     let provider = rustls::crypto::ring::default_provider();

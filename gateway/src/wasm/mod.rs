@@ -213,11 +213,8 @@ fn fetch(url: &str, config_dir: &Path) -> Result<Vec<u8>, LoadError> {
             "cannot fetch {url} in offline mode (and no module with its sha256 is cached); download it and use a file:// url"
         )));
     };
-    let meta = std::fs::metadata(&path).map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))?;
-    if meta.len() > runtime::MAX_MODULE as u64 {
-        return Err(LoadError::Fetch(format!("{} is larger than {} bytes", path.display(), runtime::MAX_MODULE)));
-    }
-    std::fs::read(&path).map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))
+    crate::config::files::read_bounded(&path, runtime::MAX_MODULE as u64)
+        .map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))
 }
 
 /// The lower-case hex sha256 of a module, as WasmPlugin `sha256` writes it.
