@@ -73,6 +73,20 @@ pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
     Ok(loaded)
 }
 
+/// Loads the documents of one YAML text as if read from `file` (for tools and
+/// fuzzing; the gateway reads directories with [`load_dir`]).
+pub fn load_text(text: &str, file: &Path, namespace: &str) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut warned_kinds = BTreeSet::new();
+    let file: Arc<Path> = file.into();
+    for (line, doc) in split_documents(text) {
+        let origin = Origin { file: file.clone(), line };
+        load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds);
+    }
+    replace_duplicates(&mut loaded);
+    loaded
+}
+
 /// Like `kubectl apply` of the files in order: a later document with the same kind,
 /// namespace and name replaces the earlier one (reported as a warning).
 fn replace_duplicates(loaded: &mut Loaded) {

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, fmt, path::Path, sync::Arc};
 pub use bootstrap::Bootstrap;
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::GoDuration;
-pub use load::{load_dir, LoadError, Loaded};
+pub use load::{load_dir, load_text, LoadError, Loaded};
 pub use mesh::{ExtAuthzHttp, ExtensionProvider, GatewayTopology, MeshConfig, PathNormalizationConfig, ProxyConfig};
 pub use watch::watch_dir;
 
