@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         let Ok(Some(once)) = n.apply(path) else { continue };
         if mode == "BASE" || mode == "MERGE_SLASHES" {
             let twice = n.apply(&once).expect("a normalized path stays valid");
-            assert!(twice.is_none() || twice.as_deref() == Some(once.as_str()), "{mode}: {path:?} → {once:?} → {twice:?}");
+            assert!(
+                twice.is_none() || twice.as_deref() == Some(once.as_str()),
+                "{mode}: {path:?} → {once:?} → {twice:?}"
+            );
         }
     }
 });

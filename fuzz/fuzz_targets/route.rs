@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let Some((table, _)) = snapshot.route_table(80, None) else { return };
     let Some(vhost) = table.find_vhost(authority) else { return };
-    let view = RequestView { path, query, method, scheme: "http", authority, headers: &headers, port: 80, claims: None };
+    let view =
+        RequestView { path, query, method, scheme: "http", authority, headers: &headers, port: 80, claims: None };
     let _ = vhost.find_route(&view);
 });
