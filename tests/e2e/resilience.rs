@@ -220,6 +220,12 @@ async fn connect_timeout_bounds_connection_attempts() {
     assert_eq!(gw.get("a.test", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
     let log = gw.find_log(|l| l["response_code"] == 503).await;
     assert!(log["response_flags"].as_str().unwrap().contains("UF"), "a connect failure, not a timeout: {log}");
+    // The mesh config's `connectTimeout` is the default a DestinationRule overrides.
+    let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    connectTimeout: 100ms\n    tcpKeepalive: {time: 60s}\n";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, mesh])).await;
+    assert_eq!(gw.get("a.test", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    let log = gw.find_log(|l| l["response_code"] == 503).await;
+    assert!(log["response_flags"].as_str().unwrap().contains("UF"), "{log}");
     drop(listener);
 }
 

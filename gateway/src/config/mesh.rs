@@ -30,6 +30,10 @@ pub struct MeshConfig {
     pub access_log_format: Option<String>,
     /// Turns tracing off when `false` (default on, given a provider).
     pub enable_tracing: Option<bool>,
+    /// Default upstream connect timeout (Istio: 10 s); DestinationRules override it.
+    pub connect_timeout: Option<crate::config::GoDuration>,
+    /// Default TCP keepalive of upstream connections; DestinationRules override it.
+    pub tcp_keepalive: Option<crate::config::istio::TcpKeepalive>,
     /// Providers used when no Telemetry resource names one.
     #[serde(default)]
     pub default_providers: DefaultProviders,
@@ -122,6 +126,8 @@ impl Default for MeshConfig {
             access_log_encoding: None,
             access_log_format: None,
             enable_tracing: None,
+            connect_timeout: None,
+            tcp_keepalive: None,
             default_providers: DefaultProviders::default(),
         }
     }

@@ -21,7 +21,6 @@ use crate::{
     telemetry::DestinationLabels,
     upstream::{
         Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, PoolSettings, Protocol, UpstreamTls,
-        CONNECT_TIMEOUT,
     },
 };
 
@@ -44,6 +43,8 @@ pub(super) struct Registry<'a> {
     clusters: HashMap<(String, u16, Option<String>), Arc<Cluster>>,
     certs: &'a CertStore,
     domain_suffix: String,
+    /// Mesh config `connectTimeout` and `tcpKeepalive`: what a DestinationRule overrides.
+    defaults: PoolSettings,
 }
 
 /// Why a destination does not resolve (Istio answers 503 NC when it is hit).
@@ -95,7 +96,19 @@ impl<'a> Registry<'a> {
                 _ => {}
             }
         }
-        Self { services, rules, clusters: HashMap::new(), certs, domain_suffix: bootstrap.domain_suffix.clone() }
+        let mesh = resources.iter().find_map(|r| match &r.spec {
+            Spec::MeshConfig(m) => Some(m),
+            _ => None,
+        });
+        let mut defaults = PoolSettings::default();
+        if let Some(m) = mesh {
+            if let Some(t) = m.connect_timeout.map(|t| t.0).filter(|t| !t.is_zero()) {
+                defaults.connect_timeout = t;
+            }
+            defaults.keepalive = m.tcp_keepalive.as_ref().map(keepalive);
+        }
+        let domain_suffix = bootstrap.domain_suffix.clone();
+        Self { services, rules, clusters: HashMap::new(), certs, domain_suffix, defaults }
     }
 
     /// True when `host` is a registry service.
@@ -163,13 +176,10 @@ impl<'a> Registry<'a> {
         let tcp = pool.as_ref().and_then(|p| p.tcp.clone());
         let http = pool.and_then(|p| p.http);
         let nonzero = |d: Option<crate::config::GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
-        let defaults = PoolSettings::default();
-        let keepalive = tcp.as_ref().and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
-            // Istio's default probe time is the OS's (Linux: 2 hours).
-            (nonzero(k.time).unwrap_or(std::time::Duration::from_secs(7200)), nonzero(k.interval))
-        });
+        let defaults = self.defaults;
+        let keepalive = tcp.as_ref().and_then(|t| t.tcp_keepalive.as_ref()).map(keepalive).or(defaults.keepalive);
         let pool = PoolSettings {
-            connect_timeout: nonzero(tcp.as_ref().and_then(|t| t.connect_timeout)).unwrap_or(CONNECT_TIMEOUT),
+            connect_timeout: nonzero(tcp.as_ref().and_then(|t| t.connect_timeout)).unwrap_or(defaults.connect_timeout),
             idle_timeout: nonzero(
                 http.as_ref().and_then(|h| h.idle_timeout).or(tcp.as_ref().and_then(|t| t.idle_timeout)),
             )
@@ -374,4 +384,11 @@ fn check_tls(dr: &DestinationRule, certs: &CertStore) -> Result<Vec<(String, Str
         UpstreamTls::compile(&settings, Protocol::Http1, certs).map_err(|e| (field, e))?;
     }
     Ok(warnings)
+}
+
+/// TCP keepalive settings: probe time (Istio's default is the OS's, 2 hours on Linux)
+/// and interval.
+fn keepalive(k: &crate::config::istio::TcpKeepalive) -> (std::time::Duration, Option<std::time::Duration>) {
+    let nonzero = |d: Option<crate::config::GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
+    (nonzero(k.time).unwrap_or(std::time::Duration::from_secs(7200)), nonzero(k.interval))
 }
