@@ -51,6 +51,7 @@ impl Supervisor {
     /// Loads the directory (on the blocking pool) and applies the result.
     pub(crate) async fn reload(&mut self) -> Result<(), LoadError> {
         let reloader = self.reloader.clone();
+        let started = tokio::time::Instant::now();
         // The lock lives inside the blocking task only; reloads never overlap anyway.
         let joined = tokio::task::spawn_blocking(move || match reloader.lock() {
             Ok(mut r) => r.reload(),
@@ -65,7 +66,11 @@ impl Supervisor {
         };
         match result {
             Ok(outcome) => {
+                let changed = outcome.snapshot.is_some();
                 self.apply(outcome).await;
+                if changed {
+                    self.metrics.reload_took(started.elapsed());
+                }
                 Ok(())
             }
             Err(e) => {

@@ -209,6 +209,7 @@ pub struct Metrics {
     overflow: Family<ListenerLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     config_version: Gauge<i64, AtomicI64>,
+    reload_seconds: Gauge<f64, AtomicU64>,
     access_log_dropped: Counter<u64, AtomicU64>,
     wasm: Arc<crate::wasm::PluginMetrics>,
     trace: super::trace::TraceCounters,
@@ -247,6 +248,7 @@ impl Metrics {
             overflow: Family::default(),
             reloads: Family::default(),
             config_version: Gauge::default(),
+            reload_seconds: Gauge::default(),
             access_log_dropped: Counter::default(),
             wasm: Arc::default(),
             trace: super::trace::TraceCounters::default(),
@@ -282,6 +284,11 @@ impl Metrics {
         );
         registry.register("wicket_config_reloads", "Configuration reloads by result", m.reloads.clone());
         registry.register("wicket_config_version", "Version of the snapshot serving", m.config_version.clone());
+        registry.register(
+            "wicket_config_reload_seconds",
+            "How long the last applied reload took: read, compile, reconcile listeners",
+            m.reload_seconds.clone(),
+        );
         registry.register("wicket_access_log_dropped", "Access log lines dropped", m.access_log_dropped.clone());
         registry.register_collector(Box::new(m.wasm.clone()));
         registry.register(
@@ -349,6 +356,11 @@ impl Metrics {
         if let Some(v) = version {
             self.config_version.set(i64::try_from(v).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Records how long an applied reload took.
+    pub fn reload_took(&self, took: std::time::Duration) {
+        self.reload_seconds.set(took.as_secs_f64());
     }
 
     /// Counts access log lines dropped because the writer fell behind.
