@@ -42,7 +42,10 @@ use crate::{
 
 /// HTTP/1 request head limit (Envoy `max_request_headers_kb` 60 plus framing).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Slowloris bound until the dedicated header timer lands (TODO(#8)).
+/// hyper's header read timer: a request head must arrive within this (slowloris),
+/// and since hyper 1.6 it also closes keep-alive connections idle this long. One
+/// timer for both, so it stays above a front load balancer's idle timeout (AWS ALB:
+/// 60 s) rather than at Envoy's seconds-long header timeout (hardening.md §4).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Open {
