@@ -139,8 +139,13 @@ def main():
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    limit = args.connections * 2 + 1024
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    # Every process here needs one descriptor per connection (and some): raise the
+    # soft limit to what the machine allows.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = hard if hard != resource.RLIM_INFINITY else args.connections * 2 + 1024
+    if limit < args.connections + 512:
+        sys.exit(f"the descriptor limit ({limit}) is too low for {args.connections} connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "wicket"], cwd=run.ROOT, check=True)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -35,6 +35,9 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Default upstream connect timeout (Istio mesh `connectTimeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Idle HTTP/1.1 connections kept per endpoint after a burst.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
 /// How long an idle pooled connection is kept when the DestinationRule says nothing.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -218,9 +221,9 @@ fn h1_client(pool: &PoolSettings) -> Client<HttpConnector, UpstreamBody> {
     }
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_timer(TokioTimer::new()).pool_idle_timeout(pool.idle_timeout);
-    if pool.no_reuse {
-        builder.pool_max_idle_per_host(0);
-    }
+    // A burst opens a connection per concurrent request; once it is over, keep a
+    // bounded number idle per endpoint rather than all of them for the idle timeout.
+    builder.pool_max_idle_per_host(if pool.no_reuse { 0 } else { MAX_IDLE_PER_ENDPOINT });
     builder.build(connector)
 }
 
