@@ -103,6 +103,11 @@ impl Call {
     }
 }
 
+/// Header pairs as the proxy stores them: owned, names lower-cased.
+fn owned<'a>(headers: &'a [(&str, &str)]) -> impl Iterator<Item = (String, String)> + 'a {
+    headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+}
+
 fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
     list.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
@@ -289,7 +294,7 @@ impl<F: Filter> Exchange<F> {
     /// Answers the last call; runs `on_call_answer`.
     pub fn answer(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         let mut all = vec![(":status".to_string(), status.to_string())];
-        all.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())));
+        all.extend(owned(headers));
         let answer = CallAnswer { status, headers: all, body: body.to_vec() };
         self.stream.answer = Some(answer.clone());
         self.run(|f| f.on_call_answer(&mut Request::new(), answer));
@@ -306,7 +311,7 @@ impl<F: Filter> Exchange<F> {
     /// headers, then the body. Returns the response-headers action.
     pub fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Action {
         let mut all = vec![(":status".to_string(), status.to_string())];
-        all.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())));
+        all.extend(owned(headers));
         self.stream.response = all;
         let action = self.run(|f| f.on_response(&mut Response::new()));
         if !body.is_empty() {
@@ -420,7 +425,7 @@ pub(crate) mod host {
     }
 
     pub(crate) fn respond(status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        let headers = headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+        let headers = owned(headers).collect();
         with(|w| w.stream.local = Some(LocalResponse { status, headers, body: body.to_vec() }));
     }
 
@@ -430,7 +435,7 @@ pub(crate) mod host {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, String> {
-        let headers = headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+        let headers = owned(headers).collect();
         let call = Call { cluster: cluster.to_string(), headers, body: body.map(<[u8]>::to_vec), timeout };
         Ok(with(|w| {
             w.stream.calls.push(call);
