@@ -296,6 +296,17 @@ async fn connection_pools_reuse_or_not_as_the_destination_rule_says() {
     ports.dedup();
     assert_eq!(ports.len(), 3, "a connection per request: {:?}", connections(&up));
 
+    // maxRequestsPerConnection: 2 closes each connection after its second request.
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, &pool_rule("{maxRequestsPerConnection: 2}")])).await;
+    assert!(gw.gateway.snapshot().diagnostics.is_empty(), "{:?}", gw.gateway.snapshot().diagnostics);
+    for _ in 0..4 {
+        assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);
+    }
+    let ports = connections(&up);
+    assert!(ports[0] == ports[1] && ports[2] == ports[3] && ports[1] != ports[2], "two requests each: {ports:?}");
+
     // idleTimeout closes a connection left idle; keepalive settings are accepted.
     let up = Upstream::start("api").await;
     let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);

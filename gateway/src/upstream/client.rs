@@ -65,6 +65,9 @@ type ConnKey = (SocketAddr, u64, Option<ServerName<'static>>);
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// A pooled HTTP/1.1 connection and the requests it has carried.
+type Counted = (http1::SendRequest<UpstreamBody>, u32);
+
 /// The upstream clients.
 #[derive(Clone)]
 pub struct Upstreams {
@@ -72,7 +75,9 @@ pub struct Upstreams {
     /// Plain HTTP/1.1 clients for clusters with their own pool settings.
     h1_tuned: Arc<Mutex<HashMap<PoolSettings, Client<HttpConnector, UpstreamBody>>>>,
     h2: Arc<Mutex<HashMap<ConnKey, http2::SendRequest<UpstreamBody>>>>,
-    h1_tls: Arc<Mutex<HashMap<ConnKey, Vec<http1::SendRequest<UpstreamBody>>>>>,
+    /// HTTP/1.1 connections Wicket pools itself (TLS, or a request limit per
+    /// connection), with the requests each has carried.
+    h1_own: Arc<Mutex<HashMap<ConnKey, Vec<Counted>>>>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -91,7 +96,7 @@ impl Upstreams {
     /// Builds the clients with keep-alive pools.
     pub fn new() -> Self {
         let h1 = h1_client(&PoolSettings::default());
-        Self { h1, h1_tuned: Arc::default(), h2: Arc::default(), h1_tls: Arc::default() }
+        Self { h1, h1_tuned: Arc::default(), h2: Arc::default(), h1_own: Arc::default() }
     }
 
     /// The plain HTTP/1.1 client for a cluster's pool settings.
@@ -121,30 +126,29 @@ impl Upstreams {
         });
         let key: ConnKey = (addr, tls.as_ref().map_or(0, |(t, _)| t.key), tls.as_ref().map(|(_, n)| n.clone()));
         match (protocol, &tls) {
-            (Protocol::Http1, None) => self.h1(pool).request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    SendError::Connect(e.into())
-                } else {
-                    SendError::Protocol(e.into())
-                }
-            }),
+            (Protocol::Http1, None) if pool.max_requests.is_none_or(|n| n == 1) => self
+                .h1(pool)
+                .request(req)
+                .await
+                .map_err(|e| if e.is_connect() { SendError::Connect(e.into()) } else { SendError::Protocol(e.into()) }),
             (Protocol::Http2, _) => {
                 let mut sender = self.h2_sender(key, tls, pool).await?;
                 sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
                 sender.send_request(req).await.map_err(|e| SendError::Protocol(e.into()))
             }
-            (Protocol::Http1, Some(_)) => {
+            (Protocol::Http1, _) => {
                 // The low-level HTTP/1 client sends the URI as written: origin-form.
                 let origin =
                     req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
                 *req.uri_mut() = origin.into();
-                let mut sender = self.h1_tls_sender(&key, tls, pool).await?;
+                let (mut sender, used) = self.h1_own_sender(&key, tls, pool).await?;
                 sender.ready().await.map_err(|e| SendError::Protocol(e.into()))?;
                 let response = sender.send_request(req);
-                // Back to the pool at once: it is ready again when this response ends.
-                if !pool.no_reuse {
-                    if let Ok(mut idle) = self.h1_tls.lock() {
-                        idle.entry(key).or_default().push(sender);
+                // Back to the pool at once (ready again when this response ends), unless
+                // it has carried its `maxRequestsPerConnection`: then it closes after it.
+                if pool.max_requests.is_none_or(|max| used + 1 < max) {
+                    if let Ok(mut idle) = self.h1_own.lock() {
+                        idle.entry(key).or_default().push((sender, used + 1));
                     }
                 }
                 response.await.map_err(|e| SendError::Protocol(e.into()))
@@ -153,20 +157,22 @@ impl Upstreams {
     }
 
     /// An idle HTTP/1.1 TLS connection for `key`, or a new one.
-    async fn h1_tls_sender(
+    /// An idle connection of Wicket's own HTTP/1.1 pool for `key` with the requests it
+    /// has carried, or a new one.
+    async fn h1_own_sender(
         &self,
         key: &ConnKey,
         tls: Option<(&UpstreamTls, ServerName<'static>)>,
         pool: &PoolSettings,
-    ) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
-        let idle = self.h1_tls.lock().ok().and_then(|mut pool| {
+    ) -> Result<Counted, SendError> {
+        let idle = self.h1_own.lock().ok().and_then(|mut pool| {
             let list = pool.get_mut(key)?;
-            list.retain(|s| !s.is_closed());
-            let ready = list.iter().position(|s| s.is_ready())?;
+            list.retain(|(s, _)| !s.is_closed());
+            let ready = list.iter().position(|(s, _)| s.is_ready())?;
             Some(list.swap_remove(ready))
         });
-        if let Some(sender) = idle {
-            return Ok(sender);
+        if let Some(idle) = idle {
+            return Ok(idle);
         }
         let io = connect(key.0, tls, pool).await?;
         let (sender, conn) =
@@ -177,7 +183,7 @@ impl Upstreams {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, 0))
     }
 
     async fn h2_sender(
@@ -223,7 +229,7 @@ fn h1_client(pool: &PoolSettings) -> Client<HttpConnector, UpstreamBody> {
     builder.pool_timer(TokioTimer::new()).pool_idle_timeout(pool.idle_timeout);
     // A burst opens a connection per concurrent request; once it is over, keep a
     // bounded number idle per endpoint rather than all of them for the idle timeout.
-    builder.pool_max_idle_per_host(if pool.no_reuse { 0 } else { MAX_IDLE_PER_ENDPOINT });
+    builder.pool_max_idle_per_host(if pool.max_requests == Some(1) { 0 } else { MAX_IDLE_PER_ENDPOINT });
     builder.build(connector)
 }
 

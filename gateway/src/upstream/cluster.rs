@@ -115,8 +115,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// TCP keepalive: idle time before the first probe, and the probe interval.
     pub keepalive: Option<(Duration, Option<Duration>)>,
-    /// `maxRequestsPerConnection: 1`: a fresh connection per request.
-    pub no_reuse: bool,
+    /// `maxRequestsPerConnection`: requests a connection carries before it is closed
+    /// (`None`: no limit; 1: a fresh connection per request).
+    pub max_requests: Option<u32>,
 }
 
 impl Default for PoolSettings {
@@ -125,7 +126,7 @@ impl Default for PoolSettings {
             connect_timeout: super::client::CONNECT_TIMEOUT,
             idle_timeout: super::client::IDLE_TIMEOUT,
             keepalive: None,
-            no_reuse: false,
+            max_requests: None,
         }
     }
 }

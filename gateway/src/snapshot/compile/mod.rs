@@ -380,17 +380,14 @@ fn check_destination_rule(r: &Resource, dr: &crate::config::istio::DestinationRu
         let partly = |p: &crate::config::istio::ConnectionPoolSettings| {
             p.tcp.as_ref().is_some_and(|t| t.max_connection_duration.is_some())
                 || p.http.as_ref().is_some_and(|h| {
-                    h.max_requests_per_connection.is_some_and(|n| n > 1)
-                        || h.h2_upgrade_policy.is_some()
+                    h.h2_upgrade_policy.is_some()
                         || h.use_client_protocol.is_some()
                         || h.max_concurrent_streams.is_some()
                 })
         };
         if pools.clone().any(partly) {
-            unapplied.push(
-                "connectionPool maxConnectionDuration, maxRequestsPerConnection above 1, h2UpgradePolicy, \
-                 useClientProtocol, maxConcurrentStreams",
-            );
+            unapplied
+                .push("connectionPool maxConnectionDuration, h2UpgradePolicy, useClientProtocol, maxConcurrentStreams");
         }
         let lb = tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
         let bad_header = |c: &crate::config::istio::ConsistentHashLb| {

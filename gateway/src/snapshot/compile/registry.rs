@@ -185,7 +185,7 @@ impl<'a> Registry<'a> {
             )
             .unwrap_or(defaults.idle_timeout),
             keepalive,
-            no_reuse: http.as_ref().and_then(|h| h.max_requests_per_connection) == Some(1),
+            max_requests: http.as_ref().and_then(|h| h.max_requests_per_connection).filter(|n| *n > 0),
         };
         let breakers = Breakers::new(
             http.as_ref().and_then(|h| h.http2_max_requests).unwrap_or(u32::MAX),
