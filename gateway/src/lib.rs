@@ -20,6 +20,7 @@ pub mod admin;
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod hex;
 pub mod http_parts;
 pub mod listener;
 pub mod pipeline;

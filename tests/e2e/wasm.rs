@@ -662,7 +662,7 @@ async fn filters_see_http2_requests_with_pseudo_headers() {
 async fn a_remote_module_loads_offline_when_its_sha256_is_cached() {
     let up = Upstream::start("api").await;
     let module = std::fs::read(conformance()).unwrap();
-    let sha = wicket::wasm::sha256_hex(&module);
+    let sha = wicket::hex::sha256(&module);
     // A first gateway compiles the local file and caches it under its sha256.
     let local =
         TestGateway::start(&docs(&[&base(&up), &filter("local", r#"{"response_add": [["x-cached", "1"]]}"#, "")]))

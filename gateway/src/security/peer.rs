@@ -48,17 +48,13 @@ pub(crate) fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
     (uris, dns)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl PeerCert {
     /// Reads the leaf certificate a client presented (already verified by rustls).
     pub fn from_leaf(leaf: &CertificateDer<'_>) -> Option<Self> {
         let cert = parse(leaf)?;
         let (uris, dns) = sans(&cert);
         let subject = cert.subject().to_string().replace('"', "\\\"");
-        let mut xfcc = format!("Hash={};Subject=\"{subject}\"", hex(digest(&SHA256, leaf).as_ref()));
+        let mut xfcc = format!("Hash={};Subject=\"{subject}\"", crate::hex::sha256(leaf));
         if let Some(uri) = uris.first() {
             xfcc.push_str(&format!(";URI={uri}"));
         }
@@ -96,7 +92,7 @@ impl PeerPolicy {
         // Envoy: a certificate passes when either pin list matches.
         if !self.spki.is_empty() || !self.hashes.is_empty() {
             let spki = base64::engine::general_purpose::STANDARD.encode(digest(&SHA256, cert.public_key().raw));
-            let hash = hex(digest(&SHA256, leaf).as_ref());
+            let hash = crate::hex::sha256(leaf);
             if !self.spki.contains(&spki) && !self.hashes.contains(&hash) {
                 return Err("client certificate matches no pinned SPKI or hash".into());
             }

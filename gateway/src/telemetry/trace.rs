@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::AccessRecord;
+use crate::hex::encode as hex;
 
 /// Spans exported and dropped (queue full or collector unreachable).
 #[derive(Debug, Clone, Default)]
@@ -67,10 +68,6 @@ fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
         *byte = u8::from_str_radix(padded.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     (out.iter().any(|b| *b != 0)).then_some(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sampled_flag(v: &str) -> Option<bool> {

@@ -123,7 +123,7 @@ pub fn load(
     // same sha256 is the same module.
     let (bytes, sha) = match fetch(&spec.url, config_dir) {
         Ok(bytes) => {
-            let sha = sha256_hex(&bytes);
+            let sha = crate::hex::sha256(&bytes);
             if let Some(want) = spec.sha256.as_ref().filter(|w| !w.eq_ignore_ascii_case(&sha)) {
                 let message = format!("module has sha256 {sha}, not {want}");
                 return Err(LoadError::Field { field: "spec.sha256", message });
@@ -215,11 +215,6 @@ fn fetch(url: &str, config_dir: &Path) -> Result<Vec<u8>, LoadError> {
     };
     crate::config::files::read_bounded(&path, runtime::MAX_MODULE as u64)
         .map_err(|e| LoadError::Fetch(format!("{}: {e}", path.display())))
-}
-
-/// The lower-case hex sha256 of a module, as WasmPlugin `sha256` writes it.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

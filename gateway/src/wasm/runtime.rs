@@ -258,7 +258,7 @@ mod tests {
     fn a_restart_loads_the_compiled_module_from_the_disk_cache() {
         let dir = tempfile::tempdir().unwrap();
         let wasm = wat::parse_str(MODULE).unwrap();
-        let sha = super::super::sha256_hex(&wasm);
+        let sha = crate::hex::sha256(&wasm);
         Runtime::new(Arc::default(), Some(dir.path().into())).module(&wasm, &sha).unwrap();
         assert!(dir.path().join(format!("{sha}.cwasm")).exists());
         // Not the module's bytes: only the cache can answer.
