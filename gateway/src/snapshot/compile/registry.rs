@@ -141,6 +141,18 @@ impl<'a> Registry<'a> {
         hosts
     }
 
+    /// The cluster of a mesh config extension provider: its `service` (an FQDN, or
+    /// `namespace/host`) and `port`. Returns the host too, for `Host` headers.
+    pub(super) fn provider_cluster<'s>(
+        &mut self,
+        service: &'s str,
+        port: u32,
+    ) -> Result<(&'s str, Arc<Cluster>), Unresolved> {
+        let host = service.rsplit('/').next().unwrap_or_default();
+        let port = u16::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
+        Ok((host, self.cluster(host, port, None)?))
+    }
+
     /// The cluster for `(host, port, subset)`, built once per compile.
     pub(super) fn cluster(&mut self, host: &str, port: u16, subset: Option<&str>) -> Result<Arc<Cluster>, Unresolved> {
         let key = (host.to_string(), port, subset.map(str::to_string));

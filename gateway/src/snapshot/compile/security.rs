@@ -164,10 +164,8 @@ fn ext_authz(mesh: &MeshConfig, name: &str, registry: &mut Registry<'_>) -> Resu
         .envoy_ext_authz_http
         .as_ref()
         .ok_or_else(|| format!("extension provider {name:?} is not an envoyExtAuthzHttp provider"))?;
-    // `service` is an FQDN, optionally qualified as `namespace/host`.
-    let host = http.service.rsplit('/').next().unwrap_or_default();
-    let port = u16::try_from(http.port).map_err(|_| format!("port {} is out of range", http.port))?;
-    let cluster = registry.cluster(host, port, None).map_err(|e| format!("extension provider {name:?}: {e}"))?;
+    let (_, cluster) =
+        registry.provider_cluster(&http.service, http.port).map_err(|e| format!("extension provider {name:?}: {e}"))?;
     let header = |h: &str| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name {h:?}"));
     let names = |list: &[String]| list.iter().map(|h| header(h)).collect::<Result<Vec<_>, _>>();
     let status_on_error = match &http.status_on_error {

@@ -41,12 +41,8 @@ pub(super) fn compile(
         error("data.mesh.extensionProviders", msg);
         return None;
     };
-    let host = otel.service.rsplit('/').next().unwrap_or_default();
-    let cluster = match u16::try_from(otel.port)
-        .map_err(|_| "port out of range".to_string())
-        .and_then(|port| registry.cluster(host, port, None).map_err(|e| e.to_string()))
-    {
-        Ok(c) => c,
+    let (host, cluster) = match registry.provider_cluster(&otel.service, otel.port) {
+        Ok(found) => found,
         Err(e) => {
             error("data.mesh.extensionProviders", format!("provider {name:?}: {e}"));
             return None;
