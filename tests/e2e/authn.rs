@@ -4,14 +4,11 @@
 use http::{Request, StatusCode};
 use serde_json::json;
 use wicket_tests::{
+    corpus,
     jwt::{forge, jwks, now, JwksServer, Signer},
     yaml::{docs, service_entry},
     TestGateway, Upstream,
 };
-
-fn corpus(path: &str) -> String {
-    std::fs::read_to_string(format!("{}/../../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
 
 /// The corpus names JWKS URLs on the internet; serve the same keys locally instead.
 fn localize(yaml: &str, url: &str) -> String {

@@ -3,13 +3,10 @@
 
 use http::{Request, StatusCode};
 use wicket_tests::{
+    corpus,
     yaml::{docs, service_entry, GATEWAY},
     TestGateway, Upstream,
 };
-
-fn corpus(path: &str) -> String {
-    std::fs::read_to_string(format!("{}/../../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
 
 const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: httpbin, namespace: default}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: httpbin}}]\n";
 

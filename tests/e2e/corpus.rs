@@ -5,14 +5,10 @@ use std::collections::HashMap;
 
 use http::{Request, StatusCode};
 use wicket_tests::{
+    corpus,
     yaml::{docs, service_entry},
     TestGateway, Upstream,
 };
-
-fn corpus(path: &str) -> String {
-    let full = format!("{}/../../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-}
 
 /// Bookinfo's services on port 9080, one upstream per version, named `svc-version`.
 async fn bookinfo() -> (HashMap<String, Upstream>, String) {

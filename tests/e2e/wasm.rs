@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use wicket_tests::{
-    client,
+    client, corpus,
     wasm::{conformance, plugin},
     yaml::{docs, service_entry, GATEWAY},
     TestGateway, Upstream,
@@ -593,10 +593,6 @@ async fn reloads_swap_plugins_without_failing_requests_and_keep_the_last_good_mo
     let (ok, failed) = load.await.unwrap();
     assert!(ok > 0);
     assert_eq!(failed, 0, "no request failed across the swaps");
-}
-
-fn corpus(path: &str) -> String {
-    std::fs::read_to_string(format!("{}/../../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 /// Points a corpus WasmPlugin's `url` (or template placeholder) at a local module.

@@ -17,3 +17,9 @@ pub use client::Resp;
 pub use gateway::TestGateway;
 pub use pki::Pki;
 pub use upstream::Upstream;
+
+/// A file of the shared corpus of real Istio YAML (`../shared/corpus/<path>`).
+pub fn corpus(path: &str) -> String {
+    let full = format!("{}/../../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
