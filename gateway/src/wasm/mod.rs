@@ -59,6 +59,15 @@ impl LoadError {
     pub fn is_fetch(&self) -> bool {
         matches!(self, Self::Fetch(_))
     }
+
+    /// The WasmPlugin field to blame, and what is wrong with it.
+    pub fn field_and_message(&self) -> (&'static str, String) {
+        match self {
+            Self::Field { field, message } => (field, message.clone()),
+            Self::Fetch(m) => ("spec.url", m.clone()),
+            Self::Module(m) => ("spec.url", format!("module: {m}")),
+        }
+    }
 }
 
 /// Where the plugin sits and how it fails, without loading the module.

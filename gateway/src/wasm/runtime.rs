@@ -181,10 +181,10 @@ impl Runtime {
             let (m, n) = (import.module(), import.name());
             match import.ty() {
                 ExternType::Func(ft) => {
-                    if self.defined.contains(&(m, n)) || (m != "env" && !wasi::MODULES.contains(&m)) {
-                        if m != "env" && !wasi::MODULES.contains(&m) {
-                            return Err(format!("imports {m}.{n}, which no proxy-wasm host provides"));
-                        }
+                    if m != "env" && !wasi::MODULES.contains(&m) {
+                        return Err(format!("imports {m}.{n}, which no proxy-wasm host provides"));
+                    }
+                    if self.defined.contains(&(m, n)) {
                         continue;
                     }
                     let answer = match abi::NOT_OFFERED.iter().find(|(name, _)| *name == n) {

@@ -40,13 +40,9 @@ pub(super) fn compile(
         }
         let (phase, fail_open, ports) = match wasm::placement(spec) {
             Ok(p) => p,
-            Err(wasm::LoadError::Field { field, message }) => {
-                diags.push(Diagnostic::error(&r.origin, &r.id, field, message));
-                rejected.push(r.id.clone());
-                continue;
-            }
             Err(e) => {
-                diags.push(Diagnostic::error(&r.origin, &r.id, "spec", e.to_string()));
+                let (field, message) = e.field_and_message();
+                diags.push(Diagnostic::error(&r.origin, &r.id, field, message));
                 rejected.push(r.id.clone());
                 continue;
             }
@@ -55,11 +51,7 @@ pub(super) fn compile(
         let plugin = match wasm::load(runtime, spec, &r.id.namespace, &r.id.name, &bootstrap.config_dir) {
             Ok(p) => Some(p),
             Err(e) => {
-                let (field, message) = match &e {
-                    wasm::LoadError::Field { field, message } => (*field, message.clone()),
-                    wasm::LoadError::Fetch(m) => ("spec.url", m.clone()),
-                    wasm::LoadError::Module(m) => ("spec.url", format!("module: {m}")),
-                };
+                let (field, message) = e.field_and_message();
                 let strategy =
                     if fail_open { "FAIL_OPEN: requests skip it" } else { "FAIL_CLOSE: requests are denied" };
                 diags.push(Diagnostic::error(&r.origin, &r.id, field, format!("{message} ({strategy})")));
