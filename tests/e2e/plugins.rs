@@ -189,6 +189,6 @@ async fn the_sdk_guide_example_builds_tests_and_runs_in_the_gateway() {
     assert_eq!(resp.header("x-greeted"), Some("yes"));
     assert_eq!(up.last().headers["x-greeting"], "hello");
     assert_eq!(gw.send(get("/private/x")).await.status, StatusCode::FORBIDDEN);
-    let metrics = client::send(gw.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body;
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("wasmcustom_greeter_requests_total 1"), "{metrics}");
 }

@@ -176,8 +176,7 @@ async fn connections_over_the_listener_limit_are_closed_at_once() {
     let mut buf = [0u8; 64];
     let read = tokio::io::AsyncReadExt::read(&mut third, &mut buf).await;
     assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer: {read:?}");
-    let admin = gw.gateway.admin_addr().unwrap();
-    let metrics = client::send(admin, client::get("admin", "/metrics")).await.body;
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("wicket_listener_overflow_total{port=\"80\"} 1"), "{metrics}");
     // Closing a held connection makes room again.
     drop(held.pop());

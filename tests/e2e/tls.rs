@@ -267,7 +267,7 @@ async fn tcp_servers_route_by_port_with_weights() {
     drop(s);
     let log = gw.next_log().await;
     assert_eq!((log["bytes_received"].as_u64(), log["bytes_sent"].as_u64()), (Some(5), Some(5)));
-    let metrics = client::send(gw.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body;
+    let metrics = gw.metrics().await;
     for family in ["istio_tcp_connections_opened_total{", "istio_tcp_connections_closed_total{"] {
         assert!(metrics.lines().any(|l| l.starts_with(family) && l.ends_with(" 1")), "{family}: {metrics}");
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use wicket_tests::{
-    client, otlp,
+    otlp,
     yaml::{docs, service_entry, GATEWAY},
     TestGateway, Upstream,
 };
@@ -118,15 +118,8 @@ async fn a_collector_that_is_down_costs_spans_not_requests() {
     for _ in 0..5 {
         assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
     }
-    let admin = gw.gateway.admin_addr().unwrap();
     for _ in 0..100 {
-        let metrics = client::send(admin, client::get("admin", "/metrics")).await.body;
-        let dropped = metrics
-            .lines()
-            .find(|l| l.starts_with("wicket_tracing_spans_dropped_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        if dropped >= 10 {
+        if gw.metric_sum("wicket_tracing_spans_dropped_total", &[]).await >= 10 {
             return; // five server spans and five attempt spans
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -147,15 +140,6 @@ fn telemetry(ns: &str, name: &str, spec: &str) -> String {
     format!("apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
 }
 
-async fn requests_total(gw: &TestGateway) -> u64 {
-    let metrics = client::send(gw.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body;
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn telemetry_resources_turn_metrics_and_access_logs_off_with_istio_inheritance() {
     let up = Upstream::start("api").await;
@@ -166,7 +150,7 @@ async fn telemetry_resources_turn_metrics_and_access_logs_off_with_istio_inherit
     );
     let gw = TestGateway::start(&docs(&[&base(&up), &off])).await;
     assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
-    assert_eq!(requests_total(&gw).await, 0);
+    assert_eq!(gw.metric_sum("istio_requests_total", &[]).await, 0);
     assert!(gw.next_line().await.is_none(), "no access log line");
 
     // The gateway's own namespace, selecting it, turns metrics back on.
@@ -177,7 +161,7 @@ async fn telemetry_resources_turn_metrics_and_access_logs_off_with_istio_inherit
     );
     let gw = TestGateway::start(&docs(&[&base(&up), &off, &on])).await;
     assert_eq!(gw.send(get(&[])).await.status, StatusCode::OK);
-    assert_eq!(requests_total(&gw).await, 1);
+    assert_eq!(gw.metric_sum("istio_requests_total", &[]).await, 1);
     assert!(gw.next_line().await.is_none(), "access logs stay off (not overridden)");
 }
 

@@ -217,7 +217,7 @@ async fn plugin_metrics_are_exported_with_the_gateways() {
     for _ in 0..3 {
         assert_eq!(gw.send(get("/")).await.status, StatusCode::OK);
     }
-    let metrics = client::send(gw.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body;
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("wasmcustom_conformance_requests_total 3"), "{metrics}");
 }
 
@@ -300,12 +300,7 @@ async fn start_with_modules(build: impl FnOnce(&std::path::Path) -> String) -> T
 }
 
 async fn failures(gw: &TestGateway, cause: &str) -> u64 {
-    let metrics = client::send(gw.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body;
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("wicket_wasm_plugin_failures_total") && l.contains(&format!("cause=\"{cause}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    gw.metric_sum("wicket_wasm_plugin_failures_total", &[&format!("cause=\"{cause}\"")]).await
 }
 
 const LOOP: &str = r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)

@@ -97,6 +97,23 @@ impl TestGateway {
         client::send(self.addr(), req).await
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client::send(self.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body
+    }
+
+    /// The sum of the samples of `name` whose labels contain each of `labels`
+    /// (`cause="trap"`); 0 when there are none.
+    pub async fn metric_sum(&self, name: &str, labels: &[&str]) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Writes a config file and waits until the gateway applied a new snapshot.
     pub async fn write(&mut self, file: &str, yaml: &str) -> u64 {
         std::fs::write(self.dir.path().join(file), yaml).unwrap();
