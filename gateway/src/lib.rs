@@ -26,6 +26,7 @@ pub mod listener;
 pub mod pipeline;
 pub mod route;
 pub mod security;
+pub mod sidecar;
 pub mod snapshot;
 mod supervisor;
 pub mod telemetry;

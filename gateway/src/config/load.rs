@@ -203,6 +203,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         ("networking.istio.io", "WorkloadEntry") => Some(Kind::WorkloadEntry),
         ("security.istio.io", "RequestAuthentication") => Some(Kind::RequestAuthentication),
         ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+        ("security.istio.io", "PeerAuthentication") => Some(Kind::PeerAuthentication),
         ("extensions.istio.io", "WasmPlugin") => Some(Kind::WasmPlugin),
         ("telemetry.istio.io", "Telemetry") => Some(Kind::Telemetry),
         // Istio keeps MeshConfig in the `istio` ConfigMap, under `data.mesh`.
@@ -225,7 +226,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
     };
     let version = api_version.split_once('/').map_or(api_version.as_str(), |(_, v)| v);
     let versions: &[&str] = match kind_id {
-        Kind::RequestAuthentication | Kind::AuthorizationPolicy => &["v1", "v1beta1"],
+        Kind::RequestAuthentication | Kind::AuthorizationPolicy | Kind::PeerAuthentication => &["v1", "v1beta1"],
         Kind::MeshConfig => &["v1"],
         Kind::WasmPlugin => &["v1alpha1"],
         Kind::Telemetry => &["v1", "v1alpha1"],
@@ -250,6 +251,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         Kind::MeshConfig => parse_mesh_config(doc).map(Spec::MeshConfig),
         Kind::WasmPlugin => parse_spec::<istio::WasmPlugin>(doc).map(Spec::WasmPlugin),
         Kind::Telemetry => parse_spec::<istio::Telemetry>(doc).map(Spec::Telemetry),
+        Kind::PeerAuthentication => parse_spec::<istio::PeerAuthentication>(doc).map(Spec::PeerAuthentication),
     };
     match spec {
         Ok(spec) => loaded.resources.push(Resource { id, origin, meta, spec }),
@@ -386,7 +388,7 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_warn_once() {
-        let doc = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {}\n";
+        let doc = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x}\nspec: {}\n";
         let loaded = load_str(&format!("{doc}---\n{doc}"));
         assert_eq!(loaded.diagnostics.len(), 1);
         assert_eq!(loaded.diagnostics[0].severity, Severity::Warning);

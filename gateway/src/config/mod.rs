@@ -58,6 +58,8 @@ pub enum Kind {
     WasmPlugin,
     /// `telemetry.istio.io` Telemetry.
     Telemetry,
+    /// `security.istio.io` PeerAuthentication.
+    PeerAuthentication,
 }
 
 impl fmt::Display for Kind {
@@ -72,6 +74,7 @@ impl fmt::Display for Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::WasmPlugin => "WasmPlugin",
             Kind::Telemetry => "Telemetry",
+            Kind::PeerAuthentication => "PeerAuthentication",
             Kind::MeshConfig => "ConfigMap",
         })
     }
@@ -136,6 +139,8 @@ pub enum Spec {
     WasmPlugin(istio::WasmPlugin),
     /// Telemetry spec.
     Telemetry(istio::Telemetry),
+    /// PeerAuthentication spec.
+    PeerAuthentication(istio::PeerAuthentication),
 }
 
 /// One loaded resource with its identity and origin.

@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod ext_authz;
+pub mod identity;
 pub mod jwks;
 pub mod jwt;
 pub mod normalize;

@@ -1,4 +1,4 @@
-//! `security.istio.io` RequestAuthentication and AuthorizationPolicy.
+//! `security.istio.io` RequestAuthentication, AuthorizationPolicy and PeerAuthentication.
 
 use serde::Deserialize;
 
@@ -250,4 +250,25 @@ pub struct Condition {
     /// Refused values.
     #[serde(default)]
     pub not_values: Vec<String>,
+}
+
+/// PeerAuthentication spec: which mutual TLS the selected workloads accept inbound.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthentication {
+    /// Workloads it applies to (none: the whole namespace, or the mesh in the root namespace).
+    pub selector: Option<MatchLabelsSelector>,
+    /// The mode for every port.
+    pub mtls: Option<PeerMtls>,
+    /// Per-port modes (workload-selecting policies only), keyed by container port.
+    #[serde(default)]
+    pub port_level_mtls: std::collections::BTreeMap<String, PeerMtls>,
+}
+
+/// `mtls` of a PeerAuthentication.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerMtls {
+    /// `UNSET`, `DISABLE`, `PERMISSIVE` or `STRICT`.
+    pub mode: Option<String>,
 }
