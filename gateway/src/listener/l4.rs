@@ -2,31 +2,30 @@
 //! the first matching rule picks a weighted destination, the bytes are copied both
 //! ways, and one access log line records the byte counts when the connection ends.
 
-use std::net::SocketAddr;
-
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
     error::ResponseFlags,
-    pipeline::Proxy,
+    pipeline::{ConnInfo, Proxy},
+    upstream::{connect_tcp, Cluster, Endpoint},
     route::L4Route,
     security::authz::{AuthzEngine, AuthzRequest, Decision},
     telemetry::{metrics::TcpLabels, DestinationLabels, TcpRecord},
 };
 
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// Proxies `client` by `routes`; closes it when no rule or no endpoint is found.
-pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     mut client: S,
     routes: &[L4Route],
-    sni: Option<&str>,
-    port: u16,
-    peer: SocketAddr,
+    conn: &ConnInfo,
     proxy: &Proxy,
     authz: &AuthzEngine,
 ) {
+    let (sni, port, peer) = (conn.sni.as_deref(), conn.port, conn.peer);
     let mut record = TcpRecord::start(peer, sni);
     let telemetry = &proxy.telemetry;
     let labels = |destination, flags| TcpLabels { source: telemetry.source.clone(), destination, flags };
@@ -42,7 +41,7 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
         let request = AuthzRequest {
             source_ip: peer.ip(),
             remote_ip: peer.ip(),
-            peer_principal: None,
+            peer_principal: conn.peer_principal(),
             identity: None,
             host: "",
             port,
@@ -67,20 +66,18 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     record.upstream_cluster = Some(target.name.to_string());
     let Some(cluster) = &target.cluster else { return fail(record, ResponseFlags::NC) };
     let Ok(_connection) = cluster.breakers.tcp_connection() else { return fail(record, ResponseFlags::UO) };
-    let Some(endpoint) = cluster.select(None, cluster.lb.hash_key(&http::HeaderMap::new(), None, peer.ip())) else {
+    let hash = cluster.lb.hash_key(&http::HeaderMap::new(), None, peer.ip());
+    let Some(endpoint) = cluster.endpoint_for(conn.original_dst, None, hash) else {
         return fail(record, ResponseFlags::UH);
     };
     record.upstream_host = Some(endpoint.addr.to_string());
-    let mut upstream = match tokio::time::timeout(cluster.pool.connect_timeout, TcpStream::connect(endpoint.addr)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let mut upstream = match connect(&cluster, &endpoint, proxy.upstreams.mark()).await {
+        Ok(s) => s,
+        Err(e) => {
             tracing::info!(%peer, upstream = %endpoint.addr, error = %e, "upstream connect failed");
             return fail(record, ResponseFlags::UF);
         }
-        Err(_) => return fail(record, ResponseFlags::UF),
     };
-    let _ = upstream.set_nodelay(true);
     // Opened and closed share one label set (Istio labels TCP metrics at open).
     let open = labels(endpoint.metrics.clone(), ResponseFlags::default());
     telemetry.metrics.tcp_opened(&open);
@@ -96,4 +93,18 @@ pub(super) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     }
     telemetry.metrics.tcp_closed(&open, record.bytes_sent, record.bytes_received);
     record.finish(&telemetry.log);
+}
+
+/// Connects to a cluster endpoint, with the cluster's TLS towards it if any (the SNI
+/// configured, else the endpoint's address).
+async fn connect(cluster: &Cluster, endpoint: &Endpoint, mark: Option<u32>) -> std::io::Result<Box<dyn Io>> {
+    let timeout = cluster.pool.connect_timeout;
+    let tcp = connect_tcp(endpoint.addr, timeout, mark).await?;
+    let Some(tls) = cluster.tls_for(endpoint) else { return Ok(Box::new(tcp)) };
+    let sni = tls.sni.clone().unwrap_or_else(|| ServerName::IpAddress(endpoint.addr.ip().into()));
+    let handshake = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(sni, tcp);
+    let stream = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    Ok(Box::new(stream))
 }

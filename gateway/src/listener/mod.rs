@@ -181,19 +181,11 @@ async fn connection(
     let snapshot = proxy.snapshot.current();
     match snapshot.ports.get(&port) {
         None | Some(PortPlan::Http(_)) => {
-            let conn = Arc::new(ConnInfo {
-                peer,
-                port,
-                scheme: "http",
-                sni: None,
-                peer_cert: None,
-                id: ConnInfo::next_id(),
-                tls_version: None,
-            });
+            let conn = Arc::new(ConnInfo::plain(peer, port));
             serve_http(stream, conn, proxy, builder).await
         }
         Some(PortPlan::Tcp(routes)) => {
-            l4::proxy(stream, routes, None, port, peer, &proxy, &snapshot.security.tcp_authz).await
+            l4::proxy(stream, routes, &ConnInfo::plain(peer, port), &proxy, &snapshot.security.tcp_authz).await
         }
         Some(PortPlan::Tls(chains)) => {
             let (hello, raw) = match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
@@ -209,11 +201,12 @@ async fn connection(
                 return;
             };
             let sni: Option<Arc<str>> = hello.sni.as_deref().map(Into::into);
+            let conn = ConnInfo { sni, ..ConnInfo::plain(peer, port) };
             let stream = Prefixed::new(raw, stream);
             match &chain.action {
                 // The ClientHello bytes already read are replayed to the upstream.
                 ChainAction::Passthrough { routes } => {
-                    l4::proxy(stream, routes, sni.as_deref(), port, peer, &proxy, &snapshot.security.tcp_authz).await
+                    l4::proxy(stream, routes, &conn, &proxy, &snapshot.security.tcp_authz).await
                 }
                 ChainAction::Https { tls, .. } => {
                     let Some((tls_stream, peer_cert)) = handshake(tls, stream, peer).await else { return };
@@ -221,14 +214,12 @@ async fn connection(
                         rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
                         _ => "TLSv1.2",
                     });
-                    let id = ConnInfo::next_id();
-                    let conn = Arc::new(ConnInfo { peer, port, scheme: "https", sni, peer_cert, id, tls_version });
+                    let conn = Arc::new(ConnInfo { scheme: "https", peer_cert, tls_version, ..conn });
                     serve_http(tls_stream, conn, proxy, builder).await
                 }
                 ChainAction::TlsTcp { tls, routes } => {
                     let Some((tls_stream, _)) = handshake(tls, stream, peer).await else { return };
-                    l4::proxy(tls_stream, routes, sni.as_deref(), port, peer, &proxy, &snapshot.security.tcp_authz)
-                        .await
+                    l4::proxy(tls_stream, routes, &conn, &proxy, &snapshot.security.tcp_authz).await
                 }
             }
         }

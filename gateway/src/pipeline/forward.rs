@@ -108,7 +108,7 @@ where
         Some((key, cookie)) => (Some(key), Some(cookie)),
         None => (cluster.lb.hash_key(&headers, parts.uri.query(), conn.peer.ip()), None),
     };
-    let head = RequestHead { method: parts.method, path_and_query, headers, hash_key };
+    let head = RequestHead { method: parts.method, path_and_query, headers, hash_key, original_dst: conn.original_dst };
     for mirror in &route.mirrors {
         if crate::route::roll(mirror.per_million) {
             spawn_mirror(proxy, mirror, &head, &body, route.timeout);
@@ -124,7 +124,6 @@ where
         span.attempts(attempts);
     }
     record.destination = Some(cluster.metrics.clone());
-    record.mutual_tls = cluster.tls.as_ref().is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
     let metrics = &proxy.telemetry.metrics;
     let outcome = match result {
         Ok(o) => o,
@@ -144,6 +143,9 @@ where
     record.flags(flags);
     record.upstream_host = Some(outcome.endpoint.endpoint().addr.to_string());
     record.destination = Some(outcome.endpoint.endpoint().metrics.clone());
+    record.mutual_tls = cluster
+        .tls_for(outcome.endpoint.endpoint())
+        .is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
     metrics.upstream(&cluster.name, crate::telemetry::metrics::status_class(outcome.response.status().as_u16()));
 
     let mut response = outcome.response;
@@ -240,6 +242,7 @@ fn spawn_mirror(
         path_and_query: head.path_and_query.clone(),
         headers,
         hash_key: head.hash_key,
+        original_dst: head.original_dst,
     };
     let upstreams = proxy.upstreams.clone();
     let no_retry = crate::upstream::RetryPolicy::none();

@@ -51,8 +51,16 @@ pub struct Proxy {
 pub struct ConnInfo {
     /// Client address.
     pub peer: SocketAddr,
-    /// Gateway server port as written (routes match on it).
+    /// The listener's port as written (it picks the route table).
+    pub listener_port: u16,
+    /// The destination port routes and policies match on: the listener port, or for
+    /// captured traffic the port the connection was originally headed to.
     pub port: u16,
+    /// Which way the traffic flows, for telemetry's `reporter`.
+    pub direction: Direction,
+    /// Where captured traffic was headed (`SO_ORIGINAL_DST`), for passthrough clusters;
+    /// inbound, the application's address.
+    pub original_dst: Option<SocketAddr>,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// SNI of a TLS connection (selects the server's route table).
@@ -65,7 +73,41 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
 }
 
+/// Which way a connection's traffic flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Into the mesh through the ingress gateway (Istio reports it as `source`).
+    Gateway,
+    /// From the local application out (sidecar outbound; `reporter="source"`).
+    Outbound,
+    /// From a peer to the local application (sidecar inbound; `reporter="destination"`).
+    Inbound,
+}
+
 impl ConnInfo {
+    /// A plaintext connection accepted on a gateway listener.
+    pub fn plain(peer: SocketAddr, port: u16) -> Self {
+        Self {
+            peer,
+            listener_port: port,
+            port,
+            direction: Direction::Gateway,
+            original_dst: None,
+            scheme: "http",
+            sni: None,
+            peer_cert: None,
+            id: Self::next_id(),
+            tls_version: None,
+        }
+    }
+
+    /// The peer's identity as AuthorizationPolicy `principals` name it: its SPIFFE URI
+    /// without the scheme (`cluster.local/ns/default/sa/sleep`).
+    pub fn peer_principal(&self) -> Option<&str> {
+        let uri = self.peer_cert.as_ref()?.uris.first()?;
+        Some(uri.strip_prefix("spiffe://").unwrap_or(uri))
+    }
+
     /// A fresh connection id.
     pub fn next_id() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -161,7 +203,7 @@ async fn route_and_forward(
     let no_route = || {
         LocalReply::error(&ProxyError::NoRoute { authority: authority.to_string(), path: req.uri().path().to_string() })
     };
-    let (table, server_names) = snapshot.route_table(conn.port, conn.sni.as_deref()).ok_or_else(no_route)?;
+    let (table, server_names) = snapshot.route_table(conn.listener_port, conn.sni.as_deref()).ok_or_else(no_route)?;
     if let Some(names) = server_names {
         // A reused HTTP/2 connection asking for a host its TLS server does not serve.
         let host = crate::route::strip_port(authority);
@@ -358,11 +400,7 @@ fn authz_request<'a>(
     AuthzRequest {
         source_ip: conn.peer.ip(),
         remote_ip: security::remote_ip(req.headers(), conn.peer.ip(), snapshot.security.trusted_hops),
-        peer_principal: conn
-            .peer_cert
-            .as_ref()
-            .and_then(|p| p.uris.first())
-            .map(|u| u.strip_prefix("spiffe://").unwrap_or(u)),
+        peer_principal: conn.peer_principal(),
         identity,
         host: authority,
         port: conn.port,

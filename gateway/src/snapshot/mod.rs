@@ -135,6 +135,9 @@ pub struct Caches {
     pub jwks: JwksCache,
     /// Wasm engine, compiled modules and running plugins.
     pub wasm: Arc<crate::wasm::Runtime>,
+    /// The workload's mesh identity (sidecar mode, or a gateway given one), for mutual
+    /// TLS between workloads.
+    pub identity: Option<Arc<crate::security::identity::WorkloadIdentity>>,
     /// What span export needs from the running gateway (unset in `validate`).
     pub tracing: std::sync::OnceLock<(crate::upstream::Upstreams, crate::telemetry::trace::TraceCounters)>,
 }

@@ -65,6 +65,8 @@ pub struct RequestHead {
     pub headers: HeaderMap,
     /// The consistent-hash key, the same for every attempt.
     pub hash_key: Option<u64>,
+    /// Where the downstream connection was headed, for original-destination clusters.
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// A response from an upstream and how it was obtained.
@@ -130,7 +132,7 @@ pub async fn call(
     loop {
         attempt += 1;
         let avoid = if retry.avoid_previous_hosts { previous } else { None };
-        let Some(endpoint) = cluster.select(avoid, head.hash_key) else {
+        let Some(endpoint) = cluster.endpoint_for(head.original_dst, avoid, head.hash_key) else {
             let error = ProxyError::NoHealthyUpstream { cluster: cluster.name.clone() };
             return Err(CallFailure { error, upstream: previous, flags: ResponseFlags::default() });
         };
@@ -145,7 +147,7 @@ pub async fn call(
             (a, b) => a.or(b),
         };
         let started = trace.is_some().then(std::time::SystemTime::now);
-        let sent = upstreams.send(cluster.protocol, addr, cluster.tls.as_deref(), &cluster.pool, req);
+        let sent = upstreams.send(cluster.protocol, addr, cluster.tls_for(guard.endpoint()), &cluster.pool, req);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),

@@ -78,6 +78,9 @@ pub struct Upstreams {
     /// HTTP/1.1 connections Wicket pools itself (TLS, or a request limit per
     /// connection), with the requests each has carried.
     h1_own: Arc<Mutex<HashMap<ConnKey, Vec<Counted>>>>,
+    /// `SO_MARK` on every upstream socket: a sidecar's own traffic is told apart from
+    /// the application's by the capture rules.
+    mark: Option<u32>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -96,7 +99,18 @@ impl Upstreams {
     /// Builds the clients with keep-alive pools.
     pub fn new() -> Self {
         let h1 = h1_client(&PoolSettings::default());
-        Self { h1, h1_tuned: Arc::default(), h2: Arc::default(), h1_own: Arc::default() }
+        Self { h1, h1_tuned: Arc::default(), h2: Arc::default(), h1_own: Arc::default(), mark: None }
+    }
+
+    /// Clients whose sockets carry `SO_MARK` `mark` (sidecar mode). Every connection
+    /// then comes from Wicket's own pools, which set it.
+    pub fn with_mark(mark: Option<u32>) -> Self {
+        Self { mark, ..Self::new() }
+    }
+
+    /// The socket mark of upstream connections.
+    pub fn mark(&self) -> Option<u32> {
+        self.mark
     }
 
     /// The plain HTTP/1.1 client for a cluster's pool settings.
@@ -126,7 +140,7 @@ impl Upstreams {
         });
         let key: ConnKey = (addr, tls.as_ref().map_or(0, |(t, _)| t.key), tls.as_ref().map(|(_, n)| n.clone()));
         match (protocol, &tls) {
-            (Protocol::Http1, None) if pool.max_requests.is_none_or(|n| n == 1) => self
+            (Protocol::Http1, None) if self.mark.is_none() && pool.max_requests.is_none_or(|n| n == 1) => self
                 .h1(pool)
                 .request(req)
                 .await
@@ -174,7 +188,7 @@ impl Upstreams {
         if let Some(idle) = idle {
             return Ok(idle);
         }
-        let io = connect(key.0, tls, pool).await?;
+        let io = connect(key.0, tls, pool, self.mark).await?;
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| SendError::Connect(e.into()))?;
         let addr = key.0;
@@ -196,7 +210,7 @@ impl Upstreams {
         if let Some(sender) = existing {
             return Ok(sender);
         }
-        let io = connect(key.0, tls, pool).await?;
+        let io = connect(key.0, tls, pool, self.mark).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(io))
@@ -238,13 +252,10 @@ async fn connect(
     addr: SocketAddr,
     tls: Option<(&UpstreamTls, ServerName<'static>)>,
     pool: &PoolSettings,
+    mark: Option<u32>,
 ) -> Result<Box<dyn Io>, SendError> {
     let connect_timeout = pool.connect_timeout;
-    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|e| SendError::Connect(e.into()))?
-        .map_err(|e| SendError::Connect(e.into()))?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(addr, connect_timeout, mark).await.map_err(|e| SendError::Connect(e.into()))?;
     if let Some((time, interval)) = pool.keepalive {
         let mut ka = socket2::TcpKeepalive::new().with_time(time);
         if let Some(i) = interval {
@@ -261,6 +272,21 @@ async fn connect(
         .map_err(|e| SendError::Connect(e.into()))?
         .map_err(|e| SendError::Connect(e.into()))?;
     Ok(Box::new(stream))
+}
+
+/// Opens a TCP connection (no delay) within `timeout`, with `SO_MARK` `mark` if set.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration, mark: Option<u32>) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
+    socket.set_nodelay(true)?;
+    tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}")))?
 }
 
 /// Istio "auto SNI": the request's host, or the endpoint's IP when it has none.

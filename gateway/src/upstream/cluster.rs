@@ -21,6 +21,9 @@ use super::{
 };
 use crate::telemetry::DestinationLabels;
 
+/// The endpoint label Istio sets on workloads that run a sidecar (`istio`).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
 /// The protocol spoken to the endpoints, from the service port's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -95,6 +98,12 @@ pub struct Cluster {
     pub dns: Vec<DnsTarget>,
     /// TLS towards the endpoints (DestinationRule `tls`), if any.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Istio auto mTLS: used towards endpoints that run a sidecar
+    /// (`security.istio.io/tlsMode: istio`) when `tls` is not set.
+    pub auto_mtls: Option<Arc<UpstreamTls>>,
+    /// Envoy `ORIGINAL_DST`: no endpoint list; each request goes where its connection
+    /// was originally headed (Istio's passthrough clusters).
+    pub original_dst: bool,
     /// `destination_*` metric labels of the service, for failures before an endpoint.
     pub metrics: Arc<DestinationLabels>,
     /// Circuit breakers (DestinationRule `connectionPool`).
@@ -241,6 +250,8 @@ impl Cluster {
             endpoints: ArcSwap::from_pointee(endpoints),
             dns,
             tls: None,
+            auto_mtls: None,
+            original_dst: false,
             metrics: DestinationLabels::unknown(),
             breakers: Breakers::default(),
             outlier: None,
@@ -283,6 +294,42 @@ impl Cluster {
     pub fn with_tls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
         self.tls = tls;
         self
+    }
+
+    /// Uses mutual TLS with the mesh identity towards endpoints that run a sidecar.
+    pub fn with_auto_mtls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
+        self.auto_mtls = tls;
+        self
+    }
+
+    /// Makes this an original-destination cluster.
+    pub fn original_dst(mut self) -> Self {
+        self.original_dst = true;
+        self
+    }
+
+    /// The TLS towards `endpoint`: the DestinationRule's, else auto mTLS when the
+    /// endpoint runs a sidecar, else plaintext.
+    pub fn tls_for(&self, endpoint: &Endpoint) -> Option<&UpstreamTls> {
+        self.tls.as_deref().or_else(|| {
+            let sidecar = endpoint.labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio");
+            self.auto_mtls.as_deref().filter(|_| sidecar)
+        })
+    }
+
+    /// The endpoint for one attempt: for an original-destination cluster the
+    /// connection's own destination, else `select`.
+    pub fn endpoint_for(
+        &self,
+        original_dst: Option<SocketAddr>,
+        previous: Option<SocketAddr>,
+        key: Option<u64>,
+    ) -> Option<Arc<Endpoint>> {
+        if self.original_dst {
+            let addr = original_dst?;
+            return Some(Arc::new(Endpoint::new(addr, BTreeMap::new(), self.metrics.clone())));
+        }
+        self.select(previous, key)
     }
 
     /// The current endpoints.

@@ -12,8 +12,8 @@ mod retry;
 mod tls;
 
 pub use call::{call, CallFailure, CallOutcome, ReplayBody, RequestHead};
-pub use client::{BoxError, SendError, UpstreamBody, Upstreams, CONNECT_TIMEOUT, IDLE_TIMEOUT};
-pub use cluster::{Breakers, Cluster, Endpoint, EndpointGuard, PoolSettings, Protocol};
+pub use client::{connect_tcp, BoxError, SendError, UpstreamBody, Upstreams, CONNECT_TIMEOUT, IDLE_TIMEOUT};
+pub use cluster::{Breakers, Cluster, Endpoint, EndpointGuard, PoolSettings, Protocol, TLS_MODE_LABEL};
 pub use dns::{refresh_dns, DnsTarget};
 pub use lb::{HashOn, LbPolicy};
 pub use outlier::{Outcome, OutlierPolicy};

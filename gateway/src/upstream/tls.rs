@@ -20,6 +20,7 @@ use rustls::{
 
 use super::Protocol;
 use crate::{
+    security::identity::WorkloadIdentity,
     config::istio::ClientTlsSettings,
     listener::certs::{read_certs, read_crls, CertStore},
 };
@@ -42,8 +43,8 @@ impl UpstreamTls {
         match mode {
             "DISABLE" => return Ok(None),
             "SIMPLE" | "MUTUAL" => {}
-            // TODO(#10): mesh identities. Until then, as Istio's auto-mTLS does for
-            // endpoints without a sidecar, traffic is plaintext (compile warns).
+            // Built by `mesh` where a workload identity exists; without one, traffic is
+            // plaintext (compile warns).
             "ISTIO_MUTUAL" => return Ok(None),
             other => return Err(format!("unknown tls mode {other:?}")),
         }
@@ -100,6 +101,30 @@ impl UpstreamTls {
         let mut hasher = DefaultHasher::new();
         format!("{s:?}{protocol:?}").hash(&mut hasher);
         Ok(Some(Self { config: Arc::new(config), sni, key: hasher.finish() }))
+    }
+}
+
+impl UpstreamTls {
+    /// Istio mutual TLS to a peer sidecar: this workload's identity, the peer checked
+    /// against the mesh bundle and `sans` (its SPIFFE identities; any in the trust
+    /// domain when empty), Istio's SNI `outbound_.<port>_.<subset>_.<host>` and ALPN.
+    /// `protocol` is `None` for TCP.
+    pub fn mesh(
+        identity: &Arc<WorkloadIdentity>,
+        protocol: Option<Protocol>,
+        sni: &str,
+        sans: Vec<String>,
+    ) -> Result<Self, String> {
+        let alpn: &[&[u8]] = match protocol {
+            Some(Protocol::Http1) => &[b"istio-http/1.1"],
+            Some(Protocol::Http2) => &[b"istio-h2"],
+            None => &[b"istio-peer-exchange", b"istio"],
+        };
+        let mut hasher = DefaultHasher::new();
+        format!("mesh{sni}{sans:?}{protocol:?}").hash(&mut hasher);
+        let server_name =
+            ServerName::try_from(sni.to_string()).map_err(|_| format!("sni {sni:?} is not a valid server name"))?;
+        Ok(Self { config: identity.client_config(alpn, sans), sni: Some(server_name), key: hasher.finish() })
     }
 }
 

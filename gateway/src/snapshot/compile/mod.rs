@@ -66,7 +66,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
     let mut diagnostics = Vec::new();
     let mut refs = Vec::new();
     let mut rejected = Vec::new();
-    let mut registry = Registry::build(resources, bootstrap, certs, &mut diagnostics, &mut rejected);
+    let mut registry = Registry::build(resources, bootstrap, caches, &mut diagnostics, &mut rejected);
     // Istio's mesh config: the `istio` ConfigMap (the first one, if several).
     let mesh = resources.iter().find_map(|r| match &r.spec {
         Spec::MeshConfig(m) => Some((r, m)),

@@ -18,6 +18,8 @@ use crate::{
         Bootstrap, Diagnostic, Resource, ResourceRef, Spec,
     },
     listener::certs::CertStore,
+    security::identity::WorkloadIdentity,
+    snapshot::Caches,
     telemetry::DestinationLabels,
     upstream::{
         Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, PoolSettings, Protocol, UpstreamTls,
@@ -42,6 +44,7 @@ pub(super) struct Registry<'a> {
     rules: Vec<Rule>,
     clusters: HashMap<(String, u16, Option<String>), Arc<Cluster>>,
     certs: &'a CertStore,
+    identity: Option<&'a Arc<WorkloadIdentity>>,
     domain_suffix: String,
     /// Mesh config `connectTimeout` and `tcpKeepalive`: what a DestinationRule overrides.
     defaults: PoolSettings,
@@ -56,10 +59,11 @@ impl<'a> Registry<'a> {
     pub(super) fn build(
         resources: &[Resource],
         bootstrap: &Bootstrap,
-        certs: &'a CertStore,
+        caches: &'a Caches,
         diags: &mut Vec<Diagnostic>,
         rejected: &mut Vec<ResourceRef>,
     ) -> Self {
+        let (certs, identity) = (&caches.certs, caches.identity.as_ref());
         let workload_entries: Vec<(&str, &WorkloadEntry)> = resources
             .iter()
             .filter_map(|r| match &r.spec {
@@ -81,7 +85,7 @@ impl<'a> Registry<'a> {
                         services.entry(host).or_insert(service);
                     }
                 }
-                Spec::DestinationRule(dr) => match check_tls(dr, certs) {
+                Spec::DestinationRule(dr) => match check_tls(dr, certs, identity.is_some()) {
                     Ok(warnings) => {
                         for (field, w) in warnings {
                             diags.push(Diagnostic::warning(&r.origin, &r.id, field, w));
@@ -108,7 +112,7 @@ impl<'a> Registry<'a> {
             defaults.keepalive = m.tcp_keepalive.as_ref().map(keepalive);
         }
         let domain_suffix = bootstrap.domain_suffix.clone();
-        Self { services, rules, clusters: HashMap::new(), certs, domain_suffix, defaults }
+        Self { services, rules, clusters: HashMap::new(), certs, identity, domain_suffix, defaults }
     }
 
     /// True when `host` is a registry service.
@@ -207,9 +211,16 @@ impl<'a> Registry<'a> {
             tcp.as_ref().and_then(|t| t.max_connections),
             http.as_ref().and_then(|h| h.http1_max_pending_requests),
         );
-        let tls = match block(top, subset_policy, port, |t| t.tls.clone(), |p| p.tls.clone()) {
-            Some(settings) => UpstreamTls::compile(&settings, protocol, self.certs)?.map(Arc::new),
-            None => None,
+        let tls_block = block(top, subset_policy, port, |t| t.tls.clone(), |p| p.tls.clone());
+        let mesh_tls = |sans: Vec<String>| {
+            let sni = format!("outbound_.{port}_.{}_.{host}", subset.unwrap_or_default());
+            self.identity.map(|id| UpstreamTls::mesh(id, Some(protocol), &sni, sans).map(Arc::new)).transpose()
+        };
+        let (tls, auto_mtls) = match tls_block {
+            Some(s) if s.mode.as_deref() == Some("ISTIO_MUTUAL") => (mesh_tls(s.subject_alt_names.clone())?, None),
+            Some(settings) => (UpstreamTls::compile(&settings, protocol, self.certs)?.map(Arc::new), None),
+            // Istio auto mTLS: only when the DestinationRule says nothing about TLS.
+            None => (None, mesh_tls(Vec::new())?),
         };
         let outlier = block(top, subset_policy, port, |t| t.outlier_detection.clone(), |p| p.outlier_detection.clone())
             .map(|o| OutlierPolicy::compile(&o));
@@ -238,6 +249,7 @@ impl<'a> Registry<'a> {
         let cluster = Arc::new(
             Cluster::new(name, protocol, lb, endpoints, dns)
                 .with_tls(tls)
+                .with_auto_mtls(auto_mtls)
                 .with_metrics(service_labels)
                 .with_breakers(breakers)
                 .with_outlier(outlier)
@@ -366,7 +378,11 @@ fn hash_on(c: &ConsistentHashLb) -> Option<HashOn> {
 
 /// Every TLS block of a DestinationRule must be usable (files present and valid);
 /// blocks that cannot be honoured yet come back as warnings.
-fn check_tls(dr: &DestinationRule, certs: &CertStore) -> Result<Vec<(String, String)>, (String, String)> {
+fn check_tls(
+    dr: &DestinationRule,
+    certs: &CertStore,
+    has_identity: bool,
+) -> Result<Vec<(String, String)>, (String, String)> {
     let mut blocks = Vec::new();
     let mut add = |field: String, tp: &TrafficPolicy| {
         if let Some(t) = &tp.tls {
@@ -389,8 +405,10 @@ fn check_tls(dr: &DestinationRule, certs: &CertStore) -> Result<Vec<(String, Str
     let mut warnings = Vec::new();
     for (field, settings) in blocks {
         if settings.mode.as_deref() == Some("ISTIO_MUTUAL") {
-            warnings
-                .push((field, "ISTIO_MUTUAL needs mesh identities (sidecar mode, #10); traffic is plaintext".into()));
+            if !has_identity {
+                let why = "ISTIO_MUTUAL needs a workload identity (--identity-dir); traffic is plaintext";
+                warnings.push((field, why.into()));
+            }
             continue;
         }
         UpstreamTls::compile(&settings, Protocol::Http1, certs).map_err(|e| (field, e))?;
