@@ -61,6 +61,9 @@ pub enum StartError {
     /// The config directory cannot be watched.
     #[error("cannot watch the configuration directory")]
     Watch(#[from] notify::Error),
+    /// The workload identity (`--identity-dir`) is missing or unusable.
+    #[error("cannot load the workload identity: {0}")]
+    Identity(String),
     /// The admin listener could not be bound.
     #[error("cannot bind the admin listener on {addr}")]
     Admin {
@@ -120,24 +123,38 @@ impl Drop for Gateway {
     }
 }
 
-/// Starts the ingress gateway: first load, listeners, admin, then a supervisor that
-/// reloads on every change of the config directory.
-pub async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gateway, StartError> {
+/// Starts the gateway, or with `bootstrap.sidecar` the sidecar: identity, first load,
+/// listeners, admin, then a supervisor that reloads on every change of the config
+/// directory.
+pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gateway, StartError> {
     let metrics = Arc::new(telemetry::Metrics::new());
-    let telemetry =
+    let certs = listener::certs::CertStore::default();
+    let identity = match &bootstrap.identity_dir {
+        Some(dir) => Some(
+            security::identity::IdentityFiles::in_dir(dir)
+                .and_then(|files| security::identity::WorkloadIdentity::load(files, &bootstrap.trust_domain, &certs))
+                .map_err(StartError::Identity)?,
+        ),
+        None => None,
+    };
+    let principal = identity.as_ref().and_then(|i| i.spiffe_uri());
+    let mut telemetry =
         telemetry::Telemetry::new(access_log.clone(), metrics.clone(), &bootstrap.labels, &bootstrap.namespace);
+    if let Some(principal) = principal {
+        telemetry.set_principal(&principal);
+    }
     let handle = SnapshotHandle::default();
     let drain = Arc::new(listener::drain::Drain::default());
     let proxy = Arc::new(Proxy {
         snapshot: handle.clone(),
-        upstreams: Upstreams::new(),
+        upstreams: Upstreams::with_mark(bootstrap.sidecar.as_ref().and_then(|s| s.mark)),
         telemetry,
         drain: drain.clone(),
         max_request_body: bootstrap.max_request_body,
     });
     let runtime = wasm::Runtime::new(metrics.wasm_plugins(), bootstrap.wasm_cache_dir.clone());
     runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), snapshot: handle.clone() });
-    let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), ..Default::default() });
+    let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), certs, identity, ..Default::default() });
     let _ = caches.tracing.set((proxy.upstreams.clone(), metrics.trace_counters()));
     let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
     let (version_tx, version_rx) = watch::channel(0);

@@ -3,14 +3,76 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
-use wicket::{config::Bootstrap, telemetry::AccessLog};
+use clap::{Args, Parser, Subcommand};
+use wicket::{
+    config::{Bootstrap, SidecarSettings},
+    sidecar::capture::CaptureConfig,
+    telemetry::AccessLog,
+};
 
 #[derive(Parser)]
-#[command(name = "wicket", version, about = "A WebAssembly-extensible Istio ingress gateway")]
+#[command(name = "wicket", version, about = "A WebAssembly-extensible Istio ingress gateway and sidecar")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Options every serving mode shares.
+#[derive(Args)]
+struct ServeArgs {
+    /// Directory of Istio YAML (watched and hot-reloaded).
+    #[arg(long, default_value = "config")]
+    config: PathBuf,
+    /// The proxy's namespace (and the default for resources without one).
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Admin listener address (/ready, /metrics, /config_dump).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// On SIGTERM, how long open connections may finish (Istio `terminationDrainDuration`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_time: std::time::Duration,
+    /// Open connections allowed per listener; more are closed at once.
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+    /// Worker threads serving traffic (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Cache of compiled Wasm modules, by sha256 (default: <tmp>/wicket-wasm-cache).
+    #[arg(long)]
+    wasm_cache_dir: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (413 above it); default no limit.
+    #[arg(long)]
+    max_request_body: Option<u64>,
+    /// The workload identity for mutual TLS in the mesh: a directory with
+    /// cert-chain.pem, key.pem, root-cert.pem (istio-agent), svid.pem, svid_key.pem,
+    /// bundle.pem (SPIRE) or tls.crt, tls.key, ca.crt; rotated files are picked up.
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Address listeners bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+}
+
+impl ServeArgs {
+    fn bootstrap(self, labels: &str) -> anyhow::Result<Bootstrap> {
+        Ok(Bootstrap {
+            config_dir: self.config,
+            namespace: self.namespace,
+            labels: parse_map(labels)?,
+            admin: Some(self.admin),
+            bind_ip: self.bind_address,
+            max_connections: self.max_connections,
+            wasm_cache_dir: self.wasm_cache_dir.or_else(|| Bootstrap::default().wasm_cache_dir),
+            max_request_body: self.max_request_body,
+            identity_dir: self.identity_dir,
+            trust_domain: self.trust_domain,
+            ..Bootstrap::default()
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -19,24 +81,14 @@ struct Cli {
 enum Command {
     /// Run the ingress gateway on a directory of Istio YAML.
     Run {
-        /// Directory of Istio YAML (watched and hot-reloaded).
-        #[arg(long, default_value = "config")]
-        config: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
         /// The gateway's labels, matched by Gateway selectors.
         #[arg(long, default_value = "istio=ingressgateway")]
         labels: String,
-        /// The gateway's namespace (and the default for resources without one).
-        #[arg(long, default_value = "default")]
-        namespace: String,
-        /// Admin listener address (/ready, /config_dump).
-        #[arg(long, default_value = "127.0.0.1:15000")]
-        admin: SocketAddr,
         /// Bind Gateway server ports elsewhere, like a Service's targetPort: 80=8080,443=8443.
         #[arg(long, default_value = "")]
         port_map: String,
-        /// Address listeners bind when a server has no `bind`.
-        #[arg(long, default_value = "0.0.0.0")]
-        bind_address: std::net::IpAddr,
         /// Where Gateway `credentialName` secrets live: DIR/<namespace>/<name>/tls.crt, tls.key, ca.crt.
         #[arg(long, default_value = "credentials")]
         credentials_dir: PathBuf,
@@ -44,25 +96,38 @@ enum Command {
         /// (a sidecar's outbound listener, without traffic capture).
         #[arg(long)]
         mesh_port: Option<u16>,
-        /// On SIGTERM, how long open connections may finish (Istio `terminationDrainDuration`).
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        drain_time: std::time::Duration,
-        /// Open connections allowed per listener; more are closed at once.
-        #[arg(long, default_value_t = 100_000)]
-        max_connections: usize,
-        /// Worker threads serving traffic (default: one per core).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Cache of compiled Wasm modules, by sha256 (default: <tmp>/wicket-wasm-cache).
-        #[arg(long)]
-        wasm_cache_dir: Option<PathBuf>,
-        /// Largest request body accepted, in bytes (413 above it); default no limit.
-        #[arg(long)]
-        max_request_body: Option<u64>,
         /// Also start a built-in echo upstream: ADDR=NAME (repeatable; for demos).
         #[arg(long = "echo", value_name = "ADDR=NAME")]
         echo: Vec<String>,
     },
+    /// Run as a workload's sidecar: serve traffic captured by `wicket capture`
+    /// (outbound from the application, inbound from peers) with mutual TLS.
+    Sidecar {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// The workload's labels (policy selectors, subsets, metrics): app=reviews,version=v2.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// The workload's service account (its SPIFFE identity).
+        #[arg(long, default_value = "default")]
+        service_account: String,
+        /// Listener for captured outbound traffic.
+        #[arg(long, default_value_t = 15001)]
+        outbound_port: u16,
+        /// Listener for captured inbound traffic.
+        #[arg(long, default_value_t = 15006)]
+        inbound_port: u16,
+        /// Put this SO_MARK on the sidecar's own connections (pair with `capture --mark`
+        /// when the sidecar shares the application's uid; needs CAP_NET_ADMIN).
+        #[arg(long)]
+        mark: Option<u32>,
+    },
+    /// Install (or print, or remove) the iptables rules that send a pod's TCP through
+    /// its sidecar, as Istio's init container does.
+    Capture(CaptureArgs),
+    /// A development certificate authority for workload identities.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Check a directory of Istio YAML offline; exits non-zero on any error.
     Validate {
         /// Directory to check.
@@ -79,6 +144,123 @@ enum Command {
         /// Listeners as ADDR=NAME.
         #[arg(required = true, value_name = "ADDR=NAME")]
         upstreams: Vec<String>,
+    },
+}
+
+/// `wicket capture`: istio-iptables' options under their long names.
+#[derive(Args)]
+struct CaptureArgs {
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the rules and chains instead.
+    #[arg(long, conflicts_with = "dry_run")]
+    remove: bool,
+    /// Also capture IPv6 (ip6tables).
+    #[arg(long)]
+    ipv6: bool,
+    /// Outbound listener port.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Inbound listener port.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// The proxy's uid, never redirected ("" for none).
+    #[arg(long, default_value = "1337")]
+    proxy_uid: String,
+    /// The proxy's gid, never redirected ("" for none).
+    #[arg(long, default_value = "1337")]
+    proxy_gid: String,
+    /// Traffic with this SO_MARK is the proxy's own (see `sidecar --mark`).
+    #[arg(long)]
+    mark: Option<u32>,
+    /// Inbound ports to capture: a list or "*".
+    #[arg(long, default_value = "*")]
+    include_inbound_ports: String,
+    /// Inbound ports to leave alone.
+    #[arg(long, default_value = "15020,15021,15090")]
+    exclude_inbound_ports: String,
+    /// Outbound address ranges to capture: a list or "*".
+    #[arg(long, default_value = "*")]
+    include_outbound_ip_ranges: String,
+    /// Outbound address ranges to leave alone.
+    #[arg(long, default_value = "")]
+    exclude_outbound_ip_ranges: String,
+    /// Outbound ports always captured.
+    #[arg(long, default_value = "")]
+    include_outbound_ports: String,
+    /// Outbound ports to leave alone.
+    #[arg(long, default_value = "")]
+    exclude_outbound_ports: String,
+}
+
+impl CaptureArgs {
+    fn config(&self) -> anyhow::Result<CaptureConfig> {
+        use wicket::sidecar::capture::{parse_cidrs, parse_ports};
+        let list = |s: &str, what: &str| -> anyhow::Result<Vec<u16>> {
+            Ok(parse_ports(s).map_err(anyhow::Error::msg).with_context(|| what.to_string())?.unwrap_or_default())
+        };
+        let id = |s: &str| -> anyhow::Result<Option<u32>> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(s.parse().with_context(|| format!("id {s:?}"))?))
+            }
+        };
+        Ok(CaptureConfig {
+            outbound_port: self.outbound_port,
+            inbound_port: self.inbound_port,
+            proxy_uid: id(&self.proxy_uid)?,
+            proxy_gid: id(&self.proxy_gid)?,
+            mark: self.mark,
+            include_inbound_ports: parse_ports(&self.include_inbound_ports)
+                .map_err(anyhow::Error::msg)
+                .context("--include-inbound-ports")?,
+            exclude_inbound_ports: list(&self.exclude_inbound_ports, "--exclude-inbound-ports")?,
+            include_outbound_cidrs: parse_cidrs(&self.include_outbound_ip_ranges)
+                .map_err(anyhow::Error::msg)
+                .context("--include-outbound-ip-ranges")?,
+            exclude_outbound_cidrs: parse_cidrs(&self.exclude_outbound_ip_ranges)
+                .map_err(anyhow::Error::msg)
+                .context("--exclude-outbound-ip-ranges")?
+                .unwrap_or_default(),
+            include_outbound_ports: list(&self.include_outbound_ports, "--include-outbound-ports")?,
+            exclude_outbound_ports: list(&self.exclude_outbound_ports, "--exclude-outbound-ports")?,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a root CA (root-cert.pem, root-key.pem) in DIR.
+    Init {
+        /// Directory for the root.
+        #[arg(long, default_value = "ca")]
+        dir: PathBuf,
+        /// Trust domain (the root's organization).
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Issue a workload certificate (cert-chain.pem, key.pem, root-cert.pem) into OUT.
+    Issue {
+        /// Directory of the root made by `ca init`.
+        #[arg(long, default_value = "ca")]
+        ca: PathBuf,
+        /// Workload namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Workload service account.
+        #[arg(long)]
+        service_account: String,
+        /// Trust domain of the SPIFFE identity.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Lifetime of the certificate.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// Output directory (what `sidecar --identity-dir` reads).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -115,58 +297,88 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shutdown_signal().await;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Run {
-            config,
-            labels,
-            namespace,
-            admin,
-            port_map,
-            bind_address,
-            mesh_port,
-            credentials_dir,
-            drain_time,
-            max_connections,
-            workers,
-            wasm_cache_dir,
-            max_request_body,
-            echo,
-        } => {
+        Command::Capture(args) => {
+            if args.remove {
+                wicket::sidecar::capture::remove(args.ipv6);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let config = args.config()?;
+            if args.dry_run {
+                print!("{}", config.rules(false));
+                if args.ipv6 {
+                    print!("{}", config.rules(true));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            wicket::sidecar::capture::install(&config, args.ipv6)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca(CaCommand::Init { dir, trust_domain }) => {
+            let root = wicket::sidecar::ca::init(&dir, &trust_domain)?;
+            println!("root certificate: {}", root.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca(CaCommand::Issue { ca, namespace, service_account, trust_domain, ttl, out }) => {
+            let request = wicket::sidecar::ca::IssueRequest {
+                trust_domain: &trust_domain,
+                namespace: &namespace,
+                service_account: &service_account,
+                ttl,
+            };
+            let id = wicket::sidecar::ca::issue(&ca, &out, &request)?;
+            println!("{id} → {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sidecar { serve, labels, service_account, outbound_port, inbound_port, mark } => {
+            let (workers, drain_time) = (serve.workers, serve.drain_time);
+            let sidecar = SidecarSettings { outbound_port, inbound_port, service_account, mark, ..Default::default() };
+            let bootstrap = Bootstrap { sidecar: Some(sidecar), ..serve.bootstrap(&labels)? };
+            if bootstrap.identity_dir.is_none() {
+                tracing::warn!("no --identity-dir: mutual TLS is off (peers under STRICT will refuse this workload)");
+            }
+            serve_until_signal(bootstrap, workers, drain_time, &[])
+        }
+        Command::Run { serve, labels, port_map, credentials_dir, mesh_port, echo } => {
+            let (workers, drain_time) = (serve.workers, serve.drain_time);
             let bootstrap = Bootstrap {
-                config_dir: config.clone(),
-                namespace,
-                labels: parse_map(&labels)?,
-                admin: Some(admin),
                 port_map: parse_port_map(&port_map)?,
-                bind_ip: bind_address,
                 mesh_port,
                 credentials_dir,
-                max_connections,
-                wasm_cache_dir: wasm_cache_dir.or_else(|| Bootstrap::default().wasm_cache_dir),
-                max_request_body,
-                ..Bootstrap::default()
+                ..serve.bootstrap(&labels)?
             };
-            let rt = runtime(workers)?;
-            let result = rt.block_on(async {
-                for spec in &echo {
-                    let (addr, name) = parse_echo(spec)?;
-                    wicket::echo::serve(addr, name).await.with_context(|| format!("binding echo upstream {addr}"))?;
-                }
-                let gateway = wicket::start_ingress(bootstrap, AccessLog::stdout())
-                    .await
-                    .with_context(|| format!("starting on {}", config.display()))?;
-                shutdown_signal().await;
-                // A second signal while draining exits at once.
-                tokio::select! {
-                    left = gateway.shutdown(drain_time) => tracing::info!(left, "drained; exiting"),
-                    _ = shutdown_signal() => tracing::warn!("second signal; exiting now"),
-                }
-                Ok(ExitCode::SUCCESS)
-            });
-            // Background work (reload tasks, fetchers) is not waited for once drained.
-            rt.shutdown_timeout(std::time::Duration::from_millis(100));
-            result
+            serve_until_signal(bootstrap, workers, drain_time, &echo)
         }
     }
+}
+
+/// Starts the gateway or sidecar and serves until SIGTERM/SIGINT, then drains.
+fn serve_until_signal(
+    bootstrap: Bootstrap,
+    workers: Option<usize>,
+    drain_time: std::time::Duration,
+    echo: &[String],
+) -> anyhow::Result<ExitCode> {
+    let config = bootstrap.config_dir.clone();
+    let rt = runtime(workers)?;
+    let result = rt.block_on(async {
+        for spec in echo {
+            let (addr, name) = parse_echo(spec)?;
+            wicket::echo::serve(addr, name).await.with_context(|| format!("binding echo upstream {addr}"))?;
+        }
+        let gateway = wicket::start(bootstrap, AccessLog::stdout())
+            .await
+            .with_context(|| format!("starting on {}", config.display()))?;
+        shutdown_signal().await;
+        // A second signal while draining exits at once.
+        tokio::select! {
+            left = gateway.shutdown(drain_time) => tracing::info!(left, "drained; exiting"),
+            _ = shutdown_signal() => tracing::warn!("second signal; exiting now"),
+        }
+        Ok(ExitCode::SUCCESS)
+    });
+    // Background work (reload tasks, fetchers) is not waited for once drained.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {

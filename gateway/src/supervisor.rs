@@ -102,7 +102,13 @@ impl Supervisor {
                 }
                 _ = cert_check.tick() => {
                     let caches = self.caches.clone();
-                    let _ = tokio::task::spawn_blocking(move || caches.certs.refresh()).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        caches.certs.refresh();
+                        if let Some(identity) = &caches.identity {
+                            identity.refresh();
+                        }
+                    })
+                    .await;
                 }
             }
         }

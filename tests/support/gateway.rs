@@ -57,7 +57,7 @@ impl TestGateway {
         };
         tune(&mut bootstrap);
         let (log, logs) = AccessLog::channel();
-        let gateway = wicket::start_ingress(bootstrap, log).await.unwrap();
+        let gateway = wicket::start(bootstrap, log).await.unwrap();
         let version = gateway.snapshot().version;
         Self { gateway, dir, logs, version }
     }

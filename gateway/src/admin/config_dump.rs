@@ -33,6 +33,8 @@ pub(super) fn render(snapshot: &Snapshot, status: &RwLock<ReloadStatus>) -> Valu
                 Some(PortPlan::Http(_)) => "http",
                 Some(PortPlan::Tls(_)) => "tls",
                 Some(PortPlan::Tcp(_)) => "tcp",
+                Some(PortPlan::Outbound(_)) => "sidecar outbound",
+                Some(PortPlan::Inbound(_)) => "sidecar inbound",
                 None => "none",
             };
             json!({"port": l.port, "bind": l.bind.to_string(), "serves": kind})

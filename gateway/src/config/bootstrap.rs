@@ -35,6 +35,41 @@ pub struct Bootstrap {
     /// Largest request body accepted (Envoy's buffer filter `max_request_bytes`): 413
     /// for a larger `content-length`, a reset stream for a larger streamed body.
     pub max_request_body: Option<u64>,
+    /// Directory holding the workload's identity (certificate, key, trust bundle).
+    pub identity_dir: Option<PathBuf>,
+    /// SPIFFE trust domain peers must belong to (Istio's `trustDomain`).
+    pub trust_domain: String,
+    /// Sidecar mode: the captured-traffic listeners instead of Gateway servers.
+    pub sidecar: Option<SidecarSettings>,
+}
+
+/// What a sidecar knows of its pod (Istio's injector passes the same facts).
+#[derive(Debug, Clone)]
+pub struct SidecarSettings {
+    /// Listener for the application's captured outbound traffic (Istio: 15001).
+    pub outbound_port: u16,
+    /// Listener for captured inbound traffic (Istio: 15006).
+    pub inbound_port: u16,
+    /// The workload's service account (its SPIFFE identity's `sa`).
+    pub service_account: String,
+    /// `SO_MARK` on the sidecar's own upstream sockets, which `wicket capture --mark`
+    /// exempts from redirection (the uid rule does this when the proxy runs as its
+    /// own user).
+    pub mark: Option<u32>,
+    /// Where inbound traffic is delivered: the application's address (Istio: localhost).
+    pub app_ip: IpAddr,
+}
+
+impl Default for SidecarSettings {
+    fn default() -> Self {
+        Self {
+            outbound_port: 15001,
+            inbound_port: 15006,
+            service_account: "default".into(),
+            mark: None,
+            app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
 }
 
 impl Default for Bootstrap {
@@ -52,6 +87,9 @@ impl Default for Bootstrap {
             max_connections: 100_000,
             wasm_cache_dir: Some(std::env::temp_dir().join("wicket-wasm-cache")),
             max_request_body: None,
+            identity_dir: None,
+            trust_domain: "cluster.local".into(),
+            sidecar: None,
         }
     }
 }

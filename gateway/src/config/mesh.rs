@@ -37,6 +37,19 @@ pub struct MeshConfig {
     /// Providers used when no Telemetry resource names one.
     #[serde(default)]
     pub default_providers: DefaultProviders,
+    /// Sidecars: where traffic to destinations outside the registry goes.
+    #[serde(default)]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Istio auto mTLS towards endpoints that run a sidecar (default on).
+    pub enable_auto_mtls: Option<bool>,
+}
+
+/// `outboundTrafficPolicy`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (default: passed through) or `REGISTRY_ONLY` (refused).
+    pub mode: Option<String>,
 }
 
 /// `defaultProviders`.
@@ -129,6 +142,8 @@ impl Default for MeshConfig {
             connect_timeout: None,
             tcp_keepalive: None,
             default_providers: DefaultProviders::default(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            enable_auto_mtls: None,
         }
     }
 }

@@ -13,7 +13,7 @@ mod watch;
 
 use std::{collections::BTreeMap, fmt, path::Path, sync::Arc};
 
-pub use bootstrap::Bootstrap;
+pub use bootstrap::{Bootstrap, SidecarSettings};
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::GoDuration;
 pub use load::{load_dir, load_text, LoadError, Loaded};

@@ -158,6 +158,17 @@ impl<S> Prefixed<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
         Self { prefix, inner }
     }
+
+    /// Replays `read` (bytes already taken from this stream), then what this stream
+    /// had left to replay, then the rest of the inner stream.
+    pub fn rewound(self, read: Bytes) -> Self {
+        if self.prefix.is_empty() {
+            return Self::new(read, self.inner);
+        }
+        let mut both = bytes::BytesMut::from(&read[..]);
+        both.extend_from_slice(&self.prefix);
+        Self::new(both.freeze(), self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

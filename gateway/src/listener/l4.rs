@@ -8,10 +8,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{
     error::ResponseFlags,
     pipeline::{ConnInfo, Proxy},
-    upstream::{connect_tcp, Cluster, Endpoint},
     route::L4Route,
     security::authz::{AuthzEngine, AuthzRequest, Decision},
     telemetry::{metrics::TcpLabels, DestinationLabels, TcpRecord},
+    upstream::{connect_tcp, Cluster, Endpoint},
 };
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -28,7 +28,9 @@ pub(crate) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     let (sni, port, peer) = (conn.sni.as_deref(), conn.port, conn.peer);
     let mut record = TcpRecord::start(peer, sni);
     let telemetry = &proxy.telemetry;
-    let labels = |destination, flags| TcpLabels { source: telemetry.source.clone(), destination, flags };
+    let (reporter, source) = conn.reporter_and_source(&telemetry.source);
+    let mutual_tls = conn.peer_cert.is_some();
+    let labels = |destination, flags| TcpLabels { reporter, mutual_tls, source: source.clone(), destination, flags };
     let fail = |mut record: TcpRecord, flag: ResponseFlags| {
         record.response_flags = flag.to_string();
         let l = labels(DestinationLabels::unknown(), flag);
@@ -71,7 +73,7 @@ pub(crate) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
         return fail(record, ResponseFlags::UH);
     };
     record.upstream_host = Some(endpoint.addr.to_string());
-    let mut upstream = match connect(&cluster, &endpoint, proxy.upstreams.mark()).await {
+    let mut upstream = match connect(cluster, &endpoint, proxy.upstreams.mark()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, upstream = %endpoint.addr, error = %e, "upstream connect failed");

@@ -6,7 +6,7 @@
 pub mod certs;
 pub mod client_hello;
 pub mod drain;
-mod l4;
+pub(crate) mod l4;
 mod resets;
 pub mod tls;
 
@@ -134,7 +134,7 @@ impl Drop for OpenConnection {
 }
 
 /// Bound on reading the ClientHello and completing a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_connections: usize) {
     let builder = Arc::new(server_builder());
@@ -186,6 +186,13 @@ async fn connection(
         }
         Some(PortPlan::Tcp(routes)) => {
             l4::proxy(stream, routes, &ConnInfo::plain(peer, port), &proxy, &snapshot.security.tcp_authz).await
+        }
+        Some(PortPlan::Outbound(plan)) => {
+            crate::sidecar::outbound::serve(stream, peer, port, plan, proxy.clone(), builder).await
+        }
+        Some(PortPlan::Inbound(plan)) => {
+            let authz = &snapshot.security.tcp_authz;
+            crate::sidecar::inbound::serve(stream, peer, port, plan, authz, proxy.clone(), builder).await
         }
         Some(PortPlan::Tls(chains)) => {
             let (hello, raw) = match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
@@ -261,7 +268,7 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+pub(crate) async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     conn: Arc<ConnInfo>,
     proxy: Arc<Proxy>,

@@ -143,9 +143,8 @@ where
     record.flags(flags);
     record.upstream_host = Some(outcome.endpoint.endpoint().addr.to_string());
     record.destination = Some(outcome.endpoint.endpoint().metrics.clone());
-    record.mutual_tls = cluster
-        .tls_for(outcome.endpoint.endpoint())
-        .is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
+    record.mutual_tls |=
+        cluster.tls_for(outcome.endpoint.endpoint()).is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
     metrics.upstream(&cluster.name, crate::telemetry::metrics::status_class(outcome.response.status().as_u16()));
 
     let mut response = outcome.response;

@@ -108,6 +108,22 @@ impl ConnInfo {
         Some(uri.strip_prefix("spiffe://").unwrap_or(uri))
     }
 
+    /// Istio's `reporter` and `source_*` labels for this connection: inbound, the
+    /// destination reports and the source is the peer; otherwise this workload.
+    pub fn reporter_and_source(
+        &self,
+        own: &Arc<crate::telemetry::SourceLabels>,
+    ) -> (crate::telemetry::metrics::Reporter, Arc<crate::telemetry::SourceLabels>) {
+        use crate::telemetry::{metrics::Reporter, SourceLabels};
+        match self.direction {
+            Direction::Inbound => {
+                let spiffe = self.peer_cert.as_ref().and_then(|p| p.uris.first()).map(String::as_str);
+                (Reporter::Destination, SourceLabels::peer(spiffe))
+            }
+            Direction::Gateway | Direction::Outbound => (Reporter::Source, own.clone()),
+        }
+    }
+
     /// A fresh connection id.
     pub fn next_id() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -137,6 +153,11 @@ pub async fn handle(
     }
     record.format = snapshot.access_log.clone();
     record.scheme = conn.scheme;
+    if conn.direction == Direction::Inbound {
+        let (reporter, source) = conn.reporter_and_source(&proxy.telemetry.source);
+        (record.reporter, record.source) = (reporter, Some(source));
+        record.mutual_tls = conn.peer_cert.is_some();
+    }
     record.metrics = snapshot.request_metrics;
     if let Some(tracer) = &snapshot.tracer {
         record.span = Some(tracer.start(req.headers_mut()));
@@ -339,9 +360,12 @@ async fn secure(
     if let Some(w) = wasm.as_deref_mut() {
         w.request_headers(&snapshot.wasm, Phase::Authn, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
     }
+    // A sidecar applies RequestAuthentication and AuthorizationPolicy to what its
+    // workload receives, not to what it calls.
+    let policies = conn.direction != Direction::Outbound;
     let identity = match &security.jwt {
         // Istio: CORS preflights skip JWT validation (not authorization).
-        Some(jwt) if !Cors::is_preflight(req.method(), req.headers()) => {
+        Some(jwt) if policies && !Cors::is_preflight(req.method(), req.headers()) => {
             let query = req.uri().query().map(str::to_string);
             jwt.authenticate(req.headers_mut(), query.as_deref()).map_err(|e| {
                 let realm = format!("{}://{authority}{}", conn.scheme, req.uri().path());
@@ -356,7 +380,7 @@ async fn secure(
         }
         w.request_headers(&snapshot.wasm, Phase::Authz, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
     }
-    if !security.authz.is_empty() {
+    if policies && !security.authz.is_empty() {
         let id = identity.as_deref();
         // Istio: CUSTOM first, then DENY, then ALLOW.
         let custom = security.authz.custom_provider(&authz_request(req, conn, snapshot, id, authority)).cloned();

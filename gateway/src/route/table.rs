@@ -48,6 +48,11 @@ impl RouteTable {
         }
     }
 
+    /// The virtual host registered for exactly `domain`.
+    pub fn exact(&self, domain: &str) -> Option<Arc<VirtualHost>> {
+        self.exact.get(domain).cloned()
+    }
+
     /// Finds the virtual host for an authority (`host` or `host:port`).
     pub fn find_vhost(&self, authority: &str) -> Option<&VirtualHost> {
         let host = strip_port(authority);

@@ -2,3 +2,9 @@
 //! (outbound from the app, inbound from peers), with mutual TLS between workloads.
 
 pub mod ca;
+pub mod capture;
+pub(crate) mod inbound;
+pub mod original_dst;
+pub(crate) mod outbound;
+pub mod plan;
+pub mod sniff;

@@ -39,6 +39,10 @@ pub enum PortPlan {
     Tls(Vec<FilterChain>),
     /// Opaque TCP, routed by VirtualService `tcp` rules.
     Tcp(Vec<L4Route>),
+    /// A sidecar's outbound listener (captured traffic from the application).
+    Outbound(crate::sidecar::plan::OutboundPlan),
+    /// A sidecar's inbound listener (captured traffic from peers).
+    Inbound(crate::sidecar::plan::InboundPlan),
 }
 
 /// One Gateway server on a TLS port.
@@ -208,6 +212,8 @@ impl Snapshot {
                     _ => None,
                 }
             }
+            PortPlan::Outbound(plan) => Some((&plan.table, None)),
+            PortPlan::Inbound(plan) => Some((&plan.table, None)),
             PortPlan::Tcp(_) => None,
         }
     }

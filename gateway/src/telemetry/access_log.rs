@@ -230,6 +230,12 @@ pub struct AccessRecord {
     /// The upstream connection used client certificates.
     #[serde(skip)]
     pub mutual_tls: bool,
+    /// Which side reports the metrics (a sidecar's inbound: `destination`).
+    #[serde(skip)]
+    pub reporter: crate::telemetry::metrics::Reporter,
+    /// The caller, when it is not this proxy's own workload (inbound).
+    #[serde(skip)]
+    pub source: Option<Arc<crate::telemetry::SourceLabels>>,
     /// How this request's line is written (from the snapshot it started on).
     #[serde(skip)]
     pub format: Arc<LogFormat>,
@@ -273,6 +279,8 @@ impl AccessRecord {
             destination: None,
             grpc: false,
             mutual_tls: false,
+            reporter: Default::default(),
+            source: None,
             format: Arc::default(),
             captured: Vec::new(),
             span: None,
@@ -317,7 +325,8 @@ impl<B> Logged<B> {
         r.duration = elapsed.as_millis() as u64;
         if r.metrics {
             let labels = RequestLabels {
-                source: self.telemetry.source.clone(),
+                reporter: r.reporter,
+                source: r.source.clone().unwrap_or_else(|| self.telemetry.source.clone()),
                 destination: r.destination.clone().unwrap_or_else(DestinationLabels::unknown),
                 protocol: if r.grpc { RequestProtocol::Grpc } else { RequestProtocol::Http },
                 response_code: r.response_code,

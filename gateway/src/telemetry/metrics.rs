@@ -29,7 +29,7 @@ const DURATION_BUCKETS: [f64; 19] = [
 const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
 /// Labels describing the gateway itself (Istio `source_*`): fixed at start-up.
-#[derive(Debug, Hash, PartialEq, Eq)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct SourceLabels {
     /// `source_workload`.
     pub workload: Arc<str>,
@@ -90,9 +90,47 @@ pub enum RequestProtocol {
     Grpc,
 }
 
+/// Istio's `reporter`: which proxy of the two around a call reports it.
+#[derive(Debug, Clone, Copy, Default, Hash, PartialEq, Eq)]
+pub enum Reporter {
+    /// The caller's side: a gateway, or a sidecar's outbound.
+    #[default]
+    Source,
+    /// The callee's side: a sidecar's inbound.
+    Destination,
+}
+
+impl Reporter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+impl SourceLabels {
+    /// A peer known by its SPIFFE identity only (inbound at a sidecar): its principal
+    /// and namespace, the rest unknown (Istio's metadata exchange is not spoken).
+    pub fn peer(spiffe: Option<&str>) -> Arc<Self> {
+        let unknown: Arc<str> = "unknown".into();
+        let namespace =
+            spiffe.and_then(|s| s.split('/').skip_while(|p| *p != "ns").nth(1)).map_or(unknown.clone(), Into::into);
+        Arc::new(Self {
+            workload: unknown.clone(),
+            namespace,
+            principal: spiffe.map_or(unknown.clone(), Into::into),
+            app: unknown.clone(),
+            version: unknown,
+        })
+    }
+}
+
 /// The label set of Istio's request metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct RequestLabels {
+    /// Which side reports.
+    pub reporter: Reporter,
     /// The gateway.
     pub source: Arc<SourceLabels>,
     /// The destination.
@@ -112,6 +150,10 @@ pub struct RequestLabels {
 /// The label set of Istio's TCP metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct TcpLabels {
+    /// Which side reports.
+    pub reporter: Reporter,
+    /// `mutual_tls` when the connection was mutual TLS.
+    pub mutual_tls: bool,
     /// The gateway.
     pub source: Arc<SourceLabels>,
     /// The destination.
@@ -124,8 +166,13 @@ fn label(encoder: &mut LabelSetEncoder<'_>, key: &str, value: &str) -> Result<()
     (key, value).encode(encoder.encode_label())
 }
 
-fn source_and_destination(e: &mut LabelSetEncoder<'_>, s: &SourceLabels, d: &DestinationLabels) -> std::fmt::Result {
-    label(e, "reporter", "source")?;
+fn source_and_destination(
+    e: &mut LabelSetEncoder<'_>,
+    reporter: Reporter,
+    s: &SourceLabels,
+    d: &DestinationLabels,
+) -> std::fmt::Result {
+    label(e, "reporter", reporter.as_str())?;
     label(e, "source_workload", &s.workload)?;
     label(e, "source_workload_namespace", &s.namespace)?;
     label(e, "source_principal", &s.principal)?;
@@ -143,7 +190,7 @@ fn source_and_destination(e: &mut LabelSetEncoder<'_>, s: &SourceLabels, d: &Des
 
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, e: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        source_and_destination(e, &self.source, &self.destination)?;
+        source_and_destination(e, self.reporter, &self.source, &self.destination)?;
         label(e, "request_protocol", if self.protocol == RequestProtocol::Grpc { "grpc" } else { "http" })?;
         label(e, "response_code", itoa(u64::from(self.response_code)).as_str())?;
         let grpc = self.grpc_status.map(|g| itoa(u64::from(g))).unwrap_or_default();
@@ -155,10 +202,10 @@ impl EncodeLabelSet for RequestLabels {
 
 impl EncodeLabelSet for TcpLabels {
     fn encode(&self, e: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        source_and_destination(e, &self.source, &self.destination)?;
+        source_and_destination(e, self.reporter, &self.source, &self.destination)?;
         label(e, "request_protocol", "tcp")?;
         label(e, "response_flags", &self.flags.to_string())?;
-        label(e, "connection_security_policy", "unknown")
+        label(e, "connection_security_policy", if self.mutual_tls { "mutual_tls" } else { "unknown" })
     }
 }
 

@@ -43,4 +43,11 @@ impl Telemetry {
         });
         Self { log, metrics, source }
     }
+
+    /// Names this workload's SPIFFE identity in `source_principal`.
+    pub fn set_principal(&mut self, spiffe: &str) {
+        let mut source = (*self.source).clone();
+        source.principal = spiffe.into();
+        self.source = Arc::new(source);
+    }
 }

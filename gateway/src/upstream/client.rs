@@ -275,7 +275,11 @@ async fn connect(
 }
 
 /// Opens a TCP connection (no delay) within `timeout`, with `SO_MARK` `mark` if set.
-pub async fn connect_tcp(addr: SocketAddr, timeout: Duration, mark: Option<u32>) -> std::io::Result<tokio::net::TcpStream> {
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+    mark: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -284,9 +288,9 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration, mark: Option<u32>)
         socket2::SockRef::from(&socket).set_mark(mark)?;
     }
     socket.set_nodelay(true)?;
-    tokio::time::timeout(timeout, socket.connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}")))?
+    tokio::time::timeout(timeout, socket.connect(addr)).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}"))
+    })?
 }
 
 /// Istio "auto SNI": the request's host, or the endpoint's IP when it has none.

@@ -20,9 +20,9 @@ use rustls::{
 
 use super::Protocol;
 use crate::{
-    security::identity::WorkloadIdentity,
     config::istio::ClientTlsSettings,
     listener::certs::{read_certs, read_crls, CertStore},
+    security::identity::WorkloadIdentity,
 };
 
 /// TLS towards one cluster's endpoints.

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 use super::{registry::Registry, routes};
 use crate::{
     config::{Bootstrap, Diagnostic, Resource, ResourceRef, Spec},
-    route::{Action, Forward, HeaderRules, Route, RouteTable, VirtualHost, WeightedDestination},
+    route::{Action, Forward, HeaderRules, Route, RouteTable, Target, VirtualHost, WeightedDestination},
     upstream::RetryPolicy,
 };
 
@@ -47,24 +47,29 @@ pub(super) fn route_table(
         }
         let port = registry.default_port(&host, 0);
         let target = routes::resolve(registry, &host, port, None).unwrap_or_else(|(target, _)| target);
-        let route = Route {
-            name: format!("{host}:default").into(),
-            matches: Vec::new(),
-            action: Action::Forward(Forward {
-                destinations: vec![WeightedDestination { target, weight: 1, headers: HeaderRules::default() }],
-                total_weight: 1,
-                rewrite: None,
-            }),
-            headers: HeaderRules::default(),
-            timeout: None,
-            retry: RetryPolicy::istio_default(),
-            fault: None,
-            mirrors: Vec::new(),
-            cors: None,
-        };
+        let route = catch_all(&format!("{host}:default"), target, RetryPolicy::istio_default());
         insert(&mut table, &host, bootstrap, vec![Arc::new(route)]);
     }
     table
+}
+
+/// A route sending every request to `target`.
+pub(super) fn catch_all(name: &str, target: Target, retry: RetryPolicy) -> Route {
+    Route {
+        name: name.into(),
+        matches: Vec::new(),
+        action: Action::Forward(Forward {
+            destinations: vec![WeightedDestination { target, weight: 1, headers: HeaderRules::default() }],
+            total_weight: 1,
+            rewrite: None,
+        }),
+        headers: HeaderRules::default(),
+        timeout: None,
+        retry,
+        fault: None,
+        mirrors: Vec::new(),
+        cors: None,
+    }
 }
 
 /// Registers `host` and the names a workload in the mesh may use for it:

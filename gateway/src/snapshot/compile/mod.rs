@@ -7,6 +7,7 @@ mod mesh;
 mod registry;
 mod routes;
 mod security;
+mod sidecar;
 mod telemetry;
 mod tracer;
 mod wasm;
@@ -103,7 +104,11 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
     );
     let services = if wasm.is_empty() { HashMap::new() } else { wasm::call_targets(&mut registry) };
     let tracer = tracer::compile(mesh, &telemetry, bootstrap, &mut registry, caches, &mut diagnostics);
-    let ports = binding::gateway_servers(resources, bootstrap, &mut diagnostics);
+    // A sidecar serves captured traffic only; Gateway servers are a gateway's.
+    let ports = match bootstrap.sidecar {
+        Some(_) => Default::default(),
+        None => binding::gateway_servers(resources, bootstrap, &mut diagnostics),
+    };
     let gateway_names: HashSet<String> = resources
         .iter()
         .filter(|r| matches!(r.spec, Spec::Gateway(_)))
@@ -267,7 +272,20 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         plans.insert(port, plan);
     }
 
-    if let Some(port) = bootstrap.mesh_port {
+    if let Some(settings) = &bootstrap.sidecar {
+        let cx = sidecar::Context {
+            resources,
+            mesh: mesh.map_or(&default_mesh, |(_, m)| m),
+            bootstrap,
+            settings,
+            identity: caches.identity.as_ref(),
+        };
+        let (outbound, inbound) = sidecar::plans(&cx, &mut registry, &mut rejected, &mut diagnostics, &mut refs);
+        listeners.push(ListenerSpec { port: settings.outbound_port, bind: bootstrap.bind_ip });
+        listeners.push(ListenerSpec { port: settings.inbound_port, bind: bootstrap.bind_ip });
+        plans.insert(settings.outbound_port, PortPlan::Outbound(outbound));
+        plans.insert(settings.inbound_port, PortPlan::Inbound(inbound));
+    } else if let Some(port) = bootstrap.mesh_port {
         if ports.contains_key(&port) {
             let msg = format!("mesh port {port} is also a Gateway server port; the mesh listener is not opened");
             tracing::error!("{msg}");

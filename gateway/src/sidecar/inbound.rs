@@ -1,0 +1,152 @@
+//! The inbound listener: connections from peers to the application, redirected here.
+//! PeerAuthentication decides per application port: mutual TLS is terminated with the
+//! workload identity (the peer's SPIFFE identity becomes `source.principal`), plaintext
+//! is accepted or refused, and the traffic goes to the application at its port.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+use super::{
+    original_dst::original_dst,
+    outbound::DETECTION_WAIT,
+    plan::{InboundPlan, MtlsMode},
+    sniff::{sniff, Sniffed},
+};
+use crate::{
+    listener::{client_hello, client_hello::Prefixed, l4, serve_http, HANDSHAKE_TIMEOUT},
+    pipeline::{ConnInfo, Direction, Proxy},
+    security::{authz::AuthzEngine, peer::PeerCert},
+};
+
+/// ALPN values Istio's sidecars offer for mesh mutual TLS; other TLS is the
+/// application's own and is passed through when plaintext is allowed.
+const MESH_ALPN: [&[u8]; 5] = [b"istio-peer-exchange", b"istio", b"istio-http/1.0", b"istio-http/1.1", b"istio-h2"];
+
+/// Serves one captured inbound connection.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener_port: u16,
+    plan: &InboundPlan,
+    tcp_authz: &AuthzEngine,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    let dst = match original_dst(&stream) {
+        Ok(dst) if dst.port() != listener_port => dst,
+        Ok(_) => {
+            tracing::info!(%peer, "connection made to the inbound listener itself (not captured); closed");
+            return;
+        }
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "no original destination; connection closed");
+            return;
+        }
+    };
+    let mode = plan.mtls.mode(dst.port());
+    let (kind, prefix) = match sniff(&mut stream, DETECTION_WAIT).await {
+        Ok(sniffed) => sniffed,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
+            return;
+        }
+    };
+    let conn = ConnInfo {
+        port: dst.port(),
+        direction: Direction::Inbound,
+        original_dst: Some(SocketAddr::new(plan.app_ip, dst.port())),
+        ..ConnInfo::plain(peer, listener_port)
+    };
+    let mut stream = Prefixed::new(prefix, stream);
+    let mesh_tls = kind == Sniffed::Tls && mode != MtlsMode::Disable && {
+        match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
+            Ok((hello, raw)) => {
+                stream = stream.rewound(raw);
+                hello.alpn.iter().any(|p| MESH_ALPN.contains(&p.as_slice()))
+            }
+            Err(e) => {
+                tracing::info!(%peer, port = dst.port(), error = %e, "unreadable TLS ClientHello; connection closed");
+                return;
+            }
+        }
+    };
+    if mesh_tls {
+        return terminate(stream, conn, plan, tcp_authz, proxy, builder).await;
+    }
+    if mode == MtlsMode::Strict {
+        let what = if kind == Sniffed::Tls { "TLS without Istio's ALPN" } else { "plaintext" };
+        tracing::warn!(%peer, port = dst.port(), "{what} connection refused: PeerAuthentication requires mutual TLS (STRICT)");
+        return;
+    }
+    // Plaintext, or TLS the application terminates itself.
+    deliver(stream, conn, kind == Sniffed::Http, plan, tcp_authz, proxy, builder).await
+}
+
+/// Terminates mesh mutual TLS and checks the peer's identity, then delivers.
+async fn terminate<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    mut conn: ConnInfo,
+    plan: &InboundPlan,
+    tcp_authz: &AuthzEngine,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    let peer = conn.peer;
+    let Some(identity) = &plan.identity else {
+        tracing::warn!(%peer, "mutual TLS connection refused: this sidecar has no workload identity (--identity-dir)");
+        return;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(identity.server_config()).accept(stream);
+    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, port = conn.port, error = %e, "mutual TLS handshake failed; connection refused");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, port = conn.port, "mutual TLS handshake timed out");
+            return;
+        }
+    };
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    if let Err(why) = identity.check_peer(leaf) {
+        tracing::warn!(%peer, port = conn.port, why, "peer refused");
+        return;
+    }
+    conn.peer_cert = leaf.and_then(PeerCert::from_leaf).map(Arc::new);
+    conn.scheme = "https";
+    conn.tls_version = tls.get_ref().1.protocol_version().map(|v| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        _ => "TLSv1.2",
+    });
+    let (kind, prefix) = match sniff(&mut tls, DETECTION_WAIT).await {
+        Ok(sniffed) => sniffed,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
+            return;
+        }
+    };
+    deliver(Prefixed::new(prefix, tls), conn, kind == Sniffed::Http, plan, tcp_authz, proxy, builder).await
+}
+
+/// HTTP through the pipeline (authorization, telemetry) to the application, or TCP.
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    conn: ConnInfo,
+    http: bool,
+    plan: &InboundPlan,
+    tcp_authz: &AuthzEngine,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    if http {
+        serve_http(stream, Arc::new(conn), proxy, builder).await
+    } else {
+        l4::proxy(stream, &plan.tcp, &conn, &proxy, tcp_authz).await
+    }
+}

@@ -1,0 +1,76 @@
+//! The outbound listener: connections the application made, redirected here. The
+//! original destination picks the service (by address and port); HTTP goes through
+//! the pipeline with the mesh routes, anything else is proxied as TCP, and unknown
+//! destinations pass through unless the mesh is `REGISTRY_ONLY`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use tokio::net::TcpStream;
+
+use super::{
+    original_dst::original_dst,
+    plan::{AppProtocol, OutboundPlan},
+    sniff::{sniff, Sniffed},
+};
+use crate::{
+    listener::{client_hello::Prefixed, l4, serve_http},
+    pipeline::{ConnInfo, Direction, Proxy},
+    security::authz::AuthzEngine,
+};
+
+/// How long a captured connection may stay silent before it is taken for a
+/// server-first protocol and proxied as TCP.
+pub(super) const DETECTION_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves one captured outbound connection.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener_port: u16,
+    plan: &OutboundPlan,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    let dst = match original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "no original destination; connection closed");
+            return;
+        }
+    };
+    if dst.port() == listener_port {
+        tracing::info!(%peer, %dst, "connection made to the outbound listener itself (not captured); closed");
+        return;
+    }
+    let service = plan.services.get(&dst);
+    let protocol = service.map_or(AppProtocol::Detect, |s| s.protocol);
+    let (http, prefix) = match protocol {
+        AppProtocol::Http => (true, Default::default()),
+        AppProtocol::Opaque => (false, Default::default()),
+        AppProtocol::Detect => match sniff(&mut stream, DETECTION_WAIT).await {
+            Ok((kind, bytes)) => (kind == Sniffed::Http, bytes),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
+                return;
+            }
+        },
+    };
+    let conn = ConnInfo {
+        port: dst.port(),
+        direction: Direction::Outbound,
+        original_dst: Some(dst),
+        ..ConnInfo::plain(peer, listener_port)
+    };
+    let stream = Prefixed::new(prefix, stream);
+    if http {
+        return serve_http(stream, Arc::new(conn), proxy, builder).await;
+    }
+    // AuthorizationPolicy guards a workload's inbound side, not what it calls.
+    let no_policy = AuthzEngine::default();
+    match service {
+        Some(s) => l4::proxy(stream, &s.tcp, &conn, &proxy, &no_policy).await,
+        None if plan.allow_any => l4::proxy(stream, &plan.passthrough, &conn, &proxy, &no_policy).await,
+        None => tracing::info!(%peer, %dst, "destination is not in the registry (REGISTRY_ONLY); connection closed"),
+    }
+}
