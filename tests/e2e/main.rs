@@ -11,6 +11,7 @@ mod proxying;
 mod reload;
 mod resilience;
 mod routing;
+mod sidecar;
 mod tls;
 mod tracing;
 mod upstream_tls;

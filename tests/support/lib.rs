@@ -7,6 +7,7 @@
 pub mod client;
 pub mod gateway;
 pub mod jwt;
+pub mod netns;
 pub mod otlp;
 pub mod pki;
 pub mod upstream;

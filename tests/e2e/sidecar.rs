@@ -1,0 +1,274 @@
+//! Sidecar mode end to end: pods are network namespaces with Istio's capture rules
+//! (`wicket capture`), each with an in-process sidecar; apps call services by their
+//! address and never know the sidecars are there.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wicket::{
+    config::{Bootstrap, SidecarSettings},
+    sidecar::{
+        ca::{self, IssueRequest},
+        capture::CaptureConfig,
+    },
+    telemetry::AccessLog,
+};
+use wicket_tests::{
+    client,
+    netns::{unavailable, Network, Pod},
+};
+
+/// The mark sidecars put on their own connections (the test's apps share their uid).
+const MARK: u32 = 1337;
+const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+const ECHO: &str = "echo.default.svc.cluster.local";
+
+fn mesh_yaml(b1: &Pod, b2: &Pod, d: &Pod) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [{ECHO}]
+  addresses: [10.96.0.20]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  endpoints:
+  - {{address: {b1}, labels: {{app: echo, version: v1, security.istio.io/tlsMode: istio}}}}
+  - {{address: {b2}, labels: {{app: echo, version: v2, security.istio.io/tlsMode: istio}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo-permissive}}
+spec:
+  hosts: [echo-permissive.default.svc.cluster.local]
+  addresses: [10.96.0.21]
+  resolution: STATIC
+  ports: [{{number: 80, name: http-web, targetPort: 9090}}]
+  endpoints:
+  - {{address: {b1}, labels: {{app: echo, version: v1, security.istio.io/tlsMode: istio}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: probe}}
+spec:
+  hosts: [probe.default.svc.cluster.local]
+  addresses: [10.96.0.30]
+  resolution: STATIC
+  ports: [{{number: 7000, name: tcp, protocol: TCP}}]
+  endpoints:
+  - {{address: {d}, labels: {{security.istio.io/tlsMode: istio}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo}}
+spec:
+  host: {ECHO}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: [echo]
+  http:
+  - route:
+    - {{destination: {{host: echo, subset: v1}}, weight: 80}}
+    - {{destination: {{host: echo, subset: v2}}, weight: 20}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: echo}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  mtls: {{mode: UNSET}}
+  portLevelMtls:
+    "9090": {{mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: echo}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["cluster.local/ns/default/sa/sleep"]}}}}]
+    to: [{{operation: {{ports: ["8080"]}}}}]
+  - to: [{{operation: {{ports: ["9090"]}}}}]
+"#,
+        b1 = b1.ip,
+        b2 = b2.ip,
+        d = d.ip,
+    )
+}
+
+/// A pod with the capture rules and a sidecar: its gateway handle.
+async fn with_sidecar(pod: &Pod, config: &Path, labels: &str, identity: PathBuf, sa: &str) -> wicket::Gateway {
+    pod.iptables(&CaptureConfig { mark: Some(MARK), ..CaptureConfig::default() }.rules(false));
+    let bootstrap = Bootstrap {
+        config_dir: config.to_path_buf(),
+        labels: labels.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect(),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        identity_dir: Some(identity),
+        wasm_cache_dir: None,
+        sidecar: Some(SidecarSettings { service_account: sa.into(), mark: Some(MARK), ..SidecarSettings::default() }),
+        ..Bootstrap::default()
+    };
+    pod.run(async move { wicket::start(bootstrap, AccessLog::channel().0).await.unwrap() }).await
+}
+
+fn identity(ca: &Path, out: &Path, sa: &str, trust_domain: &str) -> PathBuf {
+    let request =
+        IssueRequest { trust_domain, namespace: "default", service_account: sa, ttl: Duration::from_secs(3600) };
+    ca::issue(ca, out, &request).unwrap();
+    out.to_path_buf()
+}
+
+/// The app in `pod` sends a GET for `host` to `addr` (a service address): status and
+/// body, or `None` when the connection failed or closed without an answer.
+async fn call(pod: &Pod, addr: &str, host: &str) -> Option<(u16, serde_json::Value)> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let host = host.to_string();
+    pod.run(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(client::get(&host, "/")).await.ok()?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
+        Some((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+    })
+    .await
+}
+
+async fn metrics(pod: &Pod, gateway: &wicket::Gateway) -> String {
+    let admin = gateway.admin_addr().unwrap();
+    pod.run(async move { client::send(admin, client::get("admin", "/metrics")).await.body }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_carry_mutual_tls_identity_authorization_and_canary_weights() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mesh_ca, evil_ca) = (dir.path().join("ca"), dir.path().join("evil-ca"));
+    ca::init(&mesh_ca, "cluster.local").unwrap();
+    ca::init(&evil_ca, "evil.local").unwrap();
+
+    let net = Network::new();
+    let (a, b1, b2, c, d, e) = (net.pod("a"), net.pod("b1"), net.pod("b2"), net.pod("c"), net.pod("d"), net.pod("e"));
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("mesh.yaml"), mesh_yaml(&b1, &b2, &d)).unwrap();
+
+    // E holds a certificate from another CA claiming A's service account, and trusts
+    // the mesh's root too, so that only the receiving side's check can stop it.
+    let e_identity = identity(&evil_ca, &dir.path().join("e"), "sleep", "cluster.local");
+    let roots = [
+        std::fs::read_to_string(mesh_ca.join("root-cert.pem")).unwrap(),
+        std::fs::read_to_string(evil_ca.join("root-cert.pem")).unwrap(),
+    ];
+    std::fs::write(e_identity.join("root-cert.pem"), roots.concat()).unwrap();
+
+    let mut sidecars = Vec::new();
+    for (pod, labels, sa) in [
+        (&a, "app=sleep", "sleep"),
+        (&b1, "app=echo,version=v1", "echo"),
+        (&b2, "app=echo,version=v2", "echo"),
+        (&c, "app=intruder", "intruder"),
+    ] {
+        let id = identity(&mesh_ca, &dir.path().join(&pod.ns), sa, "cluster.local");
+        sidecars.push(with_sidecar(pod, &config, labels, id, sa).await);
+    }
+    sidecars.push(with_sidecar(&e, &config, "app=sleep", e_identity, "sleep").await);
+    for (pod, name) in [(&b1, "v1"), (&b2, "v2")] {
+        for port in [8080, 9090] {
+            let addr: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+            let name = name.to_string();
+            pod.run(async move { wicket::echo::serve(addr, name).await.unwrap() }).await;
+        }
+    }
+
+    // A calls the service by its address: mutual TLS to B with A's identity, split 80/20.
+    let mut v1 = 0;
+    for _ in 0..200 {
+        let (status, body) = call(&a, "10.96.0.20:80", ECHO).await.expect("an answer");
+        assert_eq!(status, 200, "{body}");
+        let xfcc = body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default().to_string();
+        assert!(xfcc.contains(&format!("URI={SLEEP}")), "B sees A's SPIFFE identity: {body}");
+        v1 += usize::from(body["upstream"] == "v1");
+    }
+    // 80% of 200 is 160 (σ ≈ 5.7): the window is over five σ wide on each side.
+    assert!((130..=190).contains(&v1), "v1 took {v1} of 200");
+
+    // C is in the mesh but not allowed; E's certificate is from another CA.
+    let (status, body) = call(&c, "10.96.0.20:80", ECHO).await.expect("an answer");
+    assert_eq!(status, 403, "{body}");
+    let refused = call(&e, "10.96.0.20:80", ECHO).await.expect("an answer from E's own sidecar");
+    assert_eq!(refused.0, 503, "B refuses E's handshake, so E's sidecar cannot connect: {:?}", refused.1);
+
+    // D has no sidecar: plaintext to the STRICT port is refused, the PERMISSIVE one serves.
+    let b1_strict = format!("{}:8080", b1.ip);
+    assert!(call(&d, &b1_strict, ECHO).await.is_none(), "plaintext under STRICT gets no answer");
+    let (status, body) = call(&d, &format!("{}:9090", b1.ip), ECHO).await.expect("PERMISSIVE accepts plaintext");
+    assert_eq!((status, body["upstream"].as_str()), (200, Some("v1")));
+    assert!(body["headers"]["x-forwarded-client-cert"].is_null(), "no peer certificate: {body}");
+    // ... and mutual TLS on the same port.
+    let (status, body) = call(&a, "10.96.0.21:80", "echo-permissive").await.expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default().contains(SLEEP), "{body}");
+
+    // What crosses the network is TLS: D listens where A's TCP service points.
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let listener = d.run(async { tokio::net::TcpListener::bind("0.0.0.0:7000").await.unwrap() }).await;
+    let probe = d.spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut first = vec![0; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut first)).await.unwrap().unwrap();
+        first.truncate(n);
+        let _ = seen_tx.send(first);
+    });
+    a.run(async {
+        let mut s = tokio::net::TcpStream::connect("10.96.0.30:7000").await.unwrap();
+        let _ = s.write_all(b"the plaintext secret").await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+    })
+    .await;
+    probe.await.unwrap();
+    let seen = seen_rx.await.unwrap();
+    assert_eq!(seen.first(), Some(&0x16), "a TLS handshake record, not the app's bytes: {seen:?}");
+    assert!(!seen.windows(6).any(|w| w == b"secret"));
+
+    // Telemetry: B reports as destination with A's principal; A as source.
+    let b1_metrics = metrics(&b1, &sidecars[1]).await;
+    let inbound = b1_metrics
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("reporter=\"destination\"") && l.contains(SLEEP))
+        .unwrap_or_else(|| panic!("no inbound request metric with A's principal:\n{b1_metrics}"));
+    assert!(inbound.contains("connection_security_policy=\"mutual_tls\""), "{inbound}");
+    assert!(inbound.contains("destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\""), "{inbound}");
+    let a_metrics = metrics(&a, &sidecars[0]).await;
+    let outbound = a_metrics
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("reporter=\"source\"") && l.contains(ECHO))
+        .unwrap_or_else(|| panic!("no outbound request metric:\n{a_metrics}"));
+    assert!(outbound.contains(&format!("source_principal=\"{SLEEP}\"")), "{outbound}");
+    assert!(outbound.contains("connection_security_policy=\"mutual_tls\""), "{outbound}");
+}
