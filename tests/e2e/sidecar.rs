@@ -63,7 +63,14 @@ spec:
   resolution: STATIC
   ports: [{{number: 7000, name: tcp, protocol: TCP}}]
   endpoints:
-  - {{address: {d}, labels: {{security.istio.io/tlsMode: istio}}}}
+  - {{address: {d}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: probe}}
+spec:
+  host: probe.default.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -234,7 +241,8 @@ async fn sidecars_carry_mutual_tls_identity_authorization_and_canary_weights() {
     assert_eq!(status, 200, "{body}");
     assert!(body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default().contains(SLEEP), "{body}");
 
-    // What crosses the network is TLS: D listens where A's TCP service points.
+    // What crosses the network is TLS: D listens where A's TCP service points (its
+    // endpoint has no sidecar label; the DestinationRule asks for ISTIO_MUTUAL).
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
     let listener = d.run(async { tokio::net::TcpListener::bind("0.0.0.0:7000").await.unwrap() }).await;
     let probe = d.spawn(async move {

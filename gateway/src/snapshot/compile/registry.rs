@@ -45,6 +45,8 @@ pub(super) struct Registry<'a> {
     clusters: HashMap<(String, u16, Option<String>), Arc<Cluster>>,
     certs: &'a CertStore,
     identity: Option<&'a Arc<WorkloadIdentity>>,
+    /// Mesh config `enableAutoMtls` (default on).
+    auto_mtls: bool,
     domain_suffix: String,
     /// Mesh config `connectTimeout` and `tcpKeepalive`: what a DestinationRule overrides.
     defaults: PoolSettings,
@@ -105,6 +107,8 @@ impl<'a> Registry<'a> {
             _ => None,
         });
         let mut defaults = PoolSettings::default();
+        // Istio's `enableAutoMtls: false` leaves mutual TLS to DestinationRules.
+        let auto_mtls = mesh.is_none_or(|m| m.enable_auto_mtls != Some(false));
         if let Some(m) = mesh {
             if let Some(t) = m.connect_timeout.map(|t| t.0).filter(|t| !t.is_zero()) {
                 defaults.connect_timeout = t;
@@ -112,7 +116,7 @@ impl<'a> Registry<'a> {
             defaults.keepalive = m.tcp_keepalive.as_ref().map(keepalive);
         }
         let domain_suffix = bootstrap.domain_suffix.clone();
-        Self { services, rules, clusters: HashMap::new(), certs, identity, domain_suffix, defaults }
+        Self { services, rules, clusters: HashMap::new(), certs, identity, auto_mtls, domain_suffix, defaults }
     }
 
     /// True when `host` is a registry service.
@@ -220,7 +224,8 @@ impl<'a> Registry<'a> {
             Some(s) if s.mode.as_deref() == Some("ISTIO_MUTUAL") => (mesh_tls(s.subject_alt_names.clone())?, None),
             Some(settings) => (UpstreamTls::compile(&settings, protocol, self.certs)?.map(Arc::new), None),
             // Istio auto mTLS: only when the DestinationRule says nothing about TLS.
-            None => (None, mesh_tls(Vec::new())?),
+            None if self.auto_mtls => (None, mesh_tls(Vec::new())?),
+            None => (None, None),
         };
         let outlier = block(top, subset_policy, port, |t| t.outlier_detection.clone(), |p| p.outlier_detection.clone())
             .map(|o| OutlierPolicy::compile(&o));

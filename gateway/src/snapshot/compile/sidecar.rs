@@ -223,3 +223,89 @@ fn checked(r: &Resource, pa: &PeerAuthentication, diags: &mut Vec<Diagnostic>) -
     }
     Some(Level { mode, ports })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn policy(yaml: &str, labels: &[(&str, &str)]) -> (PeerAuthn, Vec<Diagnostic>) {
+        let loaded = crate::config::load_text(yaml, Path::new("pa.yaml"), "shop");
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let bootstrap = Bootstrap {
+            namespace: "shop".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Bootstrap::default()
+        };
+        let (mut diags, mut rejected) = (Vec::new(), Vec::new());
+        let mtls = peer_authn(&loaded.resources, &MeshConfig::default(), &bootstrap, &mut diags, &mut rejected);
+        (mtls, diags)
+    }
+
+    const LEVELS: &str = "
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mesh, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: ns}
+spec: {mtls: {mode: DISABLE}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: cart}
+spec:
+  selector: {matchLabels: {app: cart}}
+  mtls: {mode: UNSET}
+  portLevelMtls:
+    '8080': {mode: PERMISSIVE}
+    '9000': {mode: UNSET}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: other, namespace: elsewhere}
+spec: {mtls: {mode: PERMISSIVE}}
+";
+
+    #[test]
+    fn workload_over_namespace_over_mesh_with_unset_inheriting() {
+        let (cart, diags) = policy(LEVELS, &[("app", "cart")]);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(cart.default, MtlsMode::Disable, "UNSET inherits the namespace's mode");
+        assert_eq!(cart.mode(8080), MtlsMode::Permissive);
+        assert_eq!(cart.mode(9000), MtlsMode::Disable, "a port's UNSET inherits the workload's mode");
+        let (web, _) = policy(LEVELS, &[("app", "web")]);
+        assert_eq!((web.default, web.mode(8080)), (MtlsMode::Disable, MtlsMode::Disable));
+        let mesh_only = LEVELS.split("---").next().unwrap();
+        assert_eq!(policy(mesh_only, &[]).0.default, MtlsMode::Strict);
+        assert_eq!(policy("", &[]).0.default, MtlsMode::Permissive, "Istio's default without a policy");
+    }
+
+    #[test]
+    fn bad_modes_are_named_and_port_levels_need_a_selector() {
+        let yaml = "
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: typo}
+spec: {mtls: {mode: STRIKT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: ports}
+spec:
+  mtls: {mode: STRICT}
+  portLevelMtls: {'80': {mode: DISABLE}}
+";
+        let (mtls, diags) = policy(yaml, &[]);
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert!(
+            text[0].contains("PeerAuthentication/shop/typo: spec.mtls.mode") && text[0].contains("STRIKT"),
+            "{text:?}"
+        );
+        assert!(text[1].contains("spec.portLevelMtls") && text[1].contains("selector"), "{text:?}");
+        assert_eq!((mtls.default, mtls.mode(80)), (MtlsMode::Strict, MtlsMode::Strict));
+    }
+}
