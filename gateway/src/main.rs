@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use wicket::{
     config::{Bootstrap, SidecarSettings},
-    sidecar::capture::CaptureConfig,
+    sidecar::{capture::CaptureConfig, inject::InjectConfig},
     telemetry::AccessLog,
 };
 
@@ -125,6 +125,36 @@ enum Command {
     /// Install (or print, or remove) the iptables rules that send a pod's TCP through
     /// its sidecar, as Istio's init container does.
     Capture(CaptureArgs),
+    /// Add the sidecar to workloads (Pod, Deployment, StatefulSet, DaemonSet, Job,
+    /// CronJob; multi-document YAML), like `istioctl kube-inject`.
+    Inject {
+        /// Input YAML ("-" for stdin).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        values: InjectArgs,
+        /// Labels of the target namespace (istio-injection=enabled|disabled decides
+        /// for pods that do not say); omitted: inject unless a pod opts out.
+        #[arg(long)]
+        namespace_labels: Option<String>,
+    },
+    /// Serve the injection as a Kubernetes mutating admission webhook (HTTPS, /inject).
+    InjectWebhook {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        addr: SocketAddr,
+        /// Serving certificate (PEM; re-read when it changes).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key.
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        values: InjectArgs,
+    },
     /// A development certificate authority for workload identities.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -230,6 +260,32 @@ impl CaptureArgs {
     }
 }
 
+/// What injected sidecars look like.
+#[derive(Args)]
+struct InjectArgs {
+    /// Image holding the wicket binary.
+    #[arg(long)]
+    image: Option<String>,
+    /// ConfigMap with the mesh's Istio YAML, mounted as the sidecar's config.
+    #[arg(long, default_value = "wicket-mesh")]
+    config_map: String,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+}
+
+impl InjectArgs {
+    fn config(self) -> InjectConfig {
+        let defaults = InjectConfig::default();
+        InjectConfig {
+            image: self.image.unwrap_or(defaults.image),
+            config_map: self.config_map,
+            trust_domain: self.trust_domain,
+            namespace_labels: None,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum CaCommand {
     /// Create a root CA (root-cert.pem, root-key.pem) in DIR.
@@ -313,6 +369,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wicket::sidecar::capture::install(&config, args.ipv6)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Inject { file, output, values, namespace_labels } => {
+            let input = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let config = InjectConfig {
+                namespace_labels: namespace_labels.as_deref().map(parse_map).transpose()?,
+                ..values.config()
+            };
+            let (text, warnings) = wicket::sidecar::inject::inject_text(&input, &config)?;
+            for w in warnings {
+                eprintln!("wicket: warning: {w}");
+            }
+            match output {
+                Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::InjectWebhook { addr, cert, key, values } => runtime(None)?.block_on(async {
+            let bound = wicket::sidecar::webhook::serve(addr, &cert, &key, values.config()).await?;
+            tracing::info!(%bound, "injection webhook listening (POST /inject)");
+            shutdown_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let root = wicket::sidecar::ca::init(&dir, &trust_domain)?;
             println!("root certificate: {}", root.display());
@@ -423,4 +505,36 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 fn parse_echo(spec: &str) -> anyhow::Result<(SocketAddr, String)> {
     let (addr, name) = spec.split_once('=').with_context(|| format!("{spec:?} is not ADDR=NAME"))?;
     Ok((addr.parse().with_context(|| format!("address {addr:?}"))?, name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_containers_have_arguments_this_binary_accepts() {
+        let annotations = [
+            ("traffic.sidecar.istio.io/excludeOutboundPorts".to_string(), "5432,6379".to_string()),
+            ("traffic.sidecar.istio.io/includeOutboundIPRanges".to_string(), "10.0.0.0/8".to_string()),
+            ("traffic.sidecar.istio.io/includeInboundPorts".to_string(), "".to_string()),
+        ]
+        .into();
+        let config =
+            CaptureConfig { mark: Some(7), ..CaptureConfig::default() }.with_annotations(&annotations).unwrap();
+        let argv = std::iter::once("wicket".to_string()).chain(config.args());
+        let Command::Capture(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("capture") };
+        assert_eq!(args.config().unwrap(), config, "the init container installs what the annotations said");
+
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: a}}\nspec: {containers: [{name: a, image: a}]}\n";
+        let (out, _) = wicket::sidecar::inject::inject_text(pod, &InjectConfig::default()).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+        let proxy = &doc["spec"]["containers"][1];
+        let argv = std::iter::once("wicket")
+            .chain(proxy["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()))
+            .map(|a| a.replace("$(POD_NAMESPACE)", "shop"));
+        let Command::Sidecar { serve, labels, service_account, .. } = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("sidecar")
+        };
+        assert_eq!((serve.namespace.as_str(), labels.as_str(), service_account.as_str()), ("shop", "app=a", "default"));
+    }
 }

@@ -141,6 +141,35 @@ impl CaptureConfig {
         Ok(self)
     }
 
+    /// The `wicket capture` arguments that install this configuration (for an init
+    /// container).
+    pub fn args(&self) -> Vec<String> {
+        let join = |items: Vec<String>| if items.is_empty() { String::new() } else { items.join(",") };
+        let ports = |p: &[u16]| join(p.iter().map(u16::to_string).collect());
+        let cidrs = |c: &[Cidr]| join(c.iter().map(Cidr::to_string).collect());
+        let id = |i: Option<u32>| i.map(|i| i.to_string()).unwrap_or_default();
+        let mut args = vec![
+            "capture".to_string(),
+            format!("--outbound-port={}", self.outbound_port),
+            format!("--inbound-port={}", self.inbound_port),
+            format!("--proxy-uid={}", id(self.proxy_uid)),
+            format!("--proxy-gid={}", id(self.proxy_gid)),
+            format!("--include-inbound-ports={}", self.include_inbound_ports.as_deref().map_or("*".into(), ports)),
+            format!("--exclude-inbound-ports={}", ports(&self.exclude_inbound_ports)),
+            format!(
+                "--include-outbound-ip-ranges={}",
+                self.include_outbound_cidrs.as_deref().map_or("*".into(), cidrs)
+            ),
+            format!("--exclude-outbound-ip-ranges={}", cidrs(&self.exclude_outbound_cidrs)),
+            format!("--include-outbound-ports={}", ports(&self.include_outbound_ports)),
+            format!("--exclude-outbound-ports={}", ports(&self.exclude_outbound_ports)),
+        ];
+        if let Some(mark) = self.mark {
+            args.push(format!("--mark={mark}"));
+        }
+        args
+    }
+
     /// The `iptables-restore` input for one address family.
     pub fn rules(&self, ipv6: bool) -> String {
         let (localhost, inbound_passthrough) =

@@ -4,7 +4,9 @@
 pub mod ca;
 pub mod capture;
 pub(crate) mod inbound;
+pub mod inject;
 pub mod original_dst;
 pub(crate) mod outbound;
 pub mod plan;
 pub mod sniff;
+pub mod webhook;
