@@ -122,10 +122,13 @@ spec:
     )
 }
 
-/// A pod with the capture rules and a sidecar: its gateway handle.
+/// A pod with the capture rules (IPv4 and IPv6) and a dual-stack sidecar.
 async fn with_sidecar(pod: &Pod, config: &Path, labels: &str, identity: PathBuf, sa: &str) -> wicket::Gateway {
-    pod.iptables(&CaptureConfig { mark: Some(MARK), ..CaptureConfig::default() }.rules(false));
+    let capture = CaptureConfig { mark: Some(MARK), ..CaptureConfig::default() };
+    pod.iptables(&capture.rules(false));
+    pod.ip6tables(&capture.rules(true));
     let bootstrap = Bootstrap {
+        bind_ip: "::".parse().unwrap(),
         config_dir: config.to_path_buf(),
         labels: labels.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect(),
         admin: Some("127.0.0.1:0".parse().unwrap()),
@@ -279,4 +282,136 @@ async fn sidecars_carry_mutual_tls_identity_authorization_and_canary_weights() {
         .unwrap_or_else(|| panic!("no outbound request metric:\n{a_metrics}"));
     assert!(outbound.contains(&format!("source_principal=\"{SLEEP}\"")), "{outbound}");
     assert!(outbound.contains("connection_security_policy=\"mutual_tls\""), "{outbound}");
+}
+
+/// The `Hash=` of the client certificate B's sidecar saw, from the echoed XFCC.
+fn peer_hash(body: &serde_json::Value) -> String {
+    let xfcc = body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default();
+    xfcc.split(';').find_map(|f| f.strip_prefix("Hash=")).unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_certificates_rotate_without_dropping_connections() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mesh_ca = dir.path().join("ca");
+    ca::init(&mesh_ca, "cluster.local").unwrap();
+    let net = Network::new();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    // Every request on a connection of its own, so each shows the certificate in use.
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [{ECHO}]
+  addresses: [10.96.0.20]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  endpoints: [{{address: {b}, labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo}}
+spec:
+  host: {ECHO}
+  trafficPolicy: {{connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default}}
+spec: {{mtls: {{mode: STRICT}}}}
+"#,
+        b = b.ip
+    );
+    std::fs::write(config.join("mesh.yaml"), yaml).unwrap();
+    let a_identity = identity(&mesh_ca, &dir.path().join("a"), "sleep", "cluster.local");
+    let _a = with_sidecar(&a, &config, "app=sleep", a_identity.clone(), "sleep").await;
+    let b_identity = identity(&mesh_ca, &dir.path().join("b"), "echo", "cluster.local");
+    let _b = with_sidecar(&b, &config, "app=echo", b_identity, "echo").await;
+    b.run(async { wicket::echo::serve("0.0.0.0:8080".parse().unwrap(), "b".into()).await.unwrap() }).await;
+
+    // The app keeps one connection to its sidecar open across the rotation.
+    let (before, after) = a
+        .run(async move {
+            let stream = tokio::net::TcpStream::connect("10.96.0.20:80").await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            let mut get = async || {
+                sender.ready().await.unwrap();
+                let resp = sender.send_request(client::get(ECHO, "/")).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+            };
+            let before = peer_hash(&get().await);
+            identity(&mesh_ca, &a_identity, "sleep", "cluster.local");
+            // The sidecar checks its files every second; allow it plenty of time.
+            for _ in 0..300 {
+                let now = peer_hash(&get().await);
+                if now != before {
+                    return (before, now);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (before.clone(), before)
+        })
+        .await;
+    assert!(!before.is_empty(), "B saw a client certificate");
+    assert_ne!(before, after, "new connections present the rotated certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_traffic_is_captured_and_carried_over_mutual_tls() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mesh_ca = dir.path().join("ca");
+    ca::init(&mesh_ca, "cluster.local").unwrap();
+    let net = Network::new();
+    let (a, b) = (net.pod("a"), net.pod("b"));
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [{ECHO}]
+  addresses: ["fd96::20", 10.96.0.20]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, targetPort: 8080}}]
+  endpoints: [{{address: "{b}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default}}
+spec: {{mtls: {{mode: STRICT}}}}
+"#,
+        b = b.ip6
+    );
+    std::fs::write(config.join("mesh.yaml"), yaml).unwrap();
+    let a_identity = identity(&mesh_ca, &dir.path().join("a"), "sleep", "cluster.local");
+    let _a = with_sidecar(&a, &config, "app=sleep", a_identity, "sleep").await;
+    let b_identity = identity(&mesh_ca, &dir.path().join("b"), "echo", "cluster.local");
+    let _b = with_sidecar(&b, &config, "app=echo", b_identity, "echo").await;
+    b.run(async { wicket::echo::serve("[::]:8080".parse().unwrap(), "b".into()).await.unwrap() }).await;
+
+    // Undeclared protocol: sniffed as HTTP. Both address families reach B over IPv6.
+    for vip in ["[fd96::20]:80", "10.96.0.20:80"] {
+        let (status, body) = call(&a, vip, ECHO).await.unwrap_or_else(|| panic!("{vip}: no answer"));
+        assert_eq!(status, 200, "{vip}: {body}");
+        let xfcc = body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default();
+        assert!(xfcc.contains(SLEEP), "{vip}: {body}");
+    }
 }

@@ -4,7 +4,7 @@
 //! namespace, so its sockets (a sidecar's, an app's) are the pod's.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -70,7 +70,11 @@ impl Network {
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
         run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
         run("ip", &["-n", &ns, "route", "add", "default", "dev", "eth0"]);
-        Pod::enter(ns, ip)
+        let ip6 = Ipv6Addr::new(0xfd77, u16::from(self.net), 0, 0, 0, 0, 0, u16::try_from(i + 2).unwrap_or(0xfe));
+        // No duplicate address detection: the address is usable at once.
+        run("ip", &["-n", &ns, "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+        run("ip", &["-n", &ns, "-6", "route", "add", "default", "dev", "eth0"]);
+        Pod::enter(ns, ip, ip6)
     }
 }
 
@@ -92,13 +96,15 @@ pub struct Pod {
     pub ns: String,
     /// `eth0` address.
     pub ip: Ipv4Addr,
+    /// `eth0` IPv6 address.
+    pub ip6: Ipv6Addr,
     handle: Handle,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Pod {
-    fn enter(ns: String, ip: Ipv4Addr) -> Self {
+    fn enter(ns: String, ip: Ipv4Addr, ip6: Ipv6Addr) -> Self {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let path = format!("/var/run/netns/{ns}");
@@ -114,7 +120,7 @@ impl Pod {
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
         });
         let handle = ready_rx.recv().expect("pod runtime");
-        Self { ns, ip, handle, stop: Some(stop), thread: Some(thread) }
+        Self { ns, ip, ip6, handle, stop: Some(stop), thread: Some(thread) }
     }
 
     /// Runs `fut` inside the pod and waits for it from any runtime.
@@ -137,15 +143,24 @@ impl Pod {
 
     /// Installs iptables rules (`iptables-restore` input) in the pod.
     pub fn iptables(&self, rules: &str) {
+        self.restore("iptables-restore", rules);
+    }
+
+    /// Installs ip6tables rules in the pod.
+    pub fn ip6tables(&self, rules: &str) {
+        self.restore("ip6tables-restore", rules);
+    }
+
+    fn restore(&self, tool: &str, rules: &str) {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "iptables-restore", "--noflush"])
+            .args(["netns", "exec", &self.ns, tool, "--noflush"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "iptables-restore: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 

@@ -179,6 +179,10 @@ impl WorkloadIdentity {
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(self.cert.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // Every new connection does a full handshake: a resumed session would carry the
+        // certificate of its first handshake past a rotation (and past its expiry).
+        // Connections are pooled, so handshakes stay rare.
+        config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
     }
 

@@ -10,10 +10,14 @@ use tokio::net::TcpStream;
 pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     let socket = socket2::SockRef::from(stream);
     let local = stream.local_addr()?;
+    // A dual-stack listener sees IPv4 connections as IPv4-mapped IPv6 addresses; their
+    // NAT state is IPv4's.
     let addr = match local {
-        SocketAddr::V4(_) => socket.original_dst_v4(),
-        SocketAddr::V6(_) => socket.original_dst_v6(),
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => socket.original_dst_v6(),
+        _ => socket.original_dst_v4(),
     }?;
-    addr.as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address"))
+    let addr = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address"))?;
+    Ok(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
 }
