@@ -64,6 +64,15 @@ pub enum StartError {
     /// The workload identity (`--identity-dir`) is missing or unusable.
     #[error("cannot load the workload identity: {0}")]
     Identity(String),
+    /// The sidecar's health listener could not be bound.
+    #[error("cannot bind the health (probe) listener on {addr}")]
+    Probes {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The admin listener could not be bound.
     #[error("cannot bind the admin listener on {addr}")]
     Admin {
@@ -179,6 +188,14 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
         None => None,
     };
     let addrs = supervisor.addrs.clone();
+    if let Some(settings) = bootstrap.sidecar.as_ref().filter(|s| s.probe_port.is_some()) {
+        let addr = SocketAddr::new(bootstrap.bind_ip, settings.probe_port.unwrap_or_default());
+        let open = addrs.clone();
+        let ready = move || open.read().is_ok_and(|a| !a.is_empty());
+        sidecar::probes::serve(addr, settings.probers.clone(), proxy.upstreams.clone(), ready)
+            .await
+            .map_err(|source| StartError::Probes { addr, source })?;
+    }
     let task = tokio::spawn(async move {
         let _watcher = watcher; // dropping it stops the watch
         supervisor.run(changes).await;

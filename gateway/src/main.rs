@@ -121,6 +121,10 @@ enum Command {
         /// when the sidecar shares the application's uid; needs CAP_NET_ADMIN).
         #[arg(long)]
         mark: Option<u32>,
+        /// Serve readiness (/healthz/ready) and the application's rewritten kubelet
+        /// probes (ISTIO_KUBE_APP_PROBERS) on this port.
+        #[arg(long)]
+        probe_port: Option<u16>,
     },
     /// Install (or print, or remove) the iptables rules that send a pod's TCP through
     /// its sidecar, as Istio's init container does.
@@ -411,9 +415,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{id} → {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sidecar { serve, labels, service_account, outbound_port, inbound_port, mark } => {
+        Command::Sidecar { serve, labels, service_account, outbound_port, inbound_port, mark, probe_port } => {
             let (workers, drain_time) = (serve.workers, serve.drain_time);
-            let sidecar = SidecarSettings { outbound_port, inbound_port, service_account, mark, ..Default::default() };
+            let probers = match std::env::var(wicket::sidecar::probes::PROBERS_ENV) {
+                Ok(json) if !json.is_empty() => wicket::sidecar::probes::parse(&json).map_err(anyhow::Error::msg)?,
+                _ => Default::default(),
+            };
+            let sidecar = SidecarSettings {
+                outbound_port,
+                inbound_port,
+                service_account,
+                mark,
+                probe_port,
+                probers,
+                ..Default::default()
+            };
             let bootstrap = Bootstrap { sidecar: Some(sidecar), ..serve.bootstrap(&labels)? };
             if bootstrap.identity_dir.is_none() {
                 tracing::warn!("no --identity-dir: mutual TLS is off (peers under STRICT will refuse this workload)");

@@ -14,6 +14,7 @@ use wicket::{
     sidecar::{
         ca::{self, IssueRequest},
         capture::CaptureConfig,
+        probes,
     },
     telemetry::AccessLog,
 };
@@ -21,6 +22,10 @@ use wicket_tests::{
     client,
     netns::{unavailable, Network, Pod},
 };
+
+/// Kubelet probes as the injector rewrote them (`ISTIO_KUBE_APP_PROBERS`).
+const PROBERS: &str = r#"{"/app-health/echo/readyz": {"httpGet": {"path": "/ready", "port": 8080}},
+    "/app-health/echo/livez": {"httpGet": {"path": "/", "port": 8099}, "timeoutSeconds": 1}}"#;
 
 /// The mark sidecars put on their own connections (the test's apps share their uid).
 const MARK: u32 = 1337;
@@ -134,7 +139,13 @@ async fn with_sidecar(pod: &Pod, config: &Path, labels: &str, identity: PathBuf,
         admin: Some("127.0.0.1:0".parse().unwrap()),
         identity_dir: Some(identity),
         wasm_cache_dir: None,
-        sidecar: Some(SidecarSettings { service_account: sa.into(), mark: Some(MARK), ..SidecarSettings::default() }),
+        sidecar: Some(SidecarSettings {
+            service_account: sa.into(),
+            mark: Some(MARK),
+            probe_port: Some(15020),
+            probers: probes::parse(PROBERS).unwrap(),
+            ..SidecarSettings::default()
+        }),
         ..Bootstrap::default()
     };
     pod.run(async move { wicket::start(bootstrap, AccessLog::channel().0).await.unwrap() }).await
@@ -239,6 +250,17 @@ async fn sidecars_carry_mutual_tls_identity_authorization_and_canary_weights() {
     let (status, body) = call(&d, &format!("{}:9090", b1.ip), ECHO).await.expect("PERMISSIVE accepts plaintext");
     assert_eq!((status, body["upstream"].as_str()), (200, Some("v1")));
     assert!(body["headers"]["x-forwarded-client-cert"].is_null(), "no peer certificate: {body}");
+    // Kubelet (D, plaintext) probes B's app through the sidecar's health port, which
+    // the capture rules leave alone.
+    let probe = |path: &str| {
+        let url = format!("{}:15020", b1.ip);
+        let path = path.to_string();
+        d.run(async move { client::send(url.parse().unwrap(), client::get("kubelet", &path)).await.status.as_u16() })
+    };
+    assert_eq!(probe("/app-health/echo/readyz").await, 200, "the app answers on localhost");
+    assert_eq!(probe("/app-health/echo/livez").await, 503, "nothing listens on the probe's port");
+    assert_eq!(probe("/app-health/other/readyz").await, 404);
+    assert_eq!(probe("/healthz/ready").await, 200, "the sidecar's own readiness");
     // ... and mutual TLS on the same port.
     let (status, body) = call(&a, "10.96.0.21:80", "echo-permissive").await.expect("an answer");
     assert_eq!(status, 200, "{body}");

@@ -58,6 +58,11 @@ pub struct SidecarSettings {
     pub mark: Option<u32>,
     /// Where inbound traffic is delivered: the application's address (Istio: localhost).
     pub app_ip: IpAddr,
+    /// Port of the health listener: the sidecar's readiness and the application's
+    /// rewritten kubelet probes (Istio's agent port 15020).
+    pub probe_port: Option<u16>,
+    /// The application's probes by their rewritten path (`ISTIO_KUBE_APP_PROBERS`).
+    pub probers: crate::sidecar::probes::Probers,
 }
 
 impl Default for SidecarSettings {
@@ -68,6 +73,8 @@ impl Default for SidecarSettings {
             service_account: "default".into(),
             mark: None,
             app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            probe_port: None,
+            probers: Default::default(),
         }
     }
 }

@@ -8,10 +8,15 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
-use super::capture::CaptureConfig;
+use super::{
+    capture::CaptureConfig,
+    probes::{HttpGet, Prober, Probers},
+};
 
 /// The uid and gid the sidecar runs as; the capture rules exempt them.
 pub const PROXY_UID: u32 = 1337;
+/// The sidecar's health port (Istio's agent port, left alone by the capture rules).
+pub const PROBE_PORT: u16 = 15020;
 
 /// Injection settings (the injector's "values").
 #[derive(Debug, Clone)]
@@ -222,6 +227,8 @@ securityContext:
     if !limits.is_empty() {
         resources.insert(key("limits"), Value::Mapping(limits));
     }
+    let rewrite = annotations.get("sidecar.istio.io/rewriteAppHTTPProbers").is_none_or(|v| truthy(v) != Some(false));
+    let probers = if rewrite { rewrite_probes(pod) } else { Probers::new() };
     let args = vec![
         "sidecar".to_string(),
         "--config=/etc/wicket/config".into(),
@@ -231,6 +238,7 @@ securityContext:
         format!("--trust-domain={}", config.trust_domain),
         "--identity-dir=/etc/certs".into(),
         "--wasm-cache-dir=/tmp/wicket-wasm-cache".into(),
+        format!("--probe-port={PROBE_PORT}"),
     ];
     let log_level = annotations.get("sidecar.istio.io/logLevel").map_or("info", String::as_str);
     let mut proxy = container(&format!(
@@ -249,6 +257,11 @@ securityContext:
   runAsGroup: {PROXY_UID}
   runAsNonRoot: true
   runAsUser: {PROXY_UID}
+readinessProbe:
+  httpGet: {{path: /healthz/ready, port: {PROBE_PORT}}}
+  initialDelaySeconds: 1
+  periodSeconds: 2
+  failureThreshold: 30
 volumeMounts:
 - {{name: wicket-identity, mountPath: /etc/certs, readOnly: true}}
 - {{name: wicket-config, mountPath: /etc/wicket/config, readOnly: true}}
@@ -258,6 +271,15 @@ volumeMounts:
     ))?;
     if let Some(map) = proxy.as_mapping_mut() {
         map.insert(key("resources"), Value::Mapping(resources));
+        if !probers.is_empty() {
+            let json = serde_json::to_string(&probers).map_err(|e| e.to_string())?;
+            let mut env = Mapping::new();
+            env.insert(key("name"), key(super::probes::PROBERS_ENV));
+            env.insert(key("value"), key(&json));
+            if let Some(Value::Sequence(list)) = map.get_mut("env") {
+                list.push(Value::Mapping(env));
+            }
+        }
     }
     let volumes: Value = serde_yaml::from_str(&format!(
         r#"
@@ -307,6 +329,61 @@ volumeMounts:
         set(metadata, "annotations", "kubectl.kubernetes.io/default-container", &first);
     }
     Ok(Outcome::Injected)
+}
+
+/// Istio's probe rewrite: each application container's `httpGet` probes go to the
+/// sidecar's health port under `/app-health/<container>/<readyz|livez|startupz>`, and
+/// the originals come back for `ISTIO_KUBE_APP_PROBERS`. A probe whose named port
+/// cannot be resolved stays as it is.
+fn rewrite_probes(pod: &mut Value) -> Probers {
+    let mut probers = Probers::new();
+    let Some(Value::Sequence(containers)) = child(pod, "spec").and_then(|s| child(s, "containers")) else {
+        return probers;
+    };
+    for c in containers.iter_mut() {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let named_ports: BTreeMap<String, u16> = c
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((p.get("name")?.as_str()?.to_string(), u16::try_from(p.get("containerPort")?.as_u64()?).ok()?))
+            })
+            .collect();
+        for (field, kind) in [("readinessProbe", "readyz"), ("livenessProbe", "livez"), ("startupProbe", "startupz")] {
+            let Some(probe) = child(c, field) else { continue };
+            let timeout_seconds = probe.get("timeoutSeconds").and_then(Value::as_u64);
+            let Some(get) = child(probe, "httpGet") else { continue };
+            let port = match get.get("port") {
+                Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                Some(Value::String(s)) => s.parse().ok().or_else(|| named_ports.get(s).copied()),
+                _ => None,
+            };
+            let Some(port) = port else { continue };
+            let Ok(http_get) = serde_yaml::from_value::<HttpGetSource>(get.clone()) else { continue };
+            let path = format!("/app-health/{name}/{kind}");
+            let original =
+                HttpGet { path: http_get.path, port, scheme: http_get.scheme, http_headers: http_get.http_headers };
+            probers.insert(path.clone(), Prober { http_get: original, timeout_seconds });
+            let mut rewritten = Mapping::new();
+            rewritten.insert(key("path"), key(&path));
+            rewritten.insert(key("port"), Value::Number(PROBE_PORT.into()));
+            *get = Value::Mapping(rewritten);
+        }
+    }
+    probers
+}
+
+/// A probe's `httpGet` as written (the port is resolved separately).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpGetSource {
+    #[serde(default)]
+    path: String,
+    scheme: Option<String>,
+    #[serde(default)]
+    http_headers: Vec<super::probes::HttpHeader>,
 }
 
 fn container(yaml: &str) -> Result<Value, String> {

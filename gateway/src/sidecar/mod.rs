@@ -8,5 +8,6 @@ pub mod inject;
 pub mod original_dst;
 pub(crate) mod outbound;
 pub mod plan;
+pub mod probes;
 pub mod sniff;
 pub mod webhook;
