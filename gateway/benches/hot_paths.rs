@@ -12,7 +12,7 @@ use wicket::{
     config::Bootstrap,
     route::RequestView,
     snapshot::{compile, Caches, Snapshot},
-    wasm::{Phase, StreamInfo, WasmStream},
+    wasm::{Phase, StreamInfo, Traffic, WasmStream},
 };
 
 const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n";
@@ -162,7 +162,14 @@ fn wasm_header_callback(c: &mut Criterion) {
         b.iter(|| {
             let mut req = Request::get("/x").header("host", "api.test").body(()).unwrap();
             let mut stream = WasmStream::new(info.clone());
-            rt.block_on(stream.request_headers(&s.wasm, Phase::Unspecified, 80, &mut req, true)).unwrap();
+            rt.block_on(stream.request_headers(
+                &s.wasm,
+                Phase::Unspecified,
+                Traffic { server: false, port: 80 },
+                &mut req,
+                true,
+            ))
+            .unwrap();
             black_box(req.headers().contains_key("x-bench"))
         })
     });

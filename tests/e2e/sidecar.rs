@@ -312,55 +312,75 @@ fn peer_hash(body: &serde_json::Value) -> String {
     xfcc.split(';').find_map(|f| f.strip_prefix("Hash=")).unwrap_or_default().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workload_certificates_rotate_without_dropping_connections() {
+/// Two pods: A (`app=sleep`) calling B (`app=echo`, an echo app on 8080), each with
+/// capture rules and a sidecar, on the config `yaml(b)`. Fields drop in order:
+/// sidecars, then pods, then their network.
+struct TwoPods {
+    _sidecars: Vec<wicket::Gateway>,
+    a: Pod,
+    _b: Pod,
+    _net: Network,
+    ca: PathBuf,
+    a_identity: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn two_pods(yaml: impl FnOnce(&Pod) -> String) -> Option<TwoPods> {
     if let Some(why) = unavailable() {
         eprintln!("skipped: {why}");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mesh_ca = dir.path().join("ca");
-    ca::init(&mesh_ca, "cluster.local").unwrap();
+    let ca = dir.path().join("ca");
+    ca::init(&ca, "cluster.local").unwrap();
     let net = Network::new();
     let (a, b) = (net.pod("a"), net.pod("b"));
     let config = dir.path().join("config");
     std::fs::create_dir(&config).unwrap();
-    // Every request on a connection of its own, so each shows the certificate in use.
-    let yaml = format!(
+    std::fs::write(config.join("mesh.yaml"), yaml(&b)).unwrap();
+    let a_identity = identity(&ca, &dir.path().join("a"), "sleep", "cluster.local");
+    let b_identity = identity(&ca, &dir.path().join("b"), "echo", "cluster.local");
+    let sidecars = vec![
+        with_sidecar(&a, &config, "app=sleep", a_identity.clone(), "sleep").await,
+        with_sidecar(&b, &config, "app=echo", b_identity, "echo").await,
+    ];
+    b.run(async { wicket::echo::serve("[::]:8080".parse().unwrap(), "b".into()).await.unwrap() }).await;
+    Some(TwoPods { _sidecars: sidecars, a, _b: b, _net: net, ca, a_identity, _dir: dir })
+}
+
+/// The echo service at 10.96.0.20 (and `fd96::20`), B its endpoint at `b_addr`.
+fn echo_service(b_addr: &str) -> String {
+    format!(
         r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: echo}}
 spec:
   hosts: [{ECHO}]
-  addresses: [10.96.0.20]
+  addresses: ["fd96::20", 10.96.0.20]
   resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  endpoints: [{{address: {b}, labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: echo}}
-spec:
-  host: {ECHO}
-  trafficPolicy: {{connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}}}
+  ports: [{{number: 80, name: http, targetPort: 8080}}]
+  endpoints: [{{address: "{b_addr}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {{name: default}}
 spec: {{mtls: {{mode: STRICT}}}}
-"#,
-        b = b.ip
-    );
-    std::fs::write(config.join("mesh.yaml"), yaml).unwrap();
-    let a_identity = identity(&mesh_ca, &dir.path().join("a"), "sleep", "cluster.local");
-    let _a = with_sidecar(&a, &config, "app=sleep", a_identity.clone(), "sleep").await;
-    let b_identity = identity(&mesh_ca, &dir.path().join("b"), "echo", "cluster.local");
-    let _b = with_sidecar(&b, &config, "app=echo", b_identity, "echo").await;
-    b.run(async { wicket::echo::serve("0.0.0.0:8080".parse().unwrap(), "b".into()).await.unwrap() }).await;
+"#
+    )
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_certificates_rotate_without_dropping_connections() {
+    // Every request on a connection of its own, so each shows the certificate in use.
+    let rule = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo}}\nspec:\n  host: {ECHO}\n  trafficPolicy: {{connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}}}\n"
+    );
+    let Some(pods) = two_pods(|b| echo_service(&b.ip.to_string()) + &rule).await else { return };
+    let (ca, a_identity) = (pods.ca.clone(), pods.a_identity.clone());
     // The app keeps one connection to its sidecar open across the rotation.
-    let (before, after) = a
+    let (before, after) = pods
+        .a
         .run(async move {
             let stream = tokio::net::TcpStream::connect("10.96.0.20:80").await.unwrap();
             let (mut sender, conn) =
@@ -374,7 +394,7 @@ spec: {{mtls: {{mode: STRICT}}}}
                 serde_json::from_slice::<serde_json::Value>(&body).unwrap()
             };
             let before = peer_hash(&get().await);
-            identity(&mesh_ca, &a_identity, "sleep", "cluster.local");
+            identity(&ca, &a_identity, "sleep", "cluster.local");
             // The sidecar checks its files every second; allow it plenty of time.
             for _ in 0..300 {
                 let now = peer_hash(&get().await);
@@ -392,48 +412,42 @@ spec: {{mtls: {{mode: STRICT}}}}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_traffic_is_captured_and_carried_over_mutual_tls() {
-    if let Some(why) = unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mesh_ca = dir.path().join("ca");
-    ca::init(&mesh_ca, "cluster.local").unwrap();
-    let net = Network::new();
-    let (a, b) = (net.pod("a"), net.pod("b"));
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config).unwrap();
-    let yaml = format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo}}
-spec:
-  hosts: [{ECHO}]
-  addresses: ["fd96::20", 10.96.0.20]
-  resolution: STATIC
-  ports: [{{number: 80, name: http, targetPort: 8080}}]
-  endpoints: [{{address: "{b}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default}}
-spec: {{mtls: {{mode: STRICT}}}}
-"#,
-        b = b.ip6
-    );
-    std::fs::write(config.join("mesh.yaml"), yaml).unwrap();
-    let a_identity = identity(&mesh_ca, &dir.path().join("a"), "sleep", "cluster.local");
-    let _a = with_sidecar(&a, &config, "app=sleep", a_identity, "sleep").await;
-    let b_identity = identity(&mesh_ca, &dir.path().join("b"), "echo", "cluster.local");
-    let _b = with_sidecar(&b, &config, "app=echo", b_identity, "echo").await;
-    b.run(async { wicket::echo::serve("[::]:8080".parse().unwrap(), "b".into()).await.unwrap() }).await;
-
+    let Some(pods) = two_pods(|b| echo_service(&b.ip6.to_string())).await else { return };
     // Undeclared protocol: sniffed as HTTP. Both address families reach B over IPv6.
     for vip in ["[fd96::20]:80", "10.96.0.20:80"] {
-        let (status, body) = call(&a, vip, ECHO).await.unwrap_or_else(|| panic!("{vip}: no answer"));
+        let (status, body) = call(&pods.a, vip, ECHO).await.unwrap_or_else(|| panic!("{vip}: no answer"));
         assert_eq!(status, 200, "{vip}: {body}");
         let xfcc = body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default();
         assert!(xfcc.contains(SLEEP), "{vip}: {body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_plugins_apply_to_client_or_server_traffic_as_their_match_says() {
+    let module = wicket_tests::wasm::conformance();
+    let tag = |name: &str, app: &str, mode: &str| {
+        let config = format!(r#"{{"response_add": [["x-{name}", "1"]]}}"#);
+        wicket_tests::wasm::plugin(
+            name,
+            module,
+            &format!(
+                "  selector: {{matchLabels: {{app: {app}}}}}\n  match: [{{mode: {mode}}}]\n  pluginConfig: {config}\n"
+            ),
+        )
+    };
+    let plugins = [
+        tag("a-client", "sleep", "CLIENT"),
+        tag("a-server", "sleep", "SERVER"),
+        tag("b-server", "echo", "SERVER"),
+        tag("b-client", "echo", "CLIENT"),
+    ]
+    .map(|p| format!("---\n{p}"))
+    .concat();
+    let Some(pods) = two_pods(|b| echo_service(&b.ip.to_string()) + &plugins).await else { return };
+    let resp = pods.a.run(async { client::send("10.96.0.20:80".parse().unwrap(), client::get(ECHO, "/")).await }).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.header("x-a-client"), Some("1"), "A's outbound is CLIENT traffic");
+    assert_eq!(resp.header("x-b-server"), Some("1"), "B's inbound is SERVER traffic");
+    assert_eq!(resp.header("x-a-server"), None);
+    assert_eq!(resp.header("x-b-client"), None);
 }

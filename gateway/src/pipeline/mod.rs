@@ -124,6 +124,11 @@ impl ConnInfo {
         }
     }
 
+    /// What WasmPlugin `match[]` selects on: direction and destination port.
+    pub fn traffic(&self) -> crate::wasm::Traffic {
+        crate::wasm::Traffic { server: self.direction == Direction::Inbound, port: self.port }
+    }
+
     /// A fresh connection id.
     pub fn next_id() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -358,7 +363,7 @@ async fn secure(
         Ok(None) => {}
     }
     if let Some(w) = wasm.as_deref_mut() {
-        w.request_headers(&snapshot.wasm, Phase::Authn, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
+        w.request_headers(&snapshot.wasm, Phase::Authn, conn.traffic(), req, eos).await.map_err(LocalReply::wasm)?;
     }
     // A sidecar applies RequestAuthentication and AuthorizationPolicy to what its
     // workload receives, not to what it calls.
@@ -378,7 +383,7 @@ async fn secure(
         if let Some(id) = &identity {
             w.authenticated(id.clone());
         }
-        w.request_headers(&snapshot.wasm, Phase::Authz, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
+        w.request_headers(&snapshot.wasm, Phase::Authz, conn.traffic(), req, eos).await.map_err(LocalReply::wasm)?;
     }
     if policies && !security.authz.is_empty() {
         let id = identity.as_deref();
@@ -407,7 +412,7 @@ async fn secure(
     }
     if let Some(w) = wasm {
         for phase in [Phase::Stats, Phase::Unspecified] {
-            w.request_headers(&snapshot.wasm, phase, conn.port, req, eos).await.map_err(LocalReply::wasm)?;
+            w.request_headers(&snapshot.wasm, phase, conn.traffic(), req, eos).await.map_err(LocalReply::wasm)?;
         }
     }
     Ok(identity)

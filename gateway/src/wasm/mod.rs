@@ -28,7 +28,7 @@ use std::{path::Path, sync::Arc};
 pub use call::Dispatcher;
 pub use host::{LocalResponse, StreamInfo};
 pub use metrics::PluginMetrics;
-pub use plugin::{Chain, Filter, Phase, Plugin, PluginInfo};
+pub use plugin::{Chain, Filter, Phase, Plugin, PluginInfo, Selector, Traffic};
 pub use runtime::Runtime;
 pub use stream::{Filtered, WasmStream};
 
@@ -71,7 +71,7 @@ impl LoadError {
 }
 
 /// Where the plugin sits and how it fails, without loading the module.
-pub fn placement(spec: &WasmPlugin) -> Result<(Phase, bool, Vec<u16>), LoadError> {
+pub fn placement(spec: &WasmPlugin) -> Result<(Phase, bool, Vec<Selector>), LoadError> {
     let field = |field, message: String| LoadError::Field { field, message };
     let phase = match spec.phase.as_deref() {
         None | Some("UNSPECIFIED_PHASE") => Phase::Unspecified,
@@ -94,29 +94,28 @@ pub fn placement(spec: &WasmPlugin) -> Result<(Phase, bool, Vec<u16>), LoadError
         Some("NETWORK") => return Err(field("spec.type", "NETWORK plugins are not supported; use HTTP".into())),
         Some(t) => return Err(field("spec.type", format!("unknown type {t:?}"))),
     }
-    let mut ports = Vec::new();
+    let mut selectors = Vec::new();
     for (i, m) in spec.matches.iter().enumerate() {
-        match m.mode.as_deref() {
-            None | Some("CLIENT") | Some("CLIENT_AND_SERVER") | Some("UNDEFINED") => {}
-            Some("SERVER") => continue, // a gateway is a client: never matches
+        // A gateway is a client; a sidecar is the client of what its workload calls and
+        // the server of what its workload receives.
+        let (client, server) = match m.mode.as_deref() {
+            None | Some("CLIENT_AND_SERVER") | Some("UNDEFINED") => (true, true),
+            Some("CLIENT") => (true, false),
+            Some("SERVER") => (false, true),
             Some(other) => {
                 return Err(LoadError::Field { field: "spec.match", message: format!("[{i}].mode: unknown {other:?}") })
             }
-        }
-        if m.ports.is_empty() {
-            return Ok((phase, fail_open, Vec::new()));
-        }
-        for p in &m.ports {
-            ports.push(
-                u16::try_from(p.number).map_err(|_| field("spec.match", format!("port {} out of range", p.number)))?,
-            );
-        }
+        };
+        let ports = m
+            .ports
+            .iter()
+            .map(|p| {
+                u16::try_from(p.number).map_err(|_| field("spec.match", format!("port {} out of range", p.number)))
+            })
+            .collect::<Result<_, _>>()?;
+        selectors.push(Selector { client, server, ports });
     }
-    if !spec.matches.is_empty() && ports.is_empty() {
-        // Only SERVER entries: nothing at a gateway. Port 0 never matches a listener.
-        ports.push(0);
-    }
-    Ok((phase, fail_open, ports))
+    Ok((phase, fail_open, selectors))
 }
 
 /// Loads the module a WasmPlugin names and starts its VMs (or reuses the running

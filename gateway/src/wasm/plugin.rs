@@ -147,14 +147,37 @@ pub struct Filter {
     pub priority: Option<i64>,
     /// FAIL_OPEN: skip the plugin when its VM fails.
     pub fail_open: bool,
-    /// `match[].ports`; empty = every port.
+    /// `match[]`; empty = all traffic.
+    pub selectors: Vec<Selector>,
+}
+
+/// One `match[]` entry: a traffic direction and ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// Applies to what the proxy sends (CLIENT: a gateway, a sidecar's outbound).
+    pub client: bool,
+    /// Applies to what the proxy receives for its workload (SERVER: a sidecar's inbound).
+    pub server: bool,
+    /// Ports; empty = every port.
     pub ports: Vec<u16>,
 }
 
+/// Which traffic a request is, for `match[]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// Inbound to this proxy's workload (SERVER) rather than sent by it (CLIENT).
+    pub server: bool,
+    /// The destination port.
+    pub port: u16,
+}
+
 impl Filter {
-    /// Whether it applies to a request on this listener port.
-    pub fn applies(&self, port: u16) -> bool {
-        self.ports.is_empty() || self.ports.contains(&port)
+    /// Whether it applies to this traffic.
+    pub fn applies(&self, t: Traffic) -> bool {
+        self.selectors.is_empty()
+            || self.selectors.iter().any(|s| {
+                (if t.server { s.server } else { s.client }) && (s.ports.is_empty() || s.ports.contains(&t.port))
+            })
     }
 }
 
@@ -173,9 +196,9 @@ impl Chain {
         Self { filters }
     }
 
-    /// The filters of one phase that apply on `port`.
-    pub fn phase(&self, phase: Phase, port: u16) -> impl Iterator<Item = &Arc<Filter>> {
-        self.filters.iter().filter(move |f| f.phase == phase && f.applies(port))
+    /// The filters of one phase that apply to `traffic`.
+    pub fn phase(&self, phase: Phase, traffic: Traffic) -> impl Iterator<Item = &Arc<Filter>> {
+        self.filters.iter().filter(move |f| f.phase == phase && f.applies(traffic))
     }
 
     /// True when no plugin is configured.

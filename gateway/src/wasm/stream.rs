@@ -20,7 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::{
     host::{Deferred, Facts, LocalResponse, RequestHead, ResponseHead, Signal, StreamInfo},
-    plugin::{Filter, Phase},
+    plugin::{Filter, Phase, Traffic},
     vm::{Dir, Verdict, Vm, VmFailure},
     Chain,
 };
@@ -109,11 +109,11 @@ impl WasmStream {
         &mut self,
         chain: &Chain,
         phase: Phase,
-        port: u16,
+        traffic: Traffic,
         req: &mut Request<B>,
         eos: bool,
     ) -> Result<(), LocalResponse> {
-        for filter in chain.phase(phase, port) {
+        for filter in chain.phase(phase, traffic) {
             let Some(plugin) = &filter.plugin else {
                 return Err(placeholder_denies(filter));
             };

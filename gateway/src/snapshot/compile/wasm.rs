@@ -38,7 +38,7 @@ pub(super) fn compile(
         if !in_scope || !selected {
             continue;
         }
-        let (phase, fail_open, ports) = match wasm::placement(spec) {
+        let (phase, fail_open, selectors) = match wasm::placement(spec) {
             Ok(p) => p,
             Err(e) => {
                 let (field, message) = e.field_and_message();
@@ -64,7 +64,7 @@ pub(super) fn compile(
         if plugin.is_none() && fail_open {
             continue;
         }
-        filters.push(Arc::new(Filter { id, plugin, phase, priority: spec.priority, fail_open, ports }));
+        filters.push(Arc::new(Filter { id, plugin, phase, priority: spec.priority, fail_open, selectors }));
     }
     Chain::new(filters)
 }
