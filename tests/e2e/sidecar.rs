@@ -451,3 +451,12 @@ async fn wasm_plugins_apply_to_client_or_server_traffic_as_their_match_says() {
     assert_eq!(resp.header("x-a-server"), None);
     assert_eq!(resp.header("x-b-client"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mtls_sends_plaintext_to_a_workload_that_disables_mtls() {
+    let disable = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: echo}\nspec:\n  selector: {matchLabels: {app: echo}}\n  portLevelMtls: {8080: {mode: DISABLE}}\n";
+    let Some(pods) = two_pods(|b| echo_service(&b.ip.to_string()) + disable).await else { return };
+    let (status, body) = call(&pods.a, "10.96.0.20:80", ECHO).await.expect("an answer");
+    assert_eq!(status, 200, "A's sidecar knows B takes plaintext on 8080: {body}");
+    assert!(body["headers"]["x-forwarded-client-cert"].is_null(), "{body}");
+}

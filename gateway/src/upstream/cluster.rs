@@ -46,12 +46,22 @@ pub struct Endpoint {
     active: AtomicUsize,
     /// Outlier detection state.
     pub health: Health,
+    /// Runs a sidecar that takes Istio mutual TLS (label `security.istio.io/tlsMode:
+    /// istio`, unless its PeerAuthentication disables mTLS): auto mTLS applies.
+    pub mesh_tls: bool,
 }
 
 impl Endpoint {
     /// A new endpoint with no request in flight.
     pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>, metrics: Arc<DestinationLabels>) -> Self {
-        Self { addr, labels, metrics, active: AtomicUsize::new(0), health: Health::default() }
+        let mesh_tls = labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio");
+        Self { addr, labels, metrics, active: AtomicUsize::new(0), health: Health::default(), mesh_tls }
+    }
+
+    /// Takes plaintext even though it runs a sidecar (its PeerAuthentication says DISABLE).
+    pub fn plaintext(mut self) -> Self {
+        self.mesh_tls = false;
+        self
     }
 
     /// Requests currently in flight to this endpoint.
@@ -311,10 +321,7 @@ impl Cluster {
     /// The TLS towards `endpoint`: the DestinationRule's, else auto mTLS when the
     /// endpoint runs a sidecar, else plaintext.
     pub fn tls_for(&self, endpoint: &Endpoint) -> Option<&UpstreamTls> {
-        self.tls.as_deref().or_else(|| {
-            let sidecar = endpoint.labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio");
-            self.auto_mtls.as_deref().filter(|_| sidecar)
-        })
+        self.tls.as_deref().or_else(|| self.auto_mtls.as_deref().filter(|_| endpoint.mesh_tls))
     }
 
     /// The endpoint for one attempt: for an original-destination cluster the

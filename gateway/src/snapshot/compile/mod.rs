@@ -4,6 +4,7 @@
 mod binding;
 mod l4;
 mod mesh;
+mod peer_authn;
 mod registry;
 mod routes;
 mod security;
@@ -67,13 +68,19 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
     let mut diagnostics = Vec::new();
     let mut refs = Vec::new();
     let mut rejected = Vec::new();
-    let mut registry = Registry::build(resources, bootstrap, caches, &mut diagnostics, &mut rejected);
     // Istio's mesh config: the `istio` ConfigMap (the first one, if several).
     let mesh = resources.iter().find_map(|r| match &r.spec {
         Spec::MeshConfig(m) => Some((r, m)),
         _ => None,
     });
     let default_mesh = crate::config::MeshConfig::default();
+    let peer = peer_authn::PeerPolicies::collect(
+        resources,
+        mesh.map_or(&default_mesh, |(_, m)| m),
+        &mut diagnostics,
+        &mut rejected,
+    );
+    let mut registry = Registry::build(resources, bootstrap, caches, &peer, &mut diagnostics, &mut rejected);
     let telemetry =
         telemetry::overrides(resources, mesh.map_or(&default_mesh, |(_, m)| m), bootstrap, &mut diagnostics);
     let security =
@@ -279,8 +286,9 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
             bootstrap,
             settings,
             identity: caches.identity.as_ref(),
+            peer: &peer,
         };
-        let (outbound, inbound) = sidecar::plans(&cx, &mut registry, &mut rejected, &mut diagnostics, &mut refs);
+        let (outbound, inbound) = sidecar::plans(&cx, &mut registry, &rejected, &mut diagnostics, &mut refs);
         listeners.push(ListenerSpec { port: settings.outbound_port, bind: bootstrap.bind_ip });
         listeners.push(ListenerSpec { port: settings.inbound_port, bind: bootstrap.bind_ip });
         plans.insert(settings.outbound_port, PortPlan::Outbound(outbound));

@@ -9,6 +9,8 @@ use std::{
 
 use http::HeaderName;
 
+use super::peer_authn::PeerPolicies;
+use crate::sidecar::plan::MtlsMode;
 use crate::{
     config::{
         istio::{
@@ -47,6 +49,8 @@ pub(super) struct Registry<'a> {
     identity: Option<&'a Arc<WorkloadIdentity>>,
     /// Mesh config `enableAutoMtls` (default on).
     auto_mtls: bool,
+    /// PeerAuthentication, for auto mTLS: a destination that disables mTLS gets plaintext.
+    peer: &'a PeerPolicies<'a>,
     domain_suffix: String,
     /// Mesh config `connectTimeout` and `tcpKeepalive`: what a DestinationRule overrides.
     defaults: PoolSettings,
@@ -62,6 +66,7 @@ impl<'a> Registry<'a> {
         resources: &[Resource],
         bootstrap: &Bootstrap,
         caches: &'a Caches,
+        peer: &'a PeerPolicies<'a>,
         diags: &mut Vec<Diagnostic>,
         rejected: &mut Vec<ResourceRef>,
     ) -> Self {
@@ -116,7 +121,7 @@ impl<'a> Registry<'a> {
             defaults.keepalive = m.tcp_keepalive.as_ref().map(keepalive);
         }
         let domain_suffix = bootstrap.domain_suffix.clone();
-        Self { services, rules, clusters: HashMap::new(), certs, identity, auto_mtls, domain_suffix, defaults }
+        Self { services, rules, clusters: HashMap::new(), certs, identity, auto_mtls, peer, domain_suffix, defaults }
     }
 
     /// True when `host` is a registry service.
@@ -239,7 +244,15 @@ impl<'a> Registry<'a> {
             let metrics = destination_labels(host, service, &self.domain_suffix, Some(ep));
             match ep.address.parse::<IpAddr>() {
                 Ok(ip) => {
-                    endpoints.push(Arc::new(Endpoint::new(SocketAddr::new(ip, ep_port), ep.labels.clone(), metrics)))
+                    let mut endpoint = Endpoint::new(SocketAddr::new(ip, ep_port), ep.labels.clone(), metrics);
+                    // Istio's auto mTLS sends plaintext to a workload whose policy disables mTLS.
+                    if auto_mtls.is_some() && endpoint.mesh_tls {
+                        let (policy, _) = self.peer.effective(&service.namespace, &ep.labels);
+                        if policy.mode(ep_port) == MtlsMode::Disable {
+                            endpoint = endpoint.plaintext();
+                        }
+                    }
+                    endpoints.push(Arc::new(endpoint))
                 }
                 Err(_) if service.dns && !ep.address.starts_with("unix://") => {
                     dns.push(DnsTarget { host: ep.address.clone(), port: ep_port, labels: ep.labels.clone(), metrics })

@@ -3,15 +3,12 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use super::{mesh, registry::Registry, routes};
+use super::{mesh, peer_authn::PeerPolicies, registry::Registry, routes};
 use crate::{
-    config::{
-        istio::{PeerAuthentication, ServicePort},
-        Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, SidecarSettings, Spec,
-    },
+    config::{istio::ServicePort, Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, SidecarSettings, Spec},
     route::{L4Route, RouteTable, Target, VirtualHost},
     security::identity::{spiffe_id, WorkloadIdentity},
-    sidecar::plan::{AppProtocol, InboundPlan, MtlsMode, OutboundPlan, OutboundService, PeerAuthn},
+    sidecar::plan::{AppProtocol, InboundPlan, OutboundPlan, OutboundService},
     telemetry::DestinationLabels,
     upstream::{Cluster, LbPolicy, Protocol, RetryPolicy},
 };
@@ -23,17 +20,22 @@ pub(super) struct Context<'a> {
     pub bootstrap: &'a Bootstrap,
     pub settings: &'a SidecarSettings,
     pub identity: Option<&'a Arc<WorkloadIdentity>>,
+    pub peer: &'a PeerPolicies<'a>,
 }
 
 /// Compiles both listeners' plans.
 pub(super) fn plans(
     cx: &Context<'_>,
     registry: &mut Registry,
-    rejected: &mut Vec<ResourceRef>,
+    rejected: &[ResourceRef],
     diags: &mut Vec<Diagnostic>,
     refs: &mut Vec<Diagnostic>,
 ) -> (OutboundPlan, InboundPlan) {
-    let mtls = peer_authn(cx.resources, cx.mesh, cx.bootstrap, diags, rejected);
+    let (mtls, shadowed) = cx.peer.effective(&cx.bootstrap.namespace, &cx.bootstrap.labels);
+    for r in shadowed {
+        let msg = "another PeerAuthentication already applies at this level; the first one wins";
+        diags.push(Diagnostic::warning(&r.origin, &r.id, "spec", msg));
+    }
     let outbound = outbound(cx.resources, rejected, cx.mesh, cx.bootstrap, registry, refs);
     let own = own_labels(cx.bootstrap, cx.settings);
     let app = Arc::new(
@@ -141,171 +143,4 @@ fn outbound(
         );
     }
     OutboundPlan { table, services, allow_any, passthrough: vec![l4_to(target())] }
-}
-
-/// The PeerAuthentication in force: the workload's policy over the namespace's over
-/// the mesh's (the first of each level wins); `UNSET` inherits; port-level modes come
-/// from the workload's policy only.
-fn peer_authn(
-    resources: &[Resource],
-    mesh: &MeshConfig,
-    bootstrap: &Bootstrap,
-    diags: &mut Vec<Diagnostic>,
-    rejected: &mut Vec<ResourceRef>,
-) -> PeerAuthn {
-    let mut mesh_level = None;
-    let mut namespace_level = None;
-    let mut workload_level = None;
-    for r in resources {
-        let Spec::PeerAuthentication(pa) = &r.spec else { continue };
-        let Some(level) = checked(r, pa, diags) else {
-            rejected.push(r.id.clone());
-            continue;
-        };
-        let selects =
-            pa.selector.as_ref().map(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
-        let slot = match selects {
-            Some(true) if r.id.namespace == bootstrap.namespace => &mut workload_level,
-            Some(_) => continue,
-            None if r.id.namespace == mesh.root_namespace => &mut mesh_level,
-            None if r.id.namespace == bootstrap.namespace => &mut namespace_level,
-            None => continue,
-        };
-        if slot.is_none() {
-            *slot = Some((level, r));
-        } else {
-            let msg = "another PeerAuthentication already applies at this level; the first one wins";
-            diags.push(Diagnostic::warning(&r.origin, &r.id, "spec", msg));
-        }
-    }
-    let mode_of = |l: &Option<(Level, &Resource)>| l.as_ref().and_then(|(l, _)| l.mode);
-    let default =
-        mode_of(&workload_level).or(mode_of(&namespace_level)).or(mode_of(&mesh_level)).unwrap_or(MtlsMode::Permissive);
-    let ports = workload_level
-        .map(|(l, _)| l.ports.into_iter().map(|(p, m)| (p, m.unwrap_or(default))).collect())
-        .unwrap_or_default();
-    PeerAuthn { default, ports }
-}
-
-/// One policy's own modes.
-struct Level {
-    mode: Option<MtlsMode>,
-    ports: Vec<(u16, Option<MtlsMode>)>,
-}
-
-fn checked(r: &Resource, pa: &PeerAuthentication, diags: &mut Vec<Diagnostic>) -> Option<Level> {
-    let mode = match MtlsMode::parse(pa.mtls.as_ref().and_then(|m| m.mode.as_deref())) {
-        Ok(m) => m,
-        Err(e) => {
-            diags.push(Diagnostic::error(&r.origin, &r.id, "spec.mtls.mode", e));
-            return None;
-        }
-    };
-    let mut ports = Vec::new();
-    for (key, m) in &pa.port_level_mtls {
-        let field = format!("spec.portLevelMtls.{key}");
-        let Ok(port) = key.parse::<u16>() else {
-            diags.push(Diagnostic::error(&r.origin, &r.id, field, format!("{key:?} is not a port number")));
-            return None;
-        };
-        match MtlsMode::parse(m.mode.as_deref()) {
-            Ok(mode) => ports.push((port, mode)),
-            Err(e) => {
-                diags.push(Diagnostic::error(&r.origin, &r.id, format!("{field}.mode"), e));
-                return None;
-            }
-        }
-    }
-    if !ports.is_empty() && pa.selector.is_none() {
-        let msg = "portLevelMtls applies only with a workload selector (Istio ignores it here)";
-        diags.push(Diagnostic::warning(&r.origin, &r.id, "spec.portLevelMtls", msg));
-        ports.clear();
-    }
-    Some(Level { mode, ports })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    fn policy(yaml: &str, labels: &[(&str, &str)]) -> (PeerAuthn, Vec<Diagnostic>) {
-        let loaded = crate::config::load_text(yaml, Path::new("pa.yaml"), "shop");
-        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
-        let bootstrap = Bootstrap {
-            namespace: "shop".into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ..Bootstrap::default()
-        };
-        let (mut diags, mut rejected) = (Vec::new(), Vec::new());
-        let mtls = peer_authn(&loaded.resources, &MeshConfig::default(), &bootstrap, &mut diags, &mut rejected);
-        (mtls, diags)
-    }
-
-    const LEVELS: &str = "
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: mesh, namespace: istio-system}
-spec: {mtls: {mode: STRICT}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: ns}
-spec: {mtls: {mode: DISABLE}}
----
-apiVersion: security.istio.io/v1beta1
-kind: PeerAuthentication
-metadata: {name: cart}
-spec:
-  selector: {matchLabels: {app: cart}}
-  mtls: {mode: UNSET}
-  portLevelMtls:
-    '8080': {mode: PERMISSIVE}
-    '9000': {mode: UNSET}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: other, namespace: elsewhere}
-spec: {mtls: {mode: PERMISSIVE}}
-";
-
-    #[test]
-    fn workload_over_namespace_over_mesh_with_unset_inheriting() {
-        let (cart, diags) = policy(LEVELS, &[("app", "cart")]);
-        assert!(diags.is_empty(), "{diags:?}");
-        assert_eq!(cart.default, MtlsMode::Disable, "UNSET inherits the namespace's mode");
-        assert_eq!(cart.mode(8080), MtlsMode::Permissive);
-        assert_eq!(cart.mode(9000), MtlsMode::Disable, "a port's UNSET inherits the workload's mode");
-        let (web, _) = policy(LEVELS, &[("app", "web")]);
-        assert_eq!((web.default, web.mode(8080)), (MtlsMode::Disable, MtlsMode::Disable));
-        let mesh_only = LEVELS.split("---").next().unwrap();
-        assert_eq!(policy(mesh_only, &[]).0.default, MtlsMode::Strict);
-        assert_eq!(policy("", &[]).0.default, MtlsMode::Permissive, "Istio's default without a policy");
-    }
-
-    #[test]
-    fn bad_modes_are_named_and_port_levels_need_a_selector() {
-        let yaml = "
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: typo}
-spec: {mtls: {mode: STRIKT}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: ports}
-spec:
-  mtls: {mode: STRICT}
-  portLevelMtls: {'80': {mode: DISABLE}}
-";
-        let (mtls, diags) = policy(yaml, &[]);
-        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
-        assert!(
-            text[0].contains("PeerAuthentication/shop/typo: spec.mtls.mode") && text[0].contains("STRIKT"),
-            "{text:?}"
-        );
-        assert!(text[1].contains("spec.portLevelMtls") && text[1].contains("selector"), "{text:?}");
-        assert_eq!((mtls.default, mtls.mode(80)), (MtlsMode::Strict, MtlsMode::Strict));
-    }
 }
