@@ -45,6 +45,7 @@ fn describe(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "upstream": name,
         "method": req.method().as_str(),
+        "version": format!("{:?}", req.version()),
         "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
         "headers": headers,
     });

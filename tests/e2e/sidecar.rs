@@ -460,3 +460,30 @@ async fn auto_mtls_sends_plaintext_to_a_workload_that_disables_mtls() {
     assert_eq!(status, 200, "A's sidecar knows B takes plaintext on 8080: {body}");
     assert!(body["headers"]["x-forwarded-client-cert"].is_null(), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_services_stay_http2_through_both_sidecars() {
+    let grpc = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: grpc}\nspec:\n  hosts: [grpc.default.svc.cluster.local]\n  addresses: [10.96.0.22]\n  resolution: STATIC\n  ports: [{number: 9000, name: grpc, protocol: GRPC, targetPort: 8080}]\n";
+    let Some(pods) = two_pods(|b| {
+        let endpoint = format!(
+            "  endpoints: [{{address: \"{}\", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]\n",
+            b.ip
+        );
+        echo_service(&b.ip.to_string()) + grpc + &endpoint
+    })
+    .await
+    else {
+        return;
+    };
+    let resp = pods
+        .a
+        .run(async {
+            let req = client::get("grpc.default.svc.cluster.local", "/shop.Cart/Add");
+            client::send_h2("10.96.0.22:9000".parse().unwrap(), "grpc.default.svc.cluster.local", req).await
+        })
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let body: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(body["version"], "HTTP/2.0", "B's sidecar speaks the downstream's protocol to the app: {body}");
+    assert!(body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default().contains(SLEEP), "{body}");
+}

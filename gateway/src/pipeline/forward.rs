@@ -108,7 +108,14 @@ where
         Some((key, cookie)) => (Some(key), Some(cookie)),
         None => (cluster.lb.hash_key(&headers, parts.uri.query(), conn.peer.ip()), None),
     };
-    let head = RequestHead { method: parts.method, path_and_query, headers, hash_key, original_dst: conn.original_dst };
+    let head = RequestHead {
+        method: parts.method,
+        path_and_query,
+        headers,
+        hash_key,
+        original_dst: conn.original_dst,
+        downstream_h2: parts.version == http::Version::HTTP_2,
+    };
     for mirror in &route.mirrors {
         if crate::route::roll(mirror.per_million) {
             spawn_mirror(proxy, mirror, &head, &body, route.timeout);
@@ -242,6 +249,7 @@ fn spawn_mirror(
         headers,
         hash_key: head.hash_key,
         original_dst: head.original_dst,
+        downstream_h2: head.downstream_h2,
     };
     let upstreams = proxy.upstreams.clone();
     let no_retry = crate::upstream::RetryPolicy::none();

@@ -80,13 +80,7 @@ impl ExtAuthz {
         }
         check.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         let Ok(path) = format!("{}{path_and_query}", self.path_prefix).parse() else { return self.unavailable() };
-        let head = RequestHead {
-            method: method.clone(),
-            path_and_query: path,
-            headers: check,
-            hash_key: None,
-            original_dst: None,
-        };
+        let head = RequestHead::new(method.clone(), path, check);
         let no_retry = RetryPolicy::none();
         match upstream::call(upstreams, cluster, head, ReplayBody::Empty, Some(self.timeout), &no_retry, None).await {
             Ok(outcome) => {

@@ -153,13 +153,7 @@ async fn export(c: &Collector, service: &str, spans: &[SpanData]) -> bool {
         headers.insert(http::header::HOST, host);
     }
     headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let head = RequestHead {
-        method: Method::POST,
-        path_and_query: c.path.clone(),
-        headers,
-        hash_key: None,
-        original_dst: None,
-    };
+    let head = RequestHead::new(Method::POST, c.path.clone(), headers);
     let no_retry = RetryPolicy::none();
     match upstream::call(&c.upstreams, &c.cluster, head, ReplayBody::Full(body), Some(c.timeout), &no_retry, None).await
     {

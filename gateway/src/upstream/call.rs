@@ -67,6 +67,16 @@ pub struct RequestHead {
     pub hash_key: Option<u64>,
     /// Where the downstream connection was headed, for original-destination clusters.
     pub original_dst: Option<SocketAddr>,
+    /// The downstream request was HTTP/2 (for clusters that speak the downstream's protocol).
+    pub downstream_h2: bool,
+}
+
+impl RequestHead {
+    /// A request of the gateway's own (a callout, an export): no hash key, no
+    /// original destination, HTTP/1 downstream.
+    pub fn new(method: Method, path_and_query: PathAndQuery, headers: HeaderMap) -> Self {
+        Self { method, path_and_query, headers, hash_key: None, original_dst: None, downstream_h2: false }
+    }
 }
 
 /// A response from an upstream and how it was obtained.
@@ -109,7 +119,8 @@ pub async fn call(
     let deadline = timeout.map(|t| Instant::now() + t);
     // HTTP/1 holds one connection per request in flight (`tcp.maxConnections`); HTTP/2
     // multiplexes over one per endpoint.
-    let _connection = if cluster.protocol == Protocol::Http1 {
+    let protocol = cluster.protocol_for(head.downstream_h2);
+    let _connection = if protocol == Protocol::Http1 {
         let waited = match deadline {
             Some(d) => tokio::time::timeout_at(d, cluster.breakers.connection()).await,
             None => Ok(cluster.breakers.connection().await),
@@ -139,7 +150,7 @@ pub async fn call(
         let addr = endpoint.addr;
         previous = Some(addr);
         let guard = EndpointGuard::new(endpoint);
-        let req = build_request(&head, body.take(), addr, cluster.protocol, attempt);
+        let req = build_request(&head, body.take(), addr, protocol, attempt);
         let now = Instant::now();
         let remaining = deadline.map(|d| d.saturating_duration_since(now));
         let limit = match (retry.per_try_timeout, remaining) {
@@ -147,7 +158,7 @@ pub async fn call(
             (a, b) => a.or(b),
         };
         let started = trace.is_some().then(std::time::SystemTime::now);
-        let sent = upstreams.send(cluster.protocol, addr, cluster.tls_for(guard.endpoint()), &cluster.pool, req);
+        let sent = upstreams.send(protocol, addr, cluster.tls_for(guard.endpoint()), &cluster.pool, req);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),

@@ -112,7 +112,8 @@ pub struct Cluster {
     /// (`security.istio.io/tlsMode: istio`) when `tls` is not set.
     pub auto_mtls: Option<Arc<UpstreamTls>>,
     /// Envoy `ORIGINAL_DST`: no endpoint list; each request goes where its connection
-    /// was originally headed (Istio's passthrough clusters).
+    /// was originally headed (Istio's passthrough clusters). Such a cluster knows
+    /// nothing of the protocol behind it and speaks the downstream's.
     pub original_dst: bool,
     /// `destination_*` metric labels of the service, for failures before an endpoint.
     pub metrics: Arc<DestinationLabels>,
@@ -316,6 +317,16 @@ impl Cluster {
     pub fn original_dst(mut self) -> Self {
         self.original_dst = true;
         self
+    }
+
+    /// The protocol of one request: the cluster's, or for an original-destination
+    /// cluster the downstream's (Envoy's `USE_DOWNSTREAM_PROTOCOL`), so gRPC stays h2.
+    pub fn protocol_for(&self, downstream_h2: bool) -> Protocol {
+        match (self.original_dst, downstream_h2) {
+            (true, true) => Protocol::Http2,
+            (true, false) => Protocol::Http1,
+            (false, _) => self.protocol,
+        }
     }
 
     /// The TLS towards `endpoint`: the DestinationRule's, else auto mTLS when the

@@ -77,7 +77,7 @@ pub(super) fn start(
     host.next_token = host.next_token.wrapping_add(1).max(1);
     host.calls.insert(token, host.effective);
     let vm = host.vm.clone();
-    let head = RequestHead { method, path_and_query, headers, hash_key: None, original_dst: None };
+    let head = RequestHead::new(method, path_and_query, headers);
     let body = if body.is_empty() { ReplayBody::Empty } else { ReplayBody::Full(Bytes::from(body)) };
     rt.spawn(async move {
         let answer = answer(&dispatcher.upstreams, &cluster, head, body, timeout).await;
