@@ -147,8 +147,14 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
         None => None,
     };
     let principal = identity.as_ref().and_then(|i| i.spiffe_uri());
-    let mut telemetry =
-        telemetry::Telemetry::new(access_log.clone(), metrics.clone(), &bootstrap.labels, &bootstrap.namespace);
+    let unnamed = if bootstrap.sidecar.is_some() { "unknown" } else { "istio-ingressgateway" };
+    let mut telemetry = telemetry::Telemetry::new(
+        access_log.clone(),
+        metrics.clone(),
+        &bootstrap.labels,
+        &bootstrap.namespace,
+        unnamed,
+    );
     if let Some(principal) = principal {
         telemetry.set_principal(&principal);
     }

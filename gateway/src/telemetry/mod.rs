@@ -26,19 +26,21 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Telemetry for a gateway described by its workload labels and namespace.
+    /// Telemetry for a proxy described by its workload labels and namespace; `unnamed`
+    /// is its workload name when the labels have no `app`.
     pub fn new(
         log: AccessLog,
         metrics: Arc<Metrics>,
         labels: &std::collections::BTreeMap<String, String>,
         namespace: &str,
+        unnamed: &str,
     ) -> Self {
         let get = |k: &str, default: &str| -> Arc<str> { labels.get(k).map_or(default, String::as_str).into() };
         let source = Arc::new(SourceLabels {
-            workload: get("app", "istio-ingressgateway"),
+            workload: get("app", unnamed),
             namespace: namespace.into(),
             principal: "unknown".into(),
-            app: get("app", "istio-ingressgateway"),
+            app: get("app", unnamed),
             version: get("version", "unknown"),
         });
         Self { log, metrics, source }
