@@ -15,10 +15,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::{
@@ -53,7 +50,7 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Socke
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(route(&state, &req)) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                let _ = crate::listener::side_server().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });

@@ -261,6 +261,15 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The HTTP server of the side listeners (admin, health, injection webhook): small
+/// heads that must arrive within seconds, few streams.
+pub(crate) fn side_server() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10)).max_buf_size(MAX_HEAD_BYTES);
+    b.http2().timer(TokioTimer::new()).max_concurrent_streams(16).max_header_list_size(61_440);
+    b
+}
+
 fn server_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);

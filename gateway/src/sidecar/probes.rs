@@ -11,10 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -111,7 +108,7 @@ pub async fn serve(
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                let _ = crate::listener::side_server().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });

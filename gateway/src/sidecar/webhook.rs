@@ -9,10 +9,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -80,7 +77,7 @@ pub async fn serve(
                     let config = config.clone();
                     async move { Ok::<_, Infallible>(handle(req, &config).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+                let _ = crate::listener::side_server().serve_connection(TokioIo::new(tls), svc).await;
             });
         }
     });
