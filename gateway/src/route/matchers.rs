@@ -180,22 +180,25 @@ impl RequestView<'_> {
                 let v = path.iter().try_fold(self.claims?, |v, k| v.get(k))?;
                 v.as_str().map(Cow::Borrowed)
             }
-            HeaderKey::Name(name) => {
-                let mut values = self.headers.get_all(name).iter();
-                let first = values.next()?.to_str().ok()?;
-                let mut rest = values.peekable();
-                if rest.peek().is_none() {
-                    return Some(Cow::Borrowed(first));
-                }
-                // Envoy joins repeated request headers with ',' before matching.
-                let mut joined = first.to_string();
-                for v in rest {
-                    joined.push(',');
-                    joined.push_str(v.to_str().ok()?);
-                }
-                Some(Cow::Owned(joined))
-            }
+            HeaderKey::Name(name) => self.header_value(name),
         }
+    }
+
+    /// A request header's value as matchers see it: Envoy joins repeated request
+    /// headers with ','.
+    pub(super) fn header_value(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        let mut values = self.headers.get_all(name).iter();
+        let first = values.next()?.to_str().ok()?;
+        let mut rest = values.peekable();
+        if rest.peek().is_none() {
+            return Some(Cow::Borrowed(first));
+        }
+        let mut joined = first.to_string();
+        for v in rest {
+            joined.push(',');
+            joined.push_str(v.to_str().ok()?);
+        }
+        Some(Cow::Owned(joined))
     }
 
     fn query_param(&self, name: &str) -> Option<&str> {

@@ -6,6 +6,7 @@
 mod cors;
 mod fault;
 mod header_ops;
+mod index;
 mod l4;
 pub mod matchers;
 mod redirect;

@@ -5,7 +5,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{MatchedBlock, RequestView, Route};
+use super::{
+    index::{self, RouteIndex},
+    MatchedBlock, RequestView, Route,
+};
 
 /// The rules served for a set of domains.
 #[derive(Debug)]
@@ -16,12 +19,31 @@ pub struct VirtualHost {
     pub routes: Vec<Arc<Route>>,
     /// Gateway `httpsRedirect`: plaintext requests get 301 to https.
     pub require_tls: bool,
+    /// Candidate rules by path and header, for hosts with many rules.
+    index: Option<RouteIndex>,
 }
 
 impl VirtualHost {
+    /// A virtual host for `domain` serving `routes` in order.
+    pub fn new(domain: &str, routes: Vec<Arc<Route>>, require_tls: bool) -> Self {
+        let index = (routes.len() >= index::MIN_RULES).then(|| RouteIndex::build(&routes));
+        Self { domain: domain.into(), routes, require_tls, index }
+    }
+
+    /// True when its rules are found through an index rather than one by one.
+    pub fn is_indexed(&self) -> bool {
+        self.index.is_some()
+    }
+
     /// Istio: the first rule whose match holds wins; no rule means 404.
     pub fn find_route(&self, req: &RequestView<'_>) -> Option<(&Route, MatchedBlock<'_>)> {
-        self.routes.iter().find_map(|r| r.find_match(req).map(|m| (&**r, m)))
+        let Some(index) = &self.index else {
+            return self.routes.iter().find_map(|r| r.find_match(req).map(|m| (&**r, m)));
+        };
+        index.candidates(req).into_iter().find_map(|i| {
+            let r = self.routes.get(i as usize)?;
+            r.find_match(req).map(|m| (&**r, m))
+        })
     }
 }
 
@@ -100,7 +122,7 @@ mod tests {
     use super::*;
 
     fn vh(domain: &str) -> Arc<VirtualHost> {
-        Arc::new(VirtualHost { domain: domain.into(), routes: vec![], require_tls: false })
+        Arc::new(VirtualHost::new(domain, vec![], false))
     }
 
     #[test]

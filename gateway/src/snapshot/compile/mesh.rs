@@ -75,7 +75,7 @@ pub(super) fn catch_all(name: &str, target: Target, retry: RetryPolicy) -> Route
 /// Registers `host` and the names a workload in the mesh may use for it:
 /// `name.ns.svc`, `name.ns`, and `name` within the gateway's own namespace.
 fn insert(table: &mut RouteTable, host: &str, bootstrap: &Bootstrap, routes: Vec<Arc<Route>>) {
-    let vhost = Arc::new(VirtualHost { domain: host.into(), routes, require_tls: false });
+    let vhost = Arc::new(VirtualHost::new(host, routes, false));
     table.insert(host, vhost.clone());
     let suffix = format!(".svc.{}", bootstrap.domain_suffix);
     if let Some((name, ns)) = host.strip_suffix(&suffix).and_then(|rest| rest.split_once('.')) {

@@ -376,7 +376,7 @@ fn build_table(mut entries: Vec<(String, VhostBuild)>, redirects: &[&ServerBindi
             let (catch_all, specific): (Vec<_>, Vec<_>) = vh.routes.into_iter().partition(|r| r.is_catch_all());
             vh.routes = specific.into_iter().chain(catch_all).collect();
         }
-        let vhost = VirtualHost { domain: domain.as_str().into(), routes: vh.routes, require_tls: vh.require_tls };
+        let vhost = VirtualHost::new(&domain, vh.routes, vh.require_tls);
         table.insert(&domain, Arc::new(vhost));
     }
     table

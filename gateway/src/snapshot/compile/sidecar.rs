@@ -47,7 +47,7 @@ pub(super) fn plans(
     let mut table = RouteTable::default();
     // Istio's inbound routes neither retry nor time out.
     let route = mesh::catch_all("inbound|http", target(), RetryPolicy::none());
-    table.insert("*", Arc::new(VirtualHost { domain: "*".into(), routes: vec![Arc::new(route)], require_tls: false }));
+    table.insert("*", Arc::new(VirtualHost::new("*", vec![Arc::new(route)], false)));
     let inbound = InboundPlan {
         mtls,
         app_ip: cx.settings.app_ip,
@@ -137,10 +137,7 @@ fn outbound(
     let target = || Target { name: passthrough.name.clone(), cluster: Some(passthrough.clone()) };
     if allow_any {
         let route = mesh::catch_all("allow_any", target(), RetryPolicy::none());
-        table.insert(
-            "*",
-            Arc::new(VirtualHost { domain: "*".into(), routes: vec![Arc::new(route)], require_tls: false }),
-        );
+        table.insert("*", Arc::new(VirtualHost::new("*", vec![Arc::new(route)], false)));
     }
     OutboundPlan { table, services, allow_any, passthrough: vec![l4_to(target())] }
 }

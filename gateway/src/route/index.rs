@@ -1,0 +1,226 @@
+//! An index over a virtual host's rules, so that a host with a thousand rules does
+//! not try a thousand rules per request. Each match block has a necessary condition
+//! that a hash lookup can test (an exact path, a path prefix, an exact header value);
+//! the index returns, in rule order, the rules with a block whose condition holds,
+//! plus the rules it cannot index. The first of those that really matches is the
+//! first rule that matches at all, so Istio's first-match order is kept.
+
+use std::collections::HashMap;
+
+use http::HeaderName;
+
+use super::{
+    matchers::{HeaderKey, MatchBlock, RequestView, StringMatcher},
+    Route,
+};
+
+/// Below this many rules a linear scan is as fast as the lookups.
+pub(super) const MIN_RULES: usize = 8;
+
+/// What must hold for one block to match.
+enum Guard<'a> {
+    ExactPath(&'a str),
+    Prefix(&'a str),
+    Header(&'a HeaderName, &'a str),
+    /// Nothing indexable: the rule is always a candidate.
+    None,
+}
+
+fn guard(block: &MatchBlock) -> Guard<'_> {
+    if !block.ignore_uri_case {
+        match &block.uri {
+            Some(StringMatcher::Exact(p)) => return Guard::ExactPath(p),
+            Some(StringMatcher::Prefix(p)) => return Guard::Prefix(p),
+            _ => {}
+        }
+    }
+    block
+        .headers
+        .iter()
+        .find_map(|c| match (&c.key, &c.matcher) {
+            (HeaderKey::Name(name), StringMatcher::Exact(v)) => Some(Guard::Header(name, v)),
+            _ => None,
+        })
+        .unwrap_or(Guard::None)
+}
+
+/// Rule positions by a key (a path, a prefix, a header value).
+type Positions = HashMap<Box<str>, Vec<u32>>;
+
+/// Rule positions by the condition that lets them match.
+#[derive(Debug, Default)]
+pub(super) struct RouteIndex {
+    always: Vec<u32>,
+    exact_paths: Positions,
+    prefixes: Positions,
+    /// Distinct prefix lengths, ascending: one lookup per length that fits the path.
+    prefix_lengths: Vec<usize>,
+    headers: Vec<(HeaderName, Positions)>,
+}
+
+impl RouteIndex {
+    /// Indexes `routes` (positions are `u32`: a host has far fewer rules).
+    pub(super) fn build(routes: &[std::sync::Arc<Route>]) -> Self {
+        let mut index = Self::default();
+        for (i, route) in routes.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            if route.matches.is_empty() {
+                index.always.push(i);
+                continue;
+            }
+            let guards: Vec<Guard<'_>> = route.matches.iter().map(guard).collect();
+            if guards.iter().any(|g| matches!(g, Guard::None)) {
+                index.always.push(i);
+                continue;
+            }
+            for g in guards {
+                let list = match g {
+                    Guard::ExactPath(p) => index.exact_paths.entry(p.into()).or_default(),
+                    Guard::Prefix(p) => {
+                        if !index.prefix_lengths.contains(&p.len()) {
+                            index.prefix_lengths.push(p.len());
+                        }
+                        index.prefixes.entry(p.into()).or_default()
+                    }
+                    Guard::Header(name, value) => {
+                        let at = match index.headers.iter().position(|(n, _)| n == name) {
+                            Some(at) => at,
+                            None => {
+                                index.headers.push((name.clone(), HashMap::new()));
+                                index.headers.len() - 1
+                            }
+                        };
+                        index.headers[at].1.entry(value.into()).or_default()
+                    }
+                    Guard::None => continue,
+                };
+                // A rule with two blocks under one key is listed once.
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        index.prefix_lengths.sort_unstable();
+        index
+    }
+
+    /// The positions of the rules that may match `req`, ascending.
+    pub(super) fn candidates(&self, req: &RequestView<'_>) -> Vec<u32> {
+        let mut out = self.always.clone();
+        if let Some(ids) = self.exact_paths.get(req.path) {
+            out.extend_from_slice(ids);
+        }
+        for &len in self.prefix_lengths.iter().take_while(|&&l| l <= req.path.len()) {
+            if let Some(ids) = req.path.get(..len).and_then(|p| self.prefixes.get(p)) {
+                out.extend_from_slice(ids);
+            }
+        }
+        for (name, values) in &self.headers {
+            if let Some(ids) = req.header_value(name).and_then(|v| values.get(&*v)) {
+                out.extend_from_slice(ids);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use http::{HeaderMap, HeaderValue};
+
+    use crate::{config::Bootstrap, snapshot::Caches};
+
+    use super::*;
+
+    const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n";
+
+    /// A small deterministic generator (no seed files, same cases every run).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    fn block(rng: &mut Lcg) -> String {
+        let k = rng.below(6);
+        match rng.below(9) {
+            0 => format!("{{uri: {{exact: /a/{k}}}}}"),
+            1 => format!("{{uri: {{prefix: /a/{k}}}}}"),
+            2 => format!("{{uri: {{prefix: /{}}}}}", ["", "a", "a/", "b"][rng.below(4) as usize]),
+            3 => format!("{{headers: {{x-t: {{exact: t{k}}}}}}}"),
+            4 => format!("{{headers: {{x-t: {{prefix: t{k}}}}}}}"),
+            5 => format!("{{uri: {{prefix: /A/{k}}}, ignoreUriCase: true}}"),
+            6 => format!("{{uri: {{regex: \"/a/[0-{k}]\"}}}}"),
+            7 => format!("{{uri: {{prefix: /a/{k}}}, headers: {{x-u: {{exact: u{k}}}}}}}"),
+            _ => format!(
+                "{{method: {{exact: {}}}, headers: {{x-u: {{exact: u{k}}}}}}}",
+                ["GET", "POST"][rng.below(2) as usize]
+            ),
+        }
+    }
+
+    #[test]
+    fn the_index_picks_the_same_rule_as_a_linear_scan() {
+        let mut rng = Lcg(7);
+        for round in 0..20 {
+            let mut docs = vec![GATEWAY.to_string()];
+            for i in 0..40 {
+                let blocks: Vec<String> = (0..=rng.below(2)).map(|_| block(&mut rng)).collect();
+                let matches =
+                    if rng.below(30) == 0 { String::new() } else { format!("  - match: [{}]\n  ", blocks.join(", ")) };
+                docs.push(format!(
+                    "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{i:02}}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{}{}directResponse: {{status: 200}}\n",
+                    matches,
+                    if matches.is_empty() { "  - " } else { "  " },
+                ));
+            }
+            let loaded = crate::config::load_text(&docs.join("---\n"), Path::new("r.yaml"), "default");
+            assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+            let snapshot =
+                crate::snapshot::compile(&loaded.resources, &Bootstrap::default(), &Caches::default()).snapshot;
+            let (table, _) = snapshot.route_table(80, None).unwrap();
+            let vhost = table.find_vhost("shop.test").unwrap();
+            assert!(vhost.is_indexed(), "round {round}: 40 rules are indexed");
+            for _ in 0..200 {
+                let path = ["/", "/a", "/a/", "/b/x"][rng.below(4) as usize].to_string()
+                    + &(if rng.below(2) == 0 { rng.below(7).to_string() } else { String::new() });
+                let mut headers = HeaderMap::new();
+                for (name, prefix) in [("x-t", "t"), ("x-u", "u")] {
+                    let value = HeaderValue::from_str(&format!("{prefix}{}", rng.below(7))).unwrap();
+                    match rng.below(4) {
+                        0 => {}
+                        1 => {
+                            headers.insert(name, value);
+                        }
+                        // Repeated headers match joined with ','.
+                        _ => {
+                            headers.append(name, value);
+                            headers.append(name, HeaderValue::from_static("more"));
+                        }
+                    }
+                }
+                let method = ["GET", "POST"][rng.below(2) as usize];
+                let view = RequestView {
+                    path: &path,
+                    query: None,
+                    method,
+                    scheme: "http",
+                    authority: "shop.test",
+                    headers: &headers,
+                    port: 80,
+                    claims: None,
+                };
+                let linear = vhost.routes.iter().find(|r| r.find_match(&view).is_some()).map(|r| r.name.clone());
+                let indexed = vhost.find_route(&view).map(|(r, _)| r.name.clone());
+                assert_eq!(indexed, linear, "round {round}: {method} {path} {headers:?}");
+            }
+        }
+    }
+}
