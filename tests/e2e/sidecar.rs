@@ -237,6 +237,11 @@ async fn sidecars_carry_mutual_tls_identity_authorization_and_canary_weights() {
     }
     // 80% of 200 is 160 (σ ≈ 5.7): the window is over five σ wide on each side.
     assert!((130..=190).contains(&v1), "v1 took {v1} of 200");
+    // The names a workload in the namespace may use for the service all route to it.
+    for name in ["echo", "echo.default", "echo.default.svc", "10.96.0.20"] {
+        let (status, body) = call(&a, "10.96.0.20:80", name).await.expect("an answer");
+        assert_eq!(status, 200, "Host {name}: {body}");
+    }
 
     // C is in the mesh but not allowed; E's certificate is from another CA.
     let (status, body) = call(&c, "10.96.0.20:80", ECHO).await.expect("an answer");
