@@ -37,7 +37,7 @@ use self::{client_hello::Prefixed, tls::TlsTermination};
 use crate::{
     pipeline::{self, ConnInfo, Proxy},
     security::peer::PeerCert,
-    snapshot::{select_chain, ChainAction, ListenerSpec, PortPlan},
+    snapshot::{select_chain, ChainAction, FilterChain, ListenerSpec, PortPlan, Snapshot},
 };
 
 /// HTTP/1 request head limit (Envoy `max_request_headers_kb` 60 plus framing).
@@ -170,65 +170,85 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_co
     }
 }
 
-/// Serves one connection according to what its port serves right now.
+/// Serves one connection according to what its port serves right now. Each kind of
+/// connection is boxed on its own, so an idle plaintext connection carries only its
+/// own state, not room for the largest kind (a TLS or captured one).
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     port: u16,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
 ) {
     let snapshot = proxy.snapshot.current();
+    if matches!(snapshot.ports.get(&port), None | Some(PortPlan::Http(_))) {
+        // Requests load the snapshot themselves: a long connection keeps no old one alive.
+        drop(snapshot);
+        let conn = Arc::new(ConnInfo::plain(peer, port));
+        return Box::pin(serve_http(stream, conn, proxy, builder)).await;
+    }
     match snapshot.ports.get(&port) {
-        None | Some(PortPlan::Http(_)) => {
-            let conn = Arc::new(ConnInfo::plain(peer, port));
-            serve_http(stream, conn, proxy, builder).await
-        }
         Some(PortPlan::Tcp(routes)) => {
-            l4::proxy(stream, routes, &ConnInfo::plain(peer, port), &proxy, &snapshot.security.tcp_authz).await
+            let conn = ConnInfo::plain(peer, port);
+            Box::pin(l4::proxy(stream, routes, &conn, &proxy, &snapshot.security.tcp_authz)).await
         }
         Some(PortPlan::Outbound(plan)) => {
-            crate::sidecar::outbound::serve(stream, peer, port, plan, proxy.clone(), builder).await
+            Box::pin(crate::sidecar::outbound::serve(stream, peer, port, plan, proxy.clone(), builder)).await
         }
         Some(PortPlan::Inbound(plan)) => {
             let authz = &snapshot.security.tcp_authz;
-            crate::sidecar::inbound::serve(stream, peer, port, plan, authz, proxy.clone(), builder).await
+            Box::pin(crate::sidecar::inbound::serve(stream, peer, port, plan, authz, proxy.clone(), builder)).await
         }
         Some(PortPlan::Tls(chains)) => {
-            let (hello, raw) = match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
-                Ok(read) => read,
-                Err(e) => {
-                    tracing::info!(%peer, port, error = %e, "connection closed before TLS");
-                    return;
-                }
-            };
-            let sni = hello.sni.as_deref();
-            let Some(chain) = select_chain(chains, sni) else {
-                tracing::info!(%peer, port, sni, "no server for this SNI; connection closed");
-                return;
-            };
-            let sni: Option<Arc<str>> = hello.sni.as_deref().map(Into::into);
-            let conn = ConnInfo { sni, ..ConnInfo::plain(peer, port) };
-            let stream = Prefixed::new(raw, stream);
-            match &chain.action {
-                // The ClientHello bytes already read are replayed to the upstream.
-                ChainAction::Passthrough { routes } => {
-                    l4::proxy(stream, routes, &conn, &proxy, &snapshot.security.tcp_authz).await
-                }
-                ChainAction::Https { tls, .. } => {
-                    let Some((tls_stream, peer_cert)) = handshake(tls, stream, peer).await else { return };
-                    let tls_version = tls_stream.get_ref().1.protocol_version().map(|v| match v {
-                        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-                        _ => "TLSv1.2",
-                    });
-                    let conn = Arc::new(ConnInfo { scheme: "https", peer_cert, tls_version, ..conn });
-                    serve_http(tls_stream, conn, proxy, builder).await
-                }
-                ChainAction::TlsTcp { tls, routes } => {
-                    let Some((tls_stream, _)) = handshake(tls, stream, peer).await else { return };
-                    l4::proxy(tls_stream, routes, &conn, &proxy, &snapshot.security.tcp_authz).await
-                }
-            }
+            Box::pin(tls_connection(stream, peer, port, chains, &snapshot, proxy.clone(), builder)).await
+        }
+        None | Some(PortPlan::Http(_)) => {}
+    }
+}
+
+/// A connection to a TLS port: the ClientHello's SNI picks the server, which
+/// terminates (then HTTP or TCP) or passes the bytes through.
+async fn tls_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    chains: &[FilterChain],
+    snapshot: &Snapshot,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    let (hello, raw) = match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::info!(%peer, port, error = %e, "connection closed before TLS");
+            return;
+        }
+    };
+    let sni = hello.sni.as_deref();
+    let Some(chain) = select_chain(chains, sni) else {
+        tracing::info!(%peer, port, sni, "no server for this SNI; connection closed");
+        return;
+    };
+    let sni: Option<Arc<str>> = hello.sni.as_deref().map(Into::into);
+    let conn = ConnInfo { sni, ..ConnInfo::plain(peer, port) };
+    let stream = Prefixed::new(raw, stream);
+    match &chain.action {
+        // The ClientHello bytes already read are replayed to the upstream.
+        ChainAction::Passthrough { routes } => {
+            l4::proxy(stream, routes, &conn, &proxy, &snapshot.security.tcp_authz).await
+        }
+        ChainAction::Https { tls, .. } => {
+            let Some((tls_stream, peer_cert)) = handshake(tls, stream, peer).await else { return };
+            let tls_version = tls_stream.get_ref().1.protocol_version().map(|v| match v {
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                _ => "TLSv1.2",
+            });
+            let conn = Arc::new(ConnInfo { scheme: "https", peer_cert, tls_version, ..conn });
+            serve_http(tls_stream, conn, proxy, builder).await
+        }
+        ChainAction::TlsTcp { tls, routes } => {
+            let Some((tls_stream, _)) = handshake(tls, stream, peer).await else { return };
+            l4::proxy(tls_stream, routes, &conn, &proxy, &snapshot.security.tcp_authz).await
         }
     }
 }
@@ -293,7 +313,8 @@ pub(crate) async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'stati
         let (proxy, conn, guard) = (proxy.clone(), conn.clone(), guard.clone());
         async move {
             let ticket = guard.open();
-            let response = pipeline::handle(proxy, conn, req).await;
+            // Boxed: hyper keeps room for this future on every connection, idle or not.
+            let response = Box::pin(pipeline::handle(proxy, conn, req)).await;
             ticket.finish();
             Ok::<_, Infallible>(response)
         }
