@@ -492,3 +492,86 @@ async fn http2_services_stay_http2_through_both_sidecars() {
     assert_eq!(body["version"], "HTTP/2.0", "B's sidecar speaks the downstream's protocol to the app: {body}");
     assert!(body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default().contains(SLEEP), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_gateway_with_an_identity_reaches_strict_workloads_over_mutual_tls() {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mesh_ca = dir.path().join("ca");
+    ca::init(&mesh_ca, "cluster.local").unwrap();
+    let net = Network::new();
+    let (gw, b) = (net.pod("gw"), net.pod("b"));
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let gateway_sa = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 8080, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: ["shop.example.com"]
+  gateways: [istio-system/gw]
+  http: [{{route: [{{destination: {{host: {ECHO}}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [{ECHO}]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, targetPort: 8080}}]
+  endpoints: [{{address: "{b}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: echo, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  rules: [{{from: [{{source: {{principals: ["{gateway_sa}"]}}}}]}}]
+"#,
+        b = b.ip
+    );
+    std::fs::write(config.join("mesh.yaml"), yaml).unwrap();
+    let b_identity = identity(&mesh_ca, &dir.path().join("b"), "echo", "cluster.local");
+    let _b = with_sidecar(&b, &config, "app=echo", b_identity, "echo").await;
+    b.run(async { wicket::echo::serve("[::]:8080".parse().unwrap(), "b".into()).await.unwrap() }).await;
+
+    let request = IssueRequest {
+        trust_domain: "cluster.local",
+        namespace: "istio-system",
+        service_account: "istio-ingressgateway-service-account",
+        ttl: Duration::from_secs(3600),
+    };
+    let gw_identity = dir.path().join("gw");
+    ca::issue(&mesh_ca, &gw_identity, &request).unwrap();
+    let bootstrap = Bootstrap {
+        config_dir: config.clone(),
+        namespace: "istio-system".into(),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        identity_dir: Some(gw_identity),
+        wasm_cache_dir: None,
+        ..Bootstrap::default()
+    };
+    let _gateway = gw.run(async move { wicket::start(bootstrap, AccessLog::channel().0).await.unwrap() }).await;
+    let (status, body) = call(&gw, "127.0.0.1:8080", "shop.example.com").await.expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    let xfcc = body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default();
+    assert!(xfcc.contains(&format!("URI=spiffe://{gateway_sa}")), "B saw the gateway's identity: {body}");
+}
