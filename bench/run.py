@@ -13,6 +13,11 @@ request (utime+stime from /proc, the figure that holds up best on a shared 2-cor
 machine), peak RSS, and the Wicket/nginx ratio of each.
 
     python3 bench/run.py [--duration 5] [--rounds 2] [--scenario NAME ...]
+
+Without --scenario it then runs the other two harnesses, so one command covers every
+scenario: bench/capacity.py (idle memory, memory with 10,000 open connections, the
+reload time of 1,000 VirtualServices) and, as root, bench/sidecar.py (the
+two-sidecar path against a direct call).
 """
 
 import argparse
@@ -433,6 +438,14 @@ def main():
     finally:
         upstream.stop()
     report(rows, args)
+    if not args.scenario:
+        here = os.path.dirname(os.path.abspath(__file__))
+        subprocess.run([sys.executable, os.path.join(here, "capacity.py"), "--no-build"], check=True)
+        if os.geteuid() == 0:
+            subprocess.run([sys.executable, os.path.join(here, "sidecar.py"), "--no-build",
+                            "--duration", str(args.duration), "--rounds", str(args.rounds)], check=True)
+        else:
+            print("\nsidecar path: skipped (network namespaces need root)")
 
 
 def best(runs, key, lower=True):
