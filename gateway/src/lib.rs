@@ -91,6 +91,9 @@ pub struct Gateway {
     admin: Option<SocketAddr>,
     version: watch::Receiver<u64>,
     drain: Arc<listener::drain::Drain>,
+    /// A sidecar drains its inbound side only (Istio): this tells the supervisor.
+    inbound_drain: watch::Sender<bool>,
+    sidecar: bool,
     _supervisor: tokio::task::JoinHandle<()>,
 }
 
@@ -112,11 +115,22 @@ impl Gateway {
 
     /// Graceful shutdown: stop reloading and accepting, tell every connection to finish
     /// (HTTP/2 GOAWAY, HTTP/1 `Connection: close`), and wait for them up to `limit`.
+    /// A sidecar, like Istio's, drains its inbound side only and keeps serving the
+    /// application's outbound calls for all of `limit` (`terminationDrainDuration`).
     /// Returns the connections still open when it gave up.
     pub async fn shutdown(self, limit: Duration) -> usize {
-        self._supervisor.abort(); // drops the listeners: no new connection is accepted
-        tracing::info!(open = self.drain.open(), ?limit, "draining");
-        self.drain.drain(limit).await
+        if !self.sidecar {
+            self._supervisor.abort(); // drops the listeners: no new connection is accepted
+            tracing::info!(open = self.drain.open(), ?limit, "draining");
+            return self.drain.drain(limit).await;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        self.inbound_drain.send_replace(true);
+        tracing::info!(open = self.drain.open(), ?limit, "draining inbound; outbound serves until the end");
+        let left = self.drain.drain(limit).await;
+        tokio::time::sleep_until(deadline).await;
+        self._supervisor.abort();
+        left
     }
 
     /// Waits until a snapshot newer than `version` is applied (listeners reconciled).
@@ -173,17 +187,25 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
     let _ = caches.tracing.set((proxy.upstreams.clone(), metrics.trace_counters()));
     let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
     let (version_tx, version_rx) = watch::channel(0);
+    let (inbound_drain, draining) = watch::channel(false);
+    let sidecar = bootstrap.sidecar.is_some();
     let status = Arc::new(RwLock::new(supervisor::ReloadStatus::default()));
     let mut supervisor = Supervisor {
         reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap.clone(), caches.clone()))),
         handle: handle.clone(),
-        listeners: Listeners::new(proxy.clone(), bootstrap.port_map.clone(), bootstrap.max_connections),
+        listeners: Listeners::new(
+            proxy.clone(),
+            bootstrap.port_map.clone(),
+            bootstrap.max_connections,
+            bootstrap.sidecar.as_ref().map(|s| s.outbound_port),
+        ),
         addrs: Arc::new(RwLock::new(HashMap::new())),
         version: version_tx,
         metrics: metrics.clone(),
         caches,
         status: status.clone(),
         access_log,
+        draining,
     };
     supervisor.reload().await?;
     let admin = match bootstrap.admin {
@@ -206,7 +228,16 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
         let _watcher = watcher; // dropping it stops the watch
         supervisor.run(changes).await;
     });
-    Ok(Gateway { snapshot: handle, addrs, admin, version: version_rx, drain, _supervisor: task })
+    Ok(Gateway {
+        snapshot: handle,
+        addrs,
+        admin,
+        version: version_rx,
+        drain,
+        inbound_drain,
+        sidecar,
+        _supervisor: task,
+    })
 }
 
 /// `wicket validate`: every problem in a config directory, offline.

@@ -45,6 +45,8 @@ pub(crate) struct Supervisor {
     pub status: Arc<RwLock<ReloadStatus>>,
     /// Follows the mesh config's `accessLogFile`.
     pub access_log: AccessLog,
+    /// Set when a sidecar starts draining: its inbound listener closes.
+    pub draining: watch::Receiver<bool>,
 }
 
 impl Supervisor {
@@ -98,6 +100,12 @@ impl Supervisor {
                 _ = dns.tick() => {
                     for c in &self.handle.current().clusters {
                         upstream::refresh_dns(c).await;
+                    }
+                }
+                Ok(()) = self.draining.changed() => {
+                    self.listeners.close_for_drain();
+                    if let Ok(mut a) = self.addrs.write() {
+                        *a = self.listeners.addrs();
                     }
                 }
                 _ = cert_check.tick() => {

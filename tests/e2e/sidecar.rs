@@ -321,7 +321,7 @@ fn peer_hash(body: &serde_json::Value) -> String {
 /// capture rules and a sidecar, on the config `yaml(b)`. Fields drop in order:
 /// sidecars, then pods, then their network.
 struct TwoPods {
-    _sidecars: Vec<wicket::Gateway>,
+    sidecars: Vec<wicket::Gateway>,
     a: Pod,
     _b: Pod,
     _net: Network,
@@ -350,7 +350,7 @@ async fn two_pods(yaml: impl FnOnce(&Pod) -> String) -> Option<TwoPods> {
         with_sidecar(&b, &config, "app=echo", b_identity, "echo").await,
     ];
     b.run(async { wicket::echo::serve("[::]:8080".parse().unwrap(), "b".into()).await.unwrap() }).await;
-    Some(TwoPods { _sidecars: sidecars, a, _b: b, _net: net, ca, a_identity, _dir: dir })
+    Some(TwoPods { sidecars, a, _b: b, _net: net, ca, a_identity, _dir: dir })
 }
 
 /// The echo service at 10.96.0.20 (and `fd96::20`), B its endpoint at `b_addr`.
@@ -574,4 +574,28 @@ spec:
     assert_eq!(status, 200, "{body}");
     let xfcc = body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default();
     assert!(xfcc.contains(&format!("URI=spiffe://{gateway_sa}")), "B saw the gateway's identity: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_sidecar_closes_its_inbound_side_and_keeps_serving_its_apps_calls() {
+    let Some(mut pods) = two_pods(|b| echo_service(&b.ip.to_string())).await else { return };
+    let a_sidecar = pods.sidecars.remove(0);
+    let drain = tokio::spawn(a_sidecar.shutdown(Duration::from_secs(3)));
+    let inbound_closed = pods
+        .a
+        .run(async {
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect("127.0.0.1:15006").await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        })
+        .await;
+    assert!(inbound_closed, "the inbound listener closes when draining starts");
+    let (status, body) = call(&pods.a, "10.96.0.20:80", ECHO).await.expect("outbound still serves");
+    assert_eq!(status, 200, "{body}");
+    drain.await.unwrap();
+    assert!(call(&pods.a, "10.96.0.20:80", ECHO).await.is_none(), "after the drain nothing listens");
 }

@@ -59,18 +59,42 @@ pub struct Listeners {
     port_map: BTreeMap<u16, u16>,
     max_connections: usize,
     open: HashMap<(IpAddr, u16), Open>,
+    /// A sidecar's outbound port: its connections keep serving while the rest drains.
+    outbound: Option<u16>,
+    /// Draining: only the outbound listener stays open.
+    draining: bool,
 }
 
 impl Listeners {
-    /// No listener open yet.
-    pub fn new(proxy: Arc<Proxy>, port_map: BTreeMap<u16, u16>, max_connections: usize) -> Self {
-        Self { proxy, port_map, max_connections, open: HashMap::new() }
+    /// No listener open yet. `outbound` is a sidecar's outbound port.
+    pub fn new(proxy: Arc<Proxy>, port_map: BTreeMap<u16, u16>, max_connections: usize, outbound: Option<u16>) -> Self {
+        Self { proxy, port_map, max_connections, open: HashMap::new(), outbound, draining: false }
+    }
+
+    /// Istio drains a sidecar's inbound side only: every listener but the outbound one
+    /// closes (and stays closed across reloads), so the application can still call
+    /// out while it finishes its work.
+    pub fn close_for_drain(&mut self) {
+        self.draining = true;
+        let outbound = self.outbound;
+        self.open.retain(|(_, port), open| {
+            let keep = Some(*port) == outbound;
+            if !keep {
+                tracing::info!(port, addr = %open.local, "listener closed for draining");
+                open.task.abort();
+            }
+            keep
+        });
     }
 
     /// Opens the listeners `specs` has and we lack, closes those it no longer has.
     /// Returns the ports that could not be bound, with why.
     pub async fn reconcile(&mut self, specs: &[ListenerSpec]) -> Vec<(u16, io::Error)> {
-        let wanted: HashMap<(IpAddr, u16), &ListenerSpec> = specs.iter().map(|s| ((s.bind, s.port), s)).collect();
+        let wanted: HashMap<(IpAddr, u16), &ListenerSpec> = specs
+            .iter()
+            .filter(|s| !self.draining || Some(s.port) == self.outbound)
+            .map(|s| ((s.bind, s.port), s))
+            .collect();
         self.open.retain(|key, open| {
             let keep = wanted.contains_key(key);
             if !keep {
@@ -90,7 +114,8 @@ impl Listeners {
                     let local = listener.local_addr().unwrap_or(SocketAddr::new(spec.bind, bind_port));
                     tracing::info!(port = spec.port, addr = %local, "listener bound");
                     let span = tracing::info_span!("listener", port = spec.port, addr = %local);
-                    let accept = accept_loop(listener, self.proxy.clone(), spec.port, self.max_connections);
+                    let drained = Some(spec.port) != self.outbound;
+                    let accept = accept_loop(listener, self.proxy.clone(), spec.port, self.max_connections, drained);
                     let task = tokio::spawn(accept.instrument(span));
                     self.open.insert(key, Open { local, task });
                 }
@@ -136,7 +161,9 @@ impl Drop for OpenConnection {
 /// Bound on reading the ClientHello and completing a TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_connections: usize) {
+/// Accepts connections for `port`; `drained` ones are told to finish and waited for
+/// on shutdown.
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_connections: usize, drained: bool) {
     let builder = Arc::new(server_builder());
     let active = proxy.telemetry.metrics.active_connections(port);
     let overflow = proxy.telemetry.metrics.overflow(port);
@@ -151,7 +178,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_co
                 };
                 let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("conn", peer.addr = %peer);
-                let open = (OpenConnection::new(&active), proxy.drain.track(), permit);
+                let open = (OpenConnection::new(&active), drained.then(|| proxy.drain.track()), permit);
                 let conn = connection(stream, peer, port, proxy.clone(), builder.clone());
                 tokio::spawn(
                     async move {
@@ -304,8 +331,14 @@ pub(crate) async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'stati
     builder: Arc<auto::Builder<TokioExecutor>>,
 ) {
     let mut draining = proxy.drain.watch();
+    // A sidecar's outbound connections serve the application until the process exits.
+    let drains = conn.direction != pipeline::Direction::Outbound;
     let drain_started = async move {
-        let _ = draining.wait_for(|d| *d).await;
+        if drains {
+            let _ = draining.wait_for(|d| *d).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
     };
     let resets = Arc::new(resets::ResetGuard::default());
     let guard = resets.clone();
