@@ -323,8 +323,10 @@ fn peer_hash(body: &serde_json::Value) -> String {
 struct TwoPods {
     sidecars: Vec<wicket::Gateway>,
     a: Pod,
-    _b: Pod,
-    _net: Network,
+    b: Pod,
+    net: Network,
+    /// The config file every sidecar watches.
+    config: PathBuf,
     ca: PathBuf,
     a_identity: PathBuf,
     _dir: tempfile::TempDir,
@@ -350,7 +352,8 @@ async fn two_pods(yaml: impl FnOnce(&Pod) -> String) -> Option<TwoPods> {
         with_sidecar(&b, &config, "app=echo", b_identity, "echo").await,
     ];
     b.run(async { wicket::echo::serve("[::]:8080".parse().unwrap(), "b".into()).await.unwrap() }).await;
-    Some(TwoPods { sidecars, a, _b: b, _net: net, ca, a_identity, _dir: dir })
+    let config = config.join("mesh.yaml");
+    Some(TwoPods { sidecars, a, b, net, config, ca, a_identity, _dir: dir })
 }
 
 /// The echo service at 10.96.0.20 (and `fd96::20`), B its endpoint at `b_addr`.
@@ -598,4 +601,22 @@ async fn a_draining_sidecar_closes_its_inbound_side_and_keeps_serving_its_apps_c
     assert_eq!(status, 200, "{body}");
     drain.await.unwrap();
     assert!(call(&pods.a, "10.96.0.20:80", ECHO).await.is_none(), "after the drain nothing listens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_peer_authentication_applies_to_new_connections() {
+    let permissive = |b: &Pod| echo_service(&b.ip.to_string()).replace("mode: STRICT", "mode: PERMISSIVE");
+    let Some(mut pods) = two_pods(permissive).await else { return };
+    let d = pods.net.pod("d");
+    let b_app = format!("{}:8080", pods.b.ip);
+    let (status, _) = call(&d, &b_app, ECHO).await.expect("PERMISSIVE takes plaintext");
+    assert_eq!(status, 200);
+
+    let version = pods.sidecars[1].snapshot().version;
+    let strict = std::fs::read_to_string(&pods.config).unwrap().replace("mode: PERMISSIVE", "mode: STRICT");
+    std::fs::write(&pods.config, strict).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), pods.sidecars[1].wait_for_version_after(version)).await.unwrap();
+    assert!(call(&d, &b_app, ECHO).await.is_none(), "after the reload STRICT refuses plaintext");
+    let (status, body) = call(&pods.a, "10.96.0.20:80", ECHO).await.expect("mTLS still serves");
+    assert_eq!(status, 200, "{body}");
 }
