@@ -620,3 +620,58 @@ async fn a_reloaded_peer_authentication_applies_to_new_connections() {
     let (status, body) = call(&pods.a, "10.96.0.20:80", ECHO).await.expect("mTLS still serves");
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_resources_scope_egress_and_route_ingress_ports() {
+    let extra = |b: &Pod| {
+        format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: hidden}}
+spec:
+  hosts: [hidden.default.svc.cluster.local]
+  addresses: [10.96.0.21]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, targetPort: 8080}}]
+  endpoints: [{{address: "{b}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo2}}
+spec:
+  hosts: [echo2.default.svc.cluster.local]
+  addresses: [10.96.0.22]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, targetPort: 9000}}]
+  endpoints: [{{address: "{b}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: sleep}}
+spec:
+  workloadSelector: {{labels: {{app: sleep}}}}
+  egress:
+  - hosts: ["./{ECHO}", "./echo2.default.svc.cluster.local"]
+  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: echo}}
+spec:
+  workloadSelector: {{labels: {{app: echo}}}}
+  ingress:
+  - port: {{number: 9000, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:8080
+"#,
+            b = b.ip
+        )
+    };
+    let Some(pods) = two_pods(|b| echo_service(&b.ip.to_string()) + &extra(b)).await else { return };
+    let (status, body) = call(&pods.a, "10.96.0.20:80", ECHO).await.expect("an answer");
+    assert_eq!(status, 200, "in A's egress: {body}");
+    let hidden = call(&pods.a, "10.96.0.21:80", "hidden.default.svc.cluster.local").await;
+    assert!(hidden.as_ref().is_none_or(|(status, _)| *status >= 400), "outside A's egress, REGISTRY_ONLY: {hidden:?}");
+    let (status, body) = call(&pods.a, "10.96.0.22:80", "echo2.default.svc.cluster.local").await.expect("an answer");
+    assert_eq!(status, 200, "B's Sidecar sends port 9000 to the app on 8080: {body}");
+}

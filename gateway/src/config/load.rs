@@ -201,6 +201,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         ("networking.istio.io", "DestinationRule") => Some(Kind::DestinationRule),
         ("networking.istio.io", "ServiceEntry") => Some(Kind::ServiceEntry),
         ("networking.istio.io", "WorkloadEntry") => Some(Kind::WorkloadEntry),
+        ("networking.istio.io", "Sidecar") => Some(Kind::Sidecar),
         ("security.istio.io", "RequestAuthentication") => Some(Kind::RequestAuthentication),
         ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
         ("security.istio.io", "PeerAuthentication") => Some(Kind::PeerAuthentication),
@@ -252,6 +253,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         Kind::WasmPlugin => parse_spec::<istio::WasmPlugin>(doc).map(Spec::WasmPlugin),
         Kind::Telemetry => parse_spec::<istio::Telemetry>(doc).map(Spec::Telemetry),
         Kind::PeerAuthentication => parse_spec::<istio::PeerAuthentication>(doc).map(Spec::PeerAuthentication),
+        Kind::Sidecar => parse_spec::<istio::Sidecar>(doc).map(Spec::Sidecar),
     };
     match spec {
         Ok(spec) => loaded.resources.push(Resource { id, origin, meta, spec }),
@@ -388,7 +390,7 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_warn_once() {
-        let doc = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x}\nspec: {}\n";
+        let doc = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: x}\nspec: {}\n";
         let loaded = load_str(&format!("{doc}---\n{doc}"));
         assert_eq!(loaded.diagnostics.len(), 1);
         assert_eq!(loaded.diagnostics[0].severity, Severity::Warning);

@@ -60,6 +60,8 @@ pub enum Kind {
     Telemetry,
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication,
+    /// `networking.istio.io` Sidecar.
+    Sidecar,
 }
 
 impl fmt::Display for Kind {
@@ -75,6 +77,7 @@ impl fmt::Display for Kind {
             Kind::WasmPlugin => "WasmPlugin",
             Kind::Telemetry => "Telemetry",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::Sidecar => "Sidecar",
             Kind::MeshConfig => "ConfigMap",
         })
     }
@@ -141,6 +144,8 @@ pub enum Spec {
     Telemetry(istio::Telemetry),
     /// PeerAuthentication spec.
     PeerAuthentication(istio::PeerAuthentication),
+    /// Sidecar spec.
+    Sidecar(istio::Sidecar),
 }
 
 /// One loaded resource with its identity and origin.

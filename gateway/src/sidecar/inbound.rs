@@ -59,7 +59,9 @@ pub(crate) async fn serve(
     let conn = ConnInfo {
         port: dst.port(),
         direction: Direction::Inbound,
-        original_dst: Some(SocketAddr::new(plan.app_ip, dst.port())),
+        original_dst: Some(
+            plan.endpoints.get(&dst.port()).copied().unwrap_or(SocketAddr::new(plan.app_ip, dst.port())),
+        ),
         ..ConnInfo::plain(peer, listener_port)
     };
     let mut stream = Prefixed::new(prefix, stream);

@@ -100,6 +100,9 @@ pub struct InboundPlan {
     /// Where the application listens: inbound traffic goes to this address at the
     /// port it was headed to.
     pub app_ip: std::net::IpAddr,
+    /// Sidecar `ingress[].defaultEndpoint`: ports whose traffic goes elsewhere than
+    /// `app_ip` at the same port.
+    pub endpoints: HashMap<u16, SocketAddr>,
     /// The identity mutual TLS terminates with (none: plaintext only).
     pub identity: Option<Arc<WorkloadIdentity>>,
     /// HTTP: one catch-all route to the application (Istio InboundPassthroughCluster).

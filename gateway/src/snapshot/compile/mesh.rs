@@ -12,13 +12,15 @@ use crate::{
 };
 
 /// Builds the mesh route table. Istio: on sidecars VirtualServices do not merge; the
-/// oldest one for a host wins.
+/// oldest one for a host wins. `visible(host, namespace)` is a Sidecar resource's
+/// egress scope: what it hides is not routed.
 pub(super) fn route_table(
     resources: &[Resource],
     rejected: &[ResourceRef],
     bootstrap: &Bootstrap,
     registry: &mut Registry,
     refs: &mut Vec<Diagnostic>,
+    visible: &dyn Fn(&str, &str) -> bool,
 ) -> RouteTable {
     let mut table = RouteTable::default();
     let mut claimed = HashSet::new();
@@ -35,14 +37,14 @@ pub(super) fn route_table(
             continue;
         };
         for host in vs.hosts.iter().map(|h| bootstrap.fqdn(h, &r.id.namespace)) {
-            if host == "*" || !claimed.insert(host.clone()) {
+            if host == "*" || !visible(&host, &r.id.namespace) || !claimed.insert(host.clone()) {
                 continue;
             }
             insert(&mut table, &host, bootstrap, rules.clone());
         }
     }
     for host in registry.service_hosts() {
-        if claimed.contains(&host) {
+        if claimed.contains(&host) || !registry.service_namespace(&host).is_some_and(|ns| visible(&host, ns)) {
             continue;
         }
         let port = registry.default_port(&host, 0);

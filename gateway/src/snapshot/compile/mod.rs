@@ -298,7 +298,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
             let msg = format!("mesh port {port} is also a Gateway server port; the mesh listener is not opened");
             tracing::error!("{msg}");
         } else {
-            let table = mesh::route_table(resources, &rejected, bootstrap, &mut registry, &mut refs);
+            let table = mesh::route_table(resources, &rejected, bootstrap, &mut registry, &mut refs, &|_, _| true);
             listeners.push(ListenerSpec { port, bind: bootstrap.bind_ip });
             plans.insert(port, PortPlan::Http(table));
         }

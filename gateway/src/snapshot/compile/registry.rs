@@ -147,6 +147,11 @@ impl<'a> Registry<'a> {
             .unwrap_or_default()
     }
 
+    /// The namespace a service is declared in.
+    pub(super) fn service_namespace(&self, host: &str) -> Option<&str> {
+        self.services.get(host).map(|s| s.namespace.as_str())
+    }
+
     /// Every service host, sorted.
     pub(super) fn service_hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self.services.keys().cloned().collect();

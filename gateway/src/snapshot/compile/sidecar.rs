@@ -36,7 +36,8 @@ pub(super) fn plans(
         let msg = "another PeerAuthentication already applies at this level; the first one wins";
         diags.push(Diagnostic::warning(&r.origin, &r.id, "spec", msg));
     }
-    let outbound = outbound(cx.resources, rejected, cx.mesh, cx.bootstrap, registry, refs);
+    let scope = Scope::of(cx, diags);
+    let outbound = outbound(cx.resources, rejected, cx.mesh, cx.bootstrap, &scope, registry, refs);
     let own = own_labels(cx.bootstrap, cx.settings);
     let app = Arc::new(
         Cluster::new("InboundPassthroughCluster".into(), Protocol::Http1, LbPolicy::Random, vec![], vec![])
@@ -51,6 +52,7 @@ pub(super) fn plans(
     let inbound = InboundPlan {
         mtls,
         app_ip: cx.settings.app_ip,
+        endpoints: scope.endpoints,
         identity: cx.identity.cloned(),
         table,
         tcp: vec![l4_to(target())],
@@ -95,15 +97,108 @@ fn app_protocol(port: &ServicePort) -> AppProtocol {
     }
 }
 
+/// What the Sidecar resource that applies to this workload says: the workload's own
+/// (selector) over the namespace's over the mesh's (root namespace), the first of a
+/// level winning. Without one, everything is visible and the mesh decides.
+struct Scope {
+    /// Sidecar's namespace and `egress[].hosts` (`None`: no Sidecar, or one without egress).
+    egress: Option<(String, Vec<(String, String)>)>,
+    /// `outboundTrafficPolicy.mode`, when the Sidecar sets it.
+    mode: Option<String>,
+    /// `ingress[]`: port → where the application listens.
+    endpoints: HashMap<u16, SocketAddr>,
+}
+
+impl Scope {
+    fn of(cx: &Context<'_>, diags: &mut Vec<Diagnostic>) -> Self {
+        let (ns, labels, root) = (&cx.bootstrap.namespace, &cx.bootstrap.labels, &cx.mesh.root_namespace);
+        let sidecars: Vec<(&Resource, &crate::config::istio::Sidecar)> = cx
+            .resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::Sidecar(s) => Some((r, s)),
+                _ => None,
+            })
+            .collect();
+        let selects = |s: &crate::config::istio::Sidecar| {
+            s.workload_selector.as_ref().is_some_and(|w| w.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        };
+        let chosen = sidecars
+            .iter()
+            .find(|(r, s)| r.id.namespace == *ns && selects(s))
+            .or_else(|| sidecars.iter().find(|(r, s)| r.id.namespace == *ns && s.workload_selector.is_none()))
+            .or_else(|| sidecars.iter().find(|(r, s)| r.id.namespace == *root && s.workload_selector.is_none()));
+        let Some((r, s)) = chosen else {
+            return Self { egress: None, mode: None, endpoints: HashMap::new() };
+        };
+        let mut warn = |field: String, what: &str| {
+            diags.push(Diagnostic::warning(&r.origin, &r.id, field, format!("{what} is not applied")));
+        };
+        if s.inbound_connection_pool.is_some() {
+            warn("spec.inboundConnectionPool".into(), "inboundConnectionPool");
+        }
+        let mut hosts = Vec::new();
+        for (i, e) in s.egress.iter().enumerate() {
+            if e.port.is_some() || e.bind.is_some() || e.capture_mode.is_some() {
+                warn(format!("spec.egress[{i}]"), "port, bind and captureMode (every captured port is served)");
+            }
+            for h in &e.hosts {
+                let (namespace, name) = h.split_once('/').unwrap_or(("*", h.as_str()));
+                hosts.push((namespace.to_string(), name.to_ascii_lowercase()));
+            }
+        }
+        let mut endpoints = HashMap::new();
+        for (i, ing) in s.ingress.iter().enumerate() {
+            if ing.bind.is_some() || ing.capture_mode.is_some() || ing.tls.is_some() || ing.connection_pool.is_some() {
+                warn(format!("spec.ingress[{i}]"), "bind, captureMode, tls and connectionPool");
+            }
+            let Some(endpoint) = &ing.default_endpoint else { continue };
+            let parsed =
+                endpoint.parse::<SocketAddr>().ok().filter(|a| a.ip().is_loopback() || a.ip().is_unspecified());
+            match (parsed, u16::try_from(ing.port.number)) {
+                (Some(a), Ok(port)) => {
+                    // `0.0.0.0:PORT` is the application on the pod's own address.
+                    let ip = if a.ip().is_unspecified() { cx.settings.app_ip } else { a.ip() };
+                    endpoints.insert(port, SocketAddr::new(ip, a.port()));
+                }
+                _ => warn(
+                    format!("spec.ingress[{i}].defaultEndpoint"),
+                    &format!("{endpoint:?} (only 127.0.0.1:PORT and 0.0.0.0:PORT are supported)"),
+                ),
+            }
+        }
+        let egress = (!hosts.is_empty()).then(|| (r.id.namespace.clone(), hosts));
+        let mode = s.outbound_traffic_policy.as_ref().and_then(|p| p.mode.clone());
+        Self { egress, mode, endpoints }
+    }
+
+    /// Istio's egress hosts: `namespace/dnsName`, the namespace `*` (any), `.` (the
+    /// Sidecar's own), `~` (none) or a name; the name `*`, `*.suffix` or exact.
+    fn visible(&self, host: &str, namespace: &str) -> bool {
+        let Some((own, hosts)) = &self.egress else { return true };
+        hosts.iter().any(|(ns, name)| {
+            let ns_ok = match ns.as_str() {
+                "*" => true,
+                "~" => false,
+                "." => namespace == own,
+                other => namespace == other,
+            };
+            ns_ok && crate::route::host_matches(name, host)
+        })
+    }
+}
+
 fn outbound(
     resources: &[Resource],
     rejected: &[ResourceRef],
     mesh_config: &MeshConfig,
     bootstrap: &Bootstrap,
+    scope: &Scope,
     registry: &mut Registry,
     refs: &mut Vec<Diagnostic>,
 ) -> OutboundPlan {
-    let mut table = mesh::route_table(resources, rejected, bootstrap, registry, refs);
+    let visible = |host: &str, namespace: &str| scope.visible(host, namespace);
+    let mut table = mesh::route_table(resources, rejected, bootstrap, registry, refs, &visible);
     let mut services = HashMap::new();
     for r in resources.iter().filter(|r| !rejected.contains(&r.id)) {
         let Spec::ServiceEntry(se) = &r.spec else { continue };
@@ -111,7 +206,8 @@ fn outbound(
             continue;
         }
         let ips: Vec<std::net::IpAddr> = se.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-        for host in se.hosts.iter().map(|h| bootstrap.fqdn(h, &r.id.namespace)) {
+        let hosts = se.hosts.iter().map(|h| bootstrap.fqdn(h, &r.id.namespace));
+        for host in hosts.filter(|h| scope.visible(h, &r.id.namespace)) {
             for ip in &ips {
                 // Requests naming the address instead of the host route like the host.
                 if let Some(vhost) = table.exact(&host) {
@@ -130,7 +226,8 @@ fn outbound(
             }
         }
     }
-    let allow_any = mesh_config.outbound_traffic_policy.mode.as_deref() != Some("REGISTRY_ONLY");
+    let mode = scope.mode.as_deref().or(mesh_config.outbound_traffic_policy.mode.as_deref());
+    let allow_any = mode != Some("REGISTRY_ONLY");
     let passthrough = Arc::new(
         Cluster::new("PassthroughCluster".into(), Protocol::Http1, LbPolicy::Random, vec![], vec![]).original_dst(),
     );
