@@ -1,11 +1,14 @@
-//! The config loader and compiler on arbitrary YAML: errors are fine, panics and
-//! hangs are not.
+//! The config loader and compiler on arbitrary YAML, as a gateway and as a sidecar:
+//! errors are fine, panics and hangs are not.
 #![no_main]
 
 use std::{path::Path, sync::OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use wicket::{config::Bootstrap, snapshot::Caches};
+use wicket::{
+    config::{Bootstrap, SidecarSettings},
+    snapshot::Caches,
+};
 
 static CACHES: OnceLock<Caches> = OnceLock::new();
 
@@ -17,4 +20,6 @@ fuzz_target!(|data: &[u8]| {
         Bootstrap { config_dir: "/nonexistent".into(), credentials_dir: "/nonexistent".into(), ..Default::default() };
     let caches = CACHES.get_or_init(Caches::default);
     let _ = wicket::snapshot::compile(&loaded.resources, &bootstrap, caches);
+    let sidecar = Bootstrap { sidecar: Some(SidecarSettings::default()), ..bootstrap };
+    let _ = wicket::snapshot::compile(&loaded.resources, &sidecar, caches);
 });
