@@ -94,6 +94,8 @@ pub struct Gateway {
     /// A sidecar drains its inbound side only (Istio): this tells the supervisor.
     inbound_drain: watch::Sender<bool>,
     sidecar: bool,
+    /// Tells the supervisor to close its listeners and end.
+    stop: Arc<tokio::sync::Notify>,
     _supervisor: tokio::task::JoinHandle<()>,
 }
 
@@ -118,9 +120,9 @@ impl Gateway {
     /// A sidecar, like Istio's, drains its inbound side only and keeps serving the
     /// application's outbound calls for all of `limit` (`terminationDrainDuration`).
     /// Returns the connections still open when it gave up.
-    pub async fn shutdown(self, limit: Duration) -> usize {
+    pub async fn shutdown(mut self, limit: Duration) -> usize {
         if !self.sidecar {
-            self._supervisor.abort(); // drops the listeners: no new connection is accepted
+            self.close_listeners().await;
             tracing::info!(open = self.drain.open(), ?limit, "draining");
             return self.drain.drain(limit).await;
         }
@@ -129,8 +131,14 @@ impl Gateway {
         tracing::info!(open = self.drain.open(), ?limit, "draining inbound; outbound serves until the end");
         let left = self.drain.drain(limit).await;
         tokio::time::sleep_until(deadline).await;
-        self._supervisor.abort();
+        self.close_listeners().await;
         left
+    }
+
+    /// Stops reloading and closes every listener; returns once none accepts any more.
+    async fn close_listeners(&mut self) {
+        self.stop.notify_one();
+        let _ = (&mut self._supervisor).await;
     }
 
     /// Waits until a snapshot newer than `version` is applied (listeners reconciled).
@@ -188,6 +196,7 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
     let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
     let (version_tx, version_rx) = watch::channel(0);
     let (inbound_drain, draining) = watch::channel(false);
+    let stop = Arc::new(tokio::sync::Notify::new());
     let sidecar = bootstrap.sidecar.is_some();
     let status = Arc::new(RwLock::new(supervisor::ReloadStatus::default()));
     let mut supervisor = Supervisor {
@@ -206,6 +215,7 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
         status: status.clone(),
         access_log,
         draining,
+        stop: stop.clone(),
     };
     supervisor.reload().await?;
     let admin = match bootstrap.admin {
@@ -236,6 +246,7 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
         drain,
         inbound_drain,
         sidecar,
+        stop,
         _supervisor: task,
     })
 }

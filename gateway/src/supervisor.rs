@@ -47,6 +47,8 @@ pub(crate) struct Supervisor {
     pub access_log: AccessLog,
     /// Set when a sidecar starts draining: its inbound listener closes.
     pub draining: watch::Receiver<bool>,
+    /// Shutdown: close every listener and end.
+    pub stop: Arc<tokio::sync::Notify>,
 }
 
 impl Supervisor {
@@ -91,6 +93,10 @@ impl Supervisor {
         let mut cert_check = tokio::time::interval(CERT_CHECK);
         loop {
             tokio::select! {
+                () = self.stop.notified() => {
+                    self.listeners.close_all().await;
+                    break;
+                }
                 change = changes.recv() => {
                     if change.is_none() {
                         break;

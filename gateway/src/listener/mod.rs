@@ -87,6 +87,14 @@ impl Listeners {
         });
     }
 
+    /// Closes every listener and waits until none accepts any more.
+    pub async fn close_all(&mut self) {
+        for (_, open) in self.open.drain() {
+            open.task.abort();
+            let _ = open.task.await;
+        }
+    }
+
     /// Opens the listeners `specs` has and we lack, closes those it no longer has.
     /// Returns the ports that could not be bound, with why.
     pub async fn reconcile(&mut self, specs: &[ListenerSpec]) -> Vec<(u16, io::Error)> {

@@ -7,7 +7,9 @@ use std::{collections::HashSet, sync::Arc};
 use super::{registry::Registry, routes};
 use crate::{
     config::{Bootstrap, Diagnostic, Resource, ResourceRef, Spec},
-    route::{Action, Forward, HeaderRules, Route, RouteTable, Target, VirtualHost, WeightedDestination},
+    route::{
+        Action, DirectResponse, Forward, HeaderRules, Route, RouteTable, Target, VirtualHost, WeightedDestination,
+    },
     upstream::RetryPolicy,
 };
 
@@ -57,14 +59,24 @@ pub(super) fn route_table(
 
 /// A route sending every request to `target`.
 pub(super) fn catch_all(name: &str, target: Target, retry: RetryPolicy) -> Route {
+    let action = Action::Forward(Forward {
+        destinations: vec![WeightedDestination { target, weight: 1, headers: HeaderRules::default() }],
+        total_weight: 1,
+        rewrite: None,
+    });
+    any_request(name, action, retry)
+}
+
+/// A route answering every request with `status` itself (Istio's BlackHoleCluster).
+pub(super) fn answer_all(name: &str, status: http::StatusCode) -> Route {
+    any_request(name, Action::Direct(DirectResponse { status, body: bytes::Bytes::new() }), RetryPolicy::none())
+}
+
+fn any_request(name: &str, action: Action, retry: RetryPolicy) -> Route {
     Route {
         name: name.into(),
         matches: Vec::new(),
-        action: Action::Forward(Forward {
-            destinations: vec![WeightedDestination { target, weight: 1, headers: HeaderRules::default() }],
-            total_weight: 1,
-            rewrite: None,
-        }),
+        action,
         headers: HeaderRules::default(),
         timeout: None,
         retry,

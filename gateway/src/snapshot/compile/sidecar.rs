@@ -232,9 +232,12 @@ fn outbound(
         Cluster::new("PassthroughCluster".into(), Protocol::Http1, LbPolicy::Random, vec![], vec![]).original_dst(),
     );
     let target = || Target { name: passthrough.name.clone(), cluster: Some(passthrough.clone()) };
-    if allow_any {
-        let route = mesh::catch_all("allow_any", target(), RetryPolicy::none());
-        table.insert("*", Arc::new(VirtualHost::new("*", vec![Arc::new(route)], false)));
-    }
+    // Istio's last virtual host: pass other hosts through, or answer 502 (BlackHoleCluster).
+    let route = if allow_any {
+        mesh::catch_all("allow_any", target(), RetryPolicy::none())
+    } else {
+        mesh::answer_all("block_all", http::StatusCode::BAD_GATEWAY)
+    };
+    table.insert("*", Arc::new(VirtualHost::new("*", vec![Arc::new(route)], false)));
     OutboundPlan { table, services, allow_any, passthrough: vec![l4_to(target())] }
 }
