@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::WorkloadSelector;
+use super::{ServicePort, WorkloadSelector};
 
 /// Sidecar spec.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,8 +41,8 @@ pub struct EgressListener {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngressListener {
-    /// The port traffic arrives on.
-    pub port: SidecarPort,
+    /// The port traffic arrives on (Istio's `Port`, as in ServiceEntry).
+    pub port: ServicePort,
     /// Where it goes: `127.0.0.1:PORT` or `0.0.0.0:PORT` (the application's address).
     pub default_endpoint: Option<String>,
     /// Bind address (not applied).
@@ -53,20 +53,4 @@ pub struct IngressListener {
     pub tls: Option<serde_json::Value>,
     /// Connection pool (not applied).
     pub connection_pool: Option<serde_json::Value>,
-}
-
-/// A Sidecar listener port.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SidecarPort {
-    /// Port number.
-    pub number: u32,
-    /// Protocol.
-    #[serde(default)]
-    pub protocol: String,
-    /// Name.
-    #[serde(default)]
-    pub name: String,
-    /// Target port (unused by Istio here).
-    pub target_port: Option<u32>,
 }
