@@ -13,9 +13,8 @@ use tokio::{
 
 use super::{
     original_dst::original_dst,
-    outbound::DETECTION_WAIT,
     plan::{InboundPlan, MtlsMode},
-    sniff::{sniff, Sniffed},
+    sniff::{first_bytes, Sniffed},
 };
 use crate::{
     listener::{client_hello, client_hello::Prefixed, l4, serve_http, HANDSHAKE_TIMEOUT},
@@ -49,13 +48,7 @@ pub(crate) async fn serve(
         }
     };
     let mode = plan.mtls.mode(dst.port());
-    let (kind, prefix) = match sniff(&mut stream, DETECTION_WAIT).await {
-        Ok(sniffed) => sniffed,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
-            return;
-        }
-    };
+    let Some((kind, prefix)) = first_bytes(&mut stream, peer).await else { return };
     let conn = ConnInfo {
         port: dst.port(),
         direction: Direction::Inbound,
@@ -126,13 +119,7 @@ async fn terminate<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
         _ => "TLSv1.2",
     });
-    let (kind, prefix) = match sniff(&mut tls, DETECTION_WAIT).await {
-        Ok(sniffed) => sniffed,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
-            return;
-        }
-    };
+    let Some((kind, prefix)) = first_bytes(&mut tls, peer).await else { return };
     deliver(Prefixed::new(prefix, tls), conn, kind == Sniffed::Http, plan, tcp_authz, proxy, builder).await
 }
 

@@ -3,7 +3,7 @@
 //! the pipeline with the mesh routes, anything else is proxied as TCP, and unknown
 //! destinations pass through unless the mesh is `REGISTRY_ONLY`.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tokio::net::TcpStream;
@@ -11,17 +11,13 @@ use tokio::net::TcpStream;
 use super::{
     original_dst::original_dst,
     plan::{AppProtocol, OutboundPlan},
-    sniff::{sniff, Sniffed},
+    sniff::{first_bytes, Sniffed},
 };
 use crate::{
     listener::{client_hello::Prefixed, l4, serve_http},
     pipeline::{ConnInfo, Direction, Proxy},
     security::authz::AuthzEngine,
 };
-
-/// How long a captured connection may stay silent before it is taken for a
-/// server-first protocol and proxied as TCP.
-pub(super) const DETECTION_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves one captured outbound connection.
 pub(crate) async fn serve(
@@ -48,12 +44,9 @@ pub(crate) async fn serve(
     let (http, prefix) = match protocol {
         AppProtocol::Http => (true, Default::default()),
         AppProtocol::Opaque => (false, Default::default()),
-        AppProtocol::Detect => match sniff(&mut stream, DETECTION_WAIT).await {
-            Ok((kind, bytes)) => (kind == Sniffed::Http, bytes),
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
-                return;
-            }
+        AppProtocol::Detect => match first_bytes(&mut stream, peer).await {
+            Some((kind, bytes)) => (kind == Sniffed::Http, bytes),
+            None => return,
         },
     };
     let conn = ConnInfo {

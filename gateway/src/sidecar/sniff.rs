@@ -1,7 +1,7 @@
 //! Protocol detection on captured connections (Envoy's TLS and HTTP inspectors): the
 //! first bytes say TLS, HTTP (a method and a space, or the HTTP/2 preface) or neither.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -16,6 +16,10 @@ pub enum Sniffed {
     /// Anything else, or nothing within the wait (a server-first protocol).
     Opaque,
 }
+
+/// How long a captured connection may stay silent before it is taken for a
+/// server-first protocol and proxied as TCP.
+pub(super) const DETECTION_WAIT: Duration = Duration::from_secs(1);
 
 /// Longest method token looked at before deciding it is not HTTP.
 const MAX_METHOD: usize = 24;
@@ -60,6 +64,18 @@ pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S, wait: Duration) -> std::io:
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// `sniff` on a captured connection from `peer`: one that fails before its first
+/// bytes is logged and given up (`None`).
+pub(super) async fn first_bytes<S: AsyncRead + Unpin>(io: &mut S, peer: SocketAddr) -> Option<(Sniffed, Bytes)> {
+    match sniff(io, DETECTION_WAIT).await {
+        Ok(sniffed) => Some(sniffed),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
+            None
         }
     }
 }
