@@ -274,10 +274,7 @@ async fn tls_connection(
         }
         ChainAction::Https { tls, .. } => {
             let Some((tls_stream, peer_cert)) = handshake(tls, stream, peer).await else { return };
-            let tls_version = tls_stream.get_ref().1.protocol_version().map(|v| match v {
-                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-                _ => "TLSv1.2",
-            });
+            let tls_version = tls::version_name(tls_stream.get_ref().1);
             let conn = Arc::new(ConnInfo { scheme: "https", peer_cert, tls_version, ..conn });
             serve_http(tls_stream, conn, proxy, builder).await
         }

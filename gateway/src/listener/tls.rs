@@ -91,6 +91,15 @@ fn version(name: &str) -> Result<u8, String> {
     }
 }
 
+/// The negotiated version of a server connection as Envoy names it (`TLSv1.3`), for
+/// logs and Wasm's `connection.tls_version`. rustls speaks 1.2 and 1.3 only.
+pub fn version_name(conn: &rustls::ServerConnection) -> Option<&'static str> {
+    conn.protocol_version().map(|v| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        _ => "TLSv1.2",
+    })
+}
+
 /// Builds the config of a terminating server. `alpn` is offered in order
 /// (`h2`, `http/1.1` for HTTPS; none for TLS-terminated TCP).
 pub fn server_config(

@@ -115,10 +115,7 @@ async fn terminate<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
     conn.peer_cert = leaf.and_then(PeerCert::from_leaf).map(Arc::new);
     conn.scheme = "https";
-    conn.tls_version = tls.get_ref().1.protocol_version().map(|v| match v {
-        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-        _ => "TLSv1.2",
-    });
+    conn.tls_version = crate::listener::tls::version_name(tls.get_ref().1);
     let Some((kind, prefix)) = first_bytes(&mut tls, peer).await else { return };
     deliver(Prefixed::new(prefix, tls), conn, kind == Sniffed::Http, plan, tcp_authz, proxy, builder).await
 }
