@@ -6,7 +6,6 @@ mod clusters;
 mod config_dump;
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{Arc, RwLock},
 };
@@ -14,8 +13,7 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::{
@@ -41,19 +39,8 @@ pub struct AdminState {
 pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, &req)) }
-                });
-                let _ = crate::listener::side_server().serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
-    });
+    let state = Arc::new(state);
+    crate::listener::serve_side(listener, move |req| std::future::ready(route(&state, &req)));
     Ok(local)
 }
 

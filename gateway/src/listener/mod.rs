@@ -313,6 +313,32 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Serves a plaintext side listener (admin, health) in the background: every request
+/// is answered by `handle`.
+pub(crate) fn serve_side<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors and the like: breathe, go on.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let answer = handle(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = side_server().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+}
+
 /// The HTTP server of the side listeners (admin, health, injection webhook): small
 /// heads that must arrive within seconds, few streams.
 pub(crate) fn side_server() -> auto::Builder<TokioExecutor> {

@@ -10,8 +10,7 @@ use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc,
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -83,33 +82,21 @@ pub async fn serve(
         ClientTlsSettings { mode: Some("SIMPLE".into()), insecure_skip_verify: Some(true), ..Default::default() };
     let tls = UpstreamTls::compile(&insecure, Protocol::Http1, &CertStore::default()).ok().flatten().map(Arc::new);
     let state = Arc::new((probers, upstreams, tls, ready));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    crate::listener::serve_side(listener, move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move {
+            let (probers, upstreams, tls, ready) = &*state;
+            let status = match req.uri().path() {
+                "/healthz/ready" if ready() => StatusCode::OK,
+                "/healthz/ready" => StatusCode::SERVICE_UNAVAILABLE,
+                path => match probers.get(path) {
+                    Some(p) => check(p, upstreams, tls.as_deref()).await,
+                    None => StatusCode::NOT_FOUND,
+                },
             };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let state = state.clone();
-                    async move {
-                        let (probers, upstreams, tls, ready) = &*state;
-                        let status = match req.uri().path() {
-                            "/healthz/ready" if ready() => StatusCode::OK,
-                            "/healthz/ready" => StatusCode::SERVICE_UNAVAILABLE,
-                            path => match probers.get(path) {
-                                Some(p) => check(p, upstreams, tls.as_deref()).await,
-                                None => StatusCode::NOT_FOUND,
-                            },
-                        };
-                        let mut resp = Response::new(Full::new(Bytes::new()));
-                        *resp.status_mut() = status;
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let _ = crate::listener::side_server().serve_connection(TokioIo::new(stream), svc).await;
-            });
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = status;
+            resp
         }
     });
     Ok(local)
