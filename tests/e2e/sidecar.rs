@@ -356,20 +356,30 @@ async fn two_pods(yaml: impl FnOnce(&Pod) -> String) -> Option<TwoPods> {
     Some(TwoPods { sidecars, a, b, net, config, ca, a_identity, _dir: dir })
 }
 
-/// The echo service at 10.96.0.20 (and `fd96::20`), B its endpoint at `b_addr`.
-fn echo_service(b_addr: &str) -> String {
+/// A ServiceEntry `name` for `host` at `addresses` with one `port`, whose one
+/// endpoint is B (`app: echo`, with a sidecar) at `b_addr`.
+fn pod_service(name: &str, host: &str, addresses: &str, port: &str, b_addr: &str) -> String {
     format!(
         r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: echo}}
+metadata: {{name: {name}}}
 spec:
-  hosts: [{ECHO}]
-  addresses: ["fd96::20", 10.96.0.20]
+  hosts: [{host}]
+  addresses: {addresses}
   resolution: STATIC
-  ports: [{{number: 80, name: http, targetPort: 8080}}]
+  ports: [{port}]
   endpoints: [{{address: "{b_addr}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
----
+"#
+    )
+}
+
+/// The echo service at 10.96.0.20 (and `fd96::20`), B its endpoint at `b_addr`.
+fn echo_service(b_addr: &str) -> String {
+    let service =
+        pod_service("echo", ECHO, r#"["fd96::20", 10.96.0.20]"#, "{number: 80, name: http, targetPort: 8080}", b_addr);
+    format!(
+        r#"{service}---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {{name: default}}
@@ -471,13 +481,10 @@ async fn auto_mtls_sends_plaintext_to_a_workload_that_disables_mtls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_services_stay_http2_through_both_sidecars() {
-    let grpc = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: grpc}\nspec:\n  hosts: [grpc.default.svc.cluster.local]\n  addresses: [10.96.0.22]\n  resolution: STATIC\n  ports: [{number: 9000, name: grpc, protocol: GRPC, targetPort: 8080}]\n";
     let Some(pods) = two_pods(|b| {
-        let endpoint = format!(
-            "  endpoints: [{{address: \"{}\", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]\n",
-            b.ip
-        );
-        echo_service(&b.ip.to_string()) + grpc + &endpoint
+        let port = "{number: 9000, name: grpc, protocol: GRPC, targetPort: 8080}";
+        let grpc = pod_service("grpc", "grpc.default.svc.cluster.local", "[10.96.0.22]", port, &b.ip.to_string());
+        echo_service(&b.ip.to_string()) + "---" + &grpc
     })
     .await
     else {
@@ -624,28 +631,23 @@ async fn a_reloaded_peer_authentication_applies_to_new_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_resources_scope_egress_and_route_ingress_ports() {
     let extra = |b: &Pod| {
+        let b = b.ip.to_string();
+        let hidden = pod_service(
+            "hidden",
+            "hidden.default.svc.cluster.local",
+            "[10.96.0.21]",
+            "{number: 80, name: http, targetPort: 8080}",
+            &b,
+        );
+        let echo2 = pod_service(
+            "echo2",
+            "echo2.default.svc.cluster.local",
+            "[10.96.0.22]",
+            "{number: 80, name: http, targetPort: 9000}",
+            &b,
+        );
         format!(
-            r#"---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: hidden}}
-spec:
-  hosts: [hidden.default.svc.cluster.local]
-  addresses: [10.96.0.21]
-  resolution: STATIC
-  ports: [{{number: 80, name: http, targetPort: 8080}}]
-  endpoints: [{{address: "{b}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo2}}
-spec:
-  hosts: [echo2.default.svc.cluster.local]
-  addresses: [10.96.0.22]
-  resolution: STATIC
-  ports: [{{number: 80, name: http, targetPort: 9000}}]
-  endpoints: [{{address: "{b}", labels: {{app: echo, security.istio.io/tlsMode: istio}}}}]
----
+            r#"---{hidden}---{echo2}---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: sleep}}
@@ -663,8 +665,7 @@ spec:
   ingress:
   - port: {{number: 9000, protocol: HTTP, name: http}}
     defaultEndpoint: 127.0.0.1:8080
-"#,
-            b = b.ip
+"#
         )
     };
     let Some(pods) = two_pods(|b| echo_service(&b.ip.to_string()) + &extra(b)).await else { return };
