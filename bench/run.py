@@ -302,9 +302,11 @@ def parse_latency(text, unit_re):
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, duration, conns, headers=()):
+def run_wrk(port, duration, conns, headers=(), url=None, prefix=()):
+    """wrk on core 1 against 127.0.0.1:`port` (or `url`), run under `prefix` (e.g. `ip netns exec NS`)."""
     extra = [arg for h in headers for arg in ("-H", h)]
-    out = sh(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", *extra, f"http://127.0.0.1:{port}/"]).stdout
+    url = url or f"http://127.0.0.1:{port}/"
+    out = sh([*prefix, "taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", *extra, url]).stdout
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: .*", out)

@@ -26,7 +26,7 @@ import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import ROOT, TICK_US, WICKET, Proc, cpu_ticks, parse_latency, sh  # noqa: E402
+from run import ROOT, TICK_US, WICKET, Proc, cpu_ticks, run_wrk, sh  # noqa: E402
 
 PREFIX = f"wkb{os.getpid() % 100000}"
 VIP = "10.96.0.20"
@@ -122,18 +122,7 @@ def in_pod(ns, cmd, core):
 
 
 def wrk(ns, url, host, duration, conns):
-    out = sh(["ip", "netns", "exec", ns, "taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s",
-              "--latency", "-H", f"Host: {host}", url]).stdout
-    import re
-
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": parse_latency(out, r"50%\s+([\d.]+)(us|ms|s)"),
-        "p99": parse_latency(out, r"99%\s+([\d.]+)(us|ms|s)"),
-        "bad": int(non2xx.group(1)) if non2xx else 0,
-    }
+    return run_wrk(None, duration, conns, [f"Host: {host}"], url=url, prefix=["ip", "netns", "exec", ns])
 
 
 def wait_http(ns, url, host, timeout=20):
