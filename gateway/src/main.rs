@@ -479,11 +479,19 @@ fn serve_until_signal(
     result
 }
 
+/// One worker is a current-thread runtime, like one nginx worker: every task runs on
+/// the thread that accepted its connection, with no cross-thread wake-ups or work
+/// stealing. Blocking work (snapshot compiles) still goes to tokio's blocking pool.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n.max(1));
-    }
+    let mut builder = match workers {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all().build().context("starting the runtime")
 }
 

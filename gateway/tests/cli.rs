@@ -1,5 +1,6 @@
-//! The `wicket` binary's own commands, run as a user would: capture rules installed
-//! and removed in a network namespace, the development CA, injection on stdin.
+//! The `wicket` binary's own commands, run as a user would: the README's gateway on the
+//! bundled config, capture rules installed and removed in a network namespace, the
+//! development CA, injection on stdin.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -40,6 +41,48 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+/// The README's command (with one worker, as the benchmarks run it) in a namespace of
+/// its own, so its fixed ports cannot clash: it routes by the bundled config and exits
+/// cleanly on SIGTERM.
+#[test]
+fn the_readme_gateway_serves_the_bundled_config_and_exits_on_sigterm() {
+    let Some(ns) = Netns::new() else {
+        eprintln!("skipped: needs root, ip and iptables");
+        return;
+    };
+    assert!(ns.run("ip", &["link", "set", "lo", "up"]).status.success());
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+    let bin = env!("CARGO_BIN_EXE_wicket");
+    let args = ["netns", "exec", &ns.0, bin, "run", "--config", config, "--workers", "1"];
+    let gateway = Command::new("ip")
+        .args(args)
+        .args(["--echo", "127.0.0.1:9081=v1", "--echo", "127.0.0.1:9082=v2", "--drain-time", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let curl = |extra: &[&str]| {
+        let mut args = vec!["-s", "--max-time", "5"];
+        args.extend_from_slice(extra);
+        text(&ns.run("curl", &args).stdout)
+    };
+    // The first request waits, by curl's retries, for the listener to open.
+    let hello = curl(&["--retry", "20", "--retry-connrefused", "--retry-delay", "1", "http://127.0.0.1:8080/hello"]);
+    let tester = curl(&["-H", "end-user: tester", "http://127.0.0.1:8080/items"]);
+    let canary = curl(&["-i", "http://127.0.0.1:8080/"]);
+    // `ip netns exec` execs the gateway, so the child is the gateway itself. It is
+    // stopped before any assertion so that a failure leaves no gateway behind.
+    let pid = gateway.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = gateway.wait_with_output().unwrap();
+
+    assert_eq!(hello, "hello from wicket\n", "{}", text(&out.stderr));
+    assert!(tester.contains("\"upstream\": \"v2\"") && tester.contains("\"path\": \"/items\""), "{tester}");
+    assert!(canary.contains("x-served-by: wicket"), "{canary}");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("drained; exiting"), "{}", text(&out.stderr));
 }
 
 #[test]
