@@ -82,13 +82,14 @@ def tree(pid):
     return found
 
 
-def cpu_ticks(pid):
+def cpu_ticks(pid, kernel_only=False):
+    """CPU time of `pid` and its descendants, all threads: user+system, or system only."""
     total = 0
     for p in tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime, all threads
+            total += int(fields[12]) if kernel_only else int(fields[11]) + int(fields[12])  # utime, stime
         except OSError:
             pass
     return total
@@ -355,12 +356,13 @@ SCENARIOS = {
 
 
 def measure(proxy, ports, scenario, duration):
-    before, busy0 = cpu_ticks(proxy.pid), busy_other_cpu(0)
+    before, kernel0, busy0 = cpu_ticks(proxy.pid), cpu_ticks(proxy.pid, kernel_only=True), busy_other_cpu(0)
     result = SCENARIOS[scenario](ports, duration)
-    after, busy1 = cpu_ticks(proxy.pid), busy_other_cpu(0)
+    after, kernel1, busy1 = cpu_ticks(proxy.pid), cpu_ticks(proxy.pid, kernel_only=True), busy_other_cpu(0)
     core0_busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
     proxy_ticks = after - before
     result["cpu_us"] = proxy_ticks * TICK_US / max(1, result["requests"])
+    result["kernel_pct"] = 100 * (kernel1 - kernel0) / max(1, proxy_ticks)
     # Core 0 runs only the proxy: busy time the proxy did not account for is noise.
     proxy_share = proxy_ticks / max(1, busy1[1] - busy0[1])
     result["noise"] = max(0.0, core0_busy - proxy_share) > 0.1
@@ -459,7 +461,7 @@ def best(runs, key, lower=True):
 
 def report(rows, args):
     print(f"\n{args.rounds} alternating rounds of {args.duration}s per proxy; proxy on core 0, load and upstream on core 1")
-    header = f"{'scenario':<14}{'proxy':<8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'RSS MB':>8}  notes"
+    header = f"{'scenario':<14}{'proxy':<8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}{'kernel %':>10}{'RSS MB':>8}  notes"
     print(header)
     print("-" * len(header))
     for scenario, results in rows:
@@ -470,6 +472,7 @@ def report(rows, args):
                 "p50": best(runs, "p50"),
                 "p99": best(runs, "p99"),
                 "cpu_us": best(runs, "cpu_us"),
+                "kernel_pct": min(runs, key=lambda r: r["cpu_us"] or float("inf"))["kernel_pct"],
                 "rss_mb": max(r["rss_mb"] for r in runs),
             }
             summary[who] = s
@@ -480,10 +483,10 @@ def report(rows, args):
                 notes.append(f"{sum(r['bad'] for r in runs)} bad responses")
             fmt = lambda v, spec: format(v, spec) if v is not None else "-"
             print(f"{scenario:<14}{who:<8}{fmt(s['rps'], '10.0f')}{fmt(s['p50'], '9.2f')}{fmt(s['p99'], '9.2f')}"
-                  f"{fmt(s['cpu_us'], '12.1f')}{fmt(s['rss_mb'], '8.1f')}  {', '.join(notes)}")
+                  f"{fmt(s['cpu_us'], '12.1f')}{fmt(s['kernel_pct'], '10.0f')}{fmt(s['rss_mb'], '8.1f')}  {', '.join(notes)}")
         w, n = summary["wicket"], summary["nginx"]
         ratio = lambda k: f"{w[k] / n[k]:.2f}" if w[k] and n[k] else "-"
-        print(f"{'':<14}{'ratio':<8}{ratio('rps'):>10}{ratio('p50'):>9}{ratio('p99'):>9}{ratio('cpu_us'):>12}{ratio('rss_mb'):>8}  (wicket/nginx)")
+        print(f"{'':<14}{'ratio':<8}{ratio('rps'):>10}{ratio('p50'):>9}{ratio('p99'):>9}{ratio('cpu_us'):>12}{'':>10}{ratio('rss_mb'):>8}  (wicket/nginx)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 //! Configuration is Istio YAML (`config`), compiled into an immutable `Snapshot`
 //! (`snapshot`) that a reload swaps atomically.
 
+pub mod addr_text;
 pub mod admin;
 pub mod config;
 pub mod echo;

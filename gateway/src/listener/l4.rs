@@ -6,6 +6,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    addr_text,
     error::ResponseFlags,
     pipeline::{ConnInfo, Proxy},
     route::L4Route,
@@ -72,7 +73,7 @@ pub(crate) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(endpoint) = cluster.endpoint_for(conn.original_dst, None, hash) else {
         return fail(record, ResponseFlags::UH);
     };
-    record.upstream_host = Some(endpoint.addr.to_string());
+    record.upstream_host = Some(addr_text::socket_addr(endpoint.addr));
     let mut upstream = match connect(cluster, &endpoint, proxy.upstreams.mark()).await {
         Ok(s) => s,
         Err(e) => {

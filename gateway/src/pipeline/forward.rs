@@ -5,7 +5,7 @@
 use std::sync::{atomic::AtomicU64, Arc};
 
 use bytes::Bytes;
-use http::{header, uri::PathAndQuery, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tracing::Instrument;
@@ -16,6 +16,7 @@ use super::{
     ConnInfo, Forwarded, Proxy,
 };
 use crate::{
+    addr_text,
     error::{ProxyError, ResponseFlags},
     route::{Forward, MatchedBlock, Mirror, Route},
     telemetry::AccessRecord,
@@ -26,8 +27,15 @@ use crate::{
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate"];
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward<B>(
@@ -135,7 +143,7 @@ where
     let outcome = match result {
         Ok(o) => o,
         Err(failure) => {
-            record.upstream_host = failure.upstream.map(|a| a.to_string());
+            record.upstream_host = failure.upstream.map(addr_text::socket_addr);
             metrics.upstream(&cluster.name, failure.error.flag().first_name());
             flags.insert(failure.flags);
             tracing::debug!(error = %failure.error, "upstream failed");
@@ -148,7 +156,7 @@ where
     };
     flags.insert(outcome.flags);
     record.flags(flags);
-    record.upstream_host = Some(outcome.endpoint.endpoint().addr.to_string());
+    record.upstream_host = Some(addr_text::socket_addr(outcome.endpoint.endpoint().addr));
     record.destination = Some(outcome.endpoint.endpoint().metrics.clone());
     record.mutual_tls |=
         cluster.tls_for(outcome.endpoint.endpoint()).is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
@@ -267,20 +275,25 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers and those named by `Connection`; keeps the WebSocket
 /// `Upgrade`/`Connection` pair when upgrading. `TE: trailers` survives (gRPC needs it).
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
+    // Each removal hashes a name: remove only the ones a look at the names finds.
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|name| HOP_BY_HOP.contains(name)).cloned().collect();
+    if doomed.is_empty() {
+        return;
+    }
+    doomed.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok()),
+    );
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("trailers"));
-    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
-        if keep_upgrade && (name == "upgrade" || name == "connection") {
+    for name in &doomed {
+        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
             continue;
         }
         headers.remove(name);
@@ -295,12 +308,51 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Envoy with `use_remote_address`: append the TCP peer to `x-forwarded-for`.
 fn append_forwarded_for(headers: &mut HeaderMap, conn: &ConnInfo) {
-    let peer = conn.peer.ip().to_string();
+    let peer = addr_text::ip(conn.peer.ip());
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev}, {peer}"),
         _ => peer,
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert("x-forwarded-for", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers, deflate"),
+            ("x-secret", "1"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept", "te"]);
+        assert_eq!(h["te"], "trailers");
+
+        let mut plain = headers(&[("x-kept", "1")]);
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1);
+
+        let mut ws = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("keep-alive", "5")]);
+        strip_hop_by_hop(&mut ws, true);
+        assert_eq!(
+            (&ws["connection"], &ws["upgrade"], ws.get("keep-alive")),
+            (&"upgrade".parse::<HeaderValue>().unwrap(), &"websocket".parse::<HeaderValue>().unwrap(), None)
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::{
         jwt::Identity,
     },
     snapshot::{Snapshot, SnapshotHandle},
-    telemetry::{AccessRecord, Logged, Telemetry},
+    telemetry::{metrics::Reporter, AccessRecord, Logged, Prehashed, SourceLabels, Telemetry},
     upstream::Upstreams,
     wasm::{Phase, WasmStream},
 };
@@ -110,11 +110,7 @@ impl ConnInfo {
 
     /// Istio's `reporter` and `source_*` labels for this connection: inbound, the
     /// destination reports and the source is the peer; otherwise this workload.
-    pub fn reporter_and_source(
-        &self,
-        own: &Arc<crate::telemetry::SourceLabels>,
-    ) -> (crate::telemetry::metrics::Reporter, Arc<crate::telemetry::SourceLabels>) {
-        use crate::telemetry::{metrics::Reporter, SourceLabels};
+    pub fn reporter_and_source(&self, own: &Arc<Prehashed<SourceLabels>>) -> (Reporter, Arc<Prehashed<SourceLabels>>) {
         match self.direction {
             Direction::Inbound => {
                 let spiffe = self.peer_cert.as_ref().and_then(|p| p.uris.first()).map(String::as_str);

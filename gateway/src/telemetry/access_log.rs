@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use super::{
     metrics::{RequestLabels, RequestProtocol},
-    DestinationLabels, LogFormat, Telemetry,
+    DestinationLabels, LogFormat, Prehashed, Telemetry,
 };
-use crate::error::ResponseFlags;
+use crate::{addr_text, error::ResponseFlags};
 
 /// Bytes buffered for the writer before new lines are dropped.
 const MAX_BUFFERED: usize = 8 << 20;
@@ -223,7 +223,7 @@ pub struct AccessRecord {
     pub flag_bits: ResponseFlags,
     /// Where the request went, for metrics (`unknown` when nowhere).
     #[serde(skip)]
-    pub destination: Option<Arc<DestinationLabels>>,
+    pub destination: Option<Arc<Prehashed<DestinationLabels>>>,
     /// gRPC request (`content-type: application/grpc`).
     #[serde(skip)]
     pub grpc: bool,
@@ -235,7 +235,7 @@ pub struct AccessRecord {
     pub reporter: crate::telemetry::metrics::Reporter,
     /// The caller, when it is not this proxy's own workload (inbound).
     #[serde(skip)]
-    pub source: Option<Arc<crate::telemetry::SourceLabels>>,
+    pub source: Option<Arc<Prehashed<super::SourceLabels>>>,
     /// How this request's line is written (from the snapshot it started on).
     #[serde(skip)]
     pub format: Arc<LogFormat>,
@@ -271,7 +271,7 @@ impl AccessRecord {
             upstream_cluster: None,
             route_name: None,
             request_id: String::new(),
-            downstream_remote_address: peer.to_string(),
+            downstream_remote_address: addr_text::socket_addr(peer),
             response_details: None,
             grpc_status: None,
             started: Some(Instant::now()),
@@ -444,7 +444,7 @@ impl TcpRecord {
             upstream_host: None,
             upstream_cluster: None,
             route_name: None,
-            downstream_remote_address: peer.to_string(),
+            downstream_remote_address: addr_text::socket_addr(peer),
             response_details: None,
             started: Some(Instant::now()),
         }
@@ -472,13 +472,24 @@ fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    // Digits written in place: `format!` cost more than the rest of the record.
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let fields = [
+        (0, 4, year as u64),
+        (5, 2, month as u64),
+        (8, 2, day as u64),
+        (11, 2, rem / 3600),
+        (14, 2, rem % 3600 / 60),
+        (17, 2, rem % 60),
+        (20, 3, u64::from(d.subsec_millis())),
+    ];
+    for (at, width, mut n) in fields {
+        for digit in text[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 #[cfg(test)]
@@ -489,5 +500,9 @@ mod tests {
     fn formats_rfc3339() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_102_896_123);
         assert_eq!(rfc3339(t), "2025-11-25T20:34:56.123Z");
+        let at = |ms: u64| rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400_007), "2000-02-29T00:00:00.007Z");
+        assert_eq!(at(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
     }
 }

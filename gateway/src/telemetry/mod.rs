@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub use access_log::{grpc_status, AccessLog, AccessRecord, Logged, TcpRecord};
 pub use log_format::LogFormat;
-pub use metrics::{DestinationLabels, Metrics, SourceLabels};
+pub use metrics::{DestinationLabels, Metrics, Prehashed, SourceLabels};
 
 /// Where finished requests and connections are reported.
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct Telemetry {
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// The gateway's own labels (`source_*`).
-    pub source: Arc<SourceLabels>,
+    pub source: Arc<Prehashed<SourceLabels>>,
 }
 
 impl Telemetry {
@@ -36,20 +36,20 @@ impl Telemetry {
         unnamed: &str,
     ) -> Self {
         let get = |k: &str, default: &str| -> Arc<str> { labels.get(k).map_or(default, String::as_str).into() };
-        let source = Arc::new(SourceLabels {
+        let source = Arc::new(Prehashed::new(SourceLabels {
             workload: get("app", unnamed),
             namespace: namespace.into(),
             principal: "unknown".into(),
             app: get("app", unnamed),
             version: get("version", "unknown"),
-        });
+        }));
         Self { log, metrics, source }
     }
 
     /// Names this workload's SPIFFE identity in `source_principal`.
     pub fn set_principal(&mut self, spiffe: &str) {
-        let mut source = (*self.source).clone();
+        let mut source = SourceLabels::clone(&self.source);
         source.principal = spiffe.into();
-        self.source = Arc::new(source);
+        self.source = Arc::new(Prehashed::new(source));
     }
 }

@@ -13,7 +13,10 @@ use super::{
     cluster::Overflowed, retry::AttemptFailure, BoxError, Cluster, EndpointGuard, Outcome, Protocol, RetryPolicy,
     UpstreamBody, Upstreams,
 };
-use crate::error::{ProxyError, ResponseFlags};
+use crate::{
+    addr_text,
+    error::{ProxyError, ResponseFlags},
+};
 
 /// A request body that can be sent again when it was small enough to keep.
 #[derive(Debug)]
@@ -255,17 +258,17 @@ fn build_request(
     // HTTP/1.1 connects to the URI's authority and keeps `Host`; HTTP/2 sends the
     // request's authority as `:authority` (the connection is chosen by `addr`).
     let (version, authority) = match protocol {
-        Protocol::Http1 => (Version::HTTP_11, addr.to_string()),
+        Protocol::Http1 => (Version::HTTP_11, addr_text::socket_addr(addr)),
         Protocol::Http2 => {
             let host = headers.remove(http::header::HOST);
             let authority = host.and_then(|h| h.to_str().ok().map(str::to_string));
-            (Version::HTTP_2, authority.unwrap_or_else(|| addr.to_string()))
+            (Version::HTTP_2, authority.unwrap_or_else(|| addr_text::socket_addr(addr)))
         }
     };
     let uri_for = |authority: String| {
         Uri::builder().scheme("http").authority(authority).path_and_query(head.path_and_query.clone()).build()
     };
-    let uri = uri_for(authority).or_else(|_| uri_for(addr.to_string())).unwrap_or_default();
+    let uri = uri_for(authority).or_else(|_| uri_for(addr_text::socket_addr(addr))).unwrap_or_default();
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;

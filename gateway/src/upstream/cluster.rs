@@ -19,7 +19,7 @@ use super::{
     outlier::{self, Health, Outcome, OutlierPolicy},
     UpstreamTls,
 };
-use crate::telemetry::DestinationLabels;
+use crate::telemetry::{DestinationLabels, Prehashed};
 
 /// The endpoint label Istio sets on workloads that run a sidecar (`istio`).
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
@@ -41,7 +41,7 @@ pub struct Endpoint {
     /// Endpoint labels (subsets select on them).
     pub labels: BTreeMap<String, String>,
     /// Istio `destination_*` metric labels of this endpoint.
-    pub metrics: Arc<DestinationLabels>,
+    pub metrics: Arc<Prehashed<DestinationLabels>>,
     /// Requests in flight, for LEAST_REQUEST.
     active: AtomicUsize,
     /// Outlier detection state.
@@ -53,7 +53,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A new endpoint with no request in flight.
-    pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>, metrics: Arc<DestinationLabels>) -> Self {
+    pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>, metrics: Arc<Prehashed<DestinationLabels>>) -> Self {
         let mesh_tls = labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio");
         Self { addr, labels, metrics, active: AtomicUsize::new(0), health: Health::default(), mesh_tls }
     }
@@ -116,7 +116,7 @@ pub struct Cluster {
     /// nothing of the protocol behind it and speaks the downstream's.
     pub original_dst: bool,
     /// `destination_*` metric labels of the service, for failures before an endpoint.
-    pub metrics: Arc<DestinationLabels>,
+    pub metrics: Arc<Prehashed<DestinationLabels>>,
     /// Circuit breakers (DestinationRule `connectionPool`).
     pub breakers: Breakers,
     /// Passive health checking (DestinationRule `outlierDetection`).
@@ -296,7 +296,7 @@ impl Cluster {
     }
 
     /// Reports metrics with these service labels.
-    pub fn with_metrics(mut self, metrics: Arc<DestinationLabels>) -> Self {
+    pub fn with_metrics(mut self, metrics: Arc<Prehashed<DestinationLabels>>) -> Self {
         self.metrics = metrics;
         self
     }

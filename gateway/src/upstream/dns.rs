@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{Cluster, Endpoint};
-use crate::telemetry::DestinationLabels;
+use crate::telemetry::{DestinationLabels, Prehashed};
 
 /// A name to resolve into endpoints.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,7 +16,7 @@ pub struct DnsTarget {
     /// Labels of the resulting endpoints.
     pub labels: BTreeMap<String, String>,
     /// Metric labels of the resulting endpoints.
-    pub metrics: Arc<DestinationLabels>,
+    pub metrics: Arc<Prehashed<DestinationLabels>>,
 }
 
 /// Resolves every DNS target of `cluster` and installs the addresses found. When a

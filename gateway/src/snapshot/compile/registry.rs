@@ -22,7 +22,7 @@ use crate::{
     listener::certs::CertStore,
     security::identity::WorkloadIdentity,
     snapshot::Caches,
-    telemetry::DestinationLabels,
+    telemetry::{DestinationLabels, Prehashed},
     upstream::{
         Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, PoolSettings, Protocol, UpstreamTls,
     },
@@ -328,7 +328,7 @@ fn destination_labels(
     service: &Service,
     suffix: &str,
     ep: Option<&WorkloadEntry>,
-) -> Arc<DestinationLabels> {
+) -> Arc<Prehashed<DestinationLabels>> {
     let (name, ns) = host
         .strip_suffix(&format!(".svc.{suffix}"))
         .and_then(|rest| rest.split_once('.'))
@@ -337,7 +337,7 @@ fn destination_labels(
     let principal = ep
         .and_then(|e| e.service_account.as_ref())
         .map_or_else(|| "unknown".to_string(), |sa| format!("spiffe://{suffix}/ns/{}/sa/{sa}", service.namespace));
-    Arc::new(DestinationLabels {
+    Arc::new(Prehashed::new(DestinationLabels {
         workload: label("app"),
         workload_namespace: service.namespace.as_str().into(),
         principal: principal.into(),
@@ -346,7 +346,7 @@ fn destination_labels(
         service_namespace: ns.into(),
         app: label("app"),
         version: label("version"),
-    })
+    }))
 }
 
 /// Istio's block-level override for one policy block: a matching `portLevelSettings`

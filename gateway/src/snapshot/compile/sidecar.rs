@@ -9,7 +9,7 @@ use crate::{
     route::{L4Route, RouteTable, Target, VirtualHost},
     security::identity::{spiffe_id, WorkloadIdentity},
     sidecar::plan::{AppProtocol, InboundPlan, OutboundPlan, OutboundService},
-    telemetry::DestinationLabels,
+    telemetry::{DestinationLabels, Prehashed},
     upstream::{Cluster, LbPolicy, Protocol, RetryPolicy},
 };
 
@@ -66,11 +66,11 @@ fn l4_to(target: Target) -> L4Route {
 }
 
 /// Istio's `destination_*` labels of this workload, for inbound metrics.
-fn own_labels(bootstrap: &Bootstrap, settings: &SidecarSettings) -> Arc<DestinationLabels> {
+fn own_labels(bootstrap: &Bootstrap, settings: &SidecarSettings) -> Arc<Prehashed<DestinationLabels>> {
     let get = |k: &str| -> Arc<str> { bootstrap.labels.get(k).map_or("unknown", String::as_str).into() };
     let principal = spiffe_id(&bootstrap.trust_domain, &bootstrap.namespace, &settings.service_account);
     let namespace: Arc<str> = bootstrap.namespace.as_str().into();
-    Arc::new(DestinationLabels {
+    Arc::new(Prehashed::new(DestinationLabels {
         workload: get("app"),
         workload_namespace: namespace.clone(),
         principal: principal.into(),
@@ -79,7 +79,7 @@ fn own_labels(bootstrap: &Bootstrap, settings: &SidecarSettings) -> Arc<Destinat
         service_namespace: namespace,
         app: get("app"),
         version: get("version"),
-    })
+    }))
 }
 
 /// How a service port's traffic is recognised: its protocol, else its name's prefix
