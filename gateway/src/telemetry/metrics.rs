@@ -479,3 +479,48 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destination(version: &str) -> Arc<Prehashed<DestinationLabels>> {
+        let s = |v: &str| -> Arc<str> { v.into() };
+        Arc::new(Prehashed::new(DestinationLabels {
+            workload: s("shop"),
+            workload_namespace: s("default"),
+            principal: s("unknown"),
+            service: s("shop.default.svc.cluster.local"),
+            service_name: s("shop"),
+            service_namespace: s("default"),
+            app: s("shop"),
+            version: s(version),
+        }))
+    }
+
+    /// Two snapshots build their label groups apart: alike groups must count as one
+    /// series, different ones as two.
+    #[test]
+    fn alike_label_groups_are_one_series() {
+        let metrics = Metrics::new();
+        let source = SourceLabels::peer(None);
+        let labels = |destination| RequestLabels {
+            reporter: Reporter::Source,
+            source: source.clone(),
+            destination,
+            protocol: RequestProtocol::Http,
+            response_code: 200,
+            grpc_status: None,
+            flags: ResponseFlags::default(),
+            mutual_tls: false,
+        };
+        for destination in [destination("v1"), destination("v1"), destination("v2")] {
+            metrics.record_request(&labels(destination), 1.0, 0, 10);
+        }
+        let text = metrics.encode();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("istio_requests_total{")).collect();
+        assert_eq!(series.len(), 2, "{series:#?}");
+        assert!(series.iter().any(|l| l.contains("destination_version=\"v1\"") && l.ends_with(" 2")), "{series:#?}");
+        assert!(series.iter().any(|l| l.contains("destination_version=\"v2\"") && l.ends_with(" 1")), "{series:#?}");
+    }
+}
