@@ -27,6 +27,8 @@ use crate::{
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -76,7 +78,7 @@ where
     if let Some(peer) = &conn.peer_cert {
         headers.insert("x-forwarded-client-cert", peer.xfcc.clone());
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
 
     // Authority: route-level header rules win over destination-level, then rewrite.
     let authority = route
@@ -309,12 +311,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Envoy with `use_remote_address`: append the TCP peer to `x-forwarded-for`.
 fn append_forwarded_for(headers: &mut HeaderMap, conn: &ConnInfo) {
     let peer = addr_text::ip(conn.peer.ip());
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev}, {peer}"),
         _ => peer,
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(&X_FORWARDED_FOR, v);
     }
 }
 

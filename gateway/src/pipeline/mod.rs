@@ -464,13 +464,15 @@ fn request_authority<B>(req: &Request<B>) -> Option<String> {
 
 /// Envoy generates `x-request-id` when missing and passes it on.
 fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
+    static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
         return id.to_string();
     }
     // A v4 UUID from the thread-local generator: `Uuid::new_v4` costs a syscall each.
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string();
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let id = uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_string();
     if let Ok(v) = HeaderValue::from_str(&id) {
-        headers.insert("x-request-id", v);
+        headers.insert(&X_REQUEST_ID, v);
     }
     id
 }

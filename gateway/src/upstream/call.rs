@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{header::HeaderValue, uri::PathAndQuery, HeaderMap, Method, Request, Response, Uri, Version};
+use http::{header::HeaderValue, uri::PathAndQuery, HeaderMap, HeaderName, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -254,7 +254,8 @@ fn build_request(
     attempt: u32,
 ) -> Request<UpstreamBody> {
     let mut headers = head.headers.clone();
-    headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+    static ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+    headers.insert(&ATTEMPT_COUNT, HeaderValue::from(attempt));
     // HTTP/1.1 connects to the URI's authority and keeps `Host`; HTTP/2 sends the
     // request's authority as `:authority` (the connection is chosen by `addr`).
     let (version, authority) = match protocol {
