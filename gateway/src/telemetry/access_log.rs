@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::{
+    json,
     metrics::{RequestLabels, RequestProtocol},
     DestinationLabels, LogFormat, Prehashed, Telemetry,
 };
@@ -98,7 +99,10 @@ impl AccessLog {
     /// Writes a request's line in its format (JSON, text, or nothing).
     pub fn write_request(&self, record: &AccessRecord) {
         match &*record.format {
-            LogFormat::Json => self.write(record),
+            LogFormat::Json => self.append(|buffer| {
+                record.write_json(buffer);
+                buffer.push(b'\n');
+            }),
             LogFormat::Text(text) => self.append(|buffer| text.render(record, buffer)),
             LogFormat::Off => {}
         }
@@ -180,7 +184,7 @@ impl Write for LineSender {
 }
 
 /// The fields of one access log line (Envoy/Istio JSON access log names).
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct AccessRecord {
     /// Request start, RFC 3339.
     pub start_time: String,
@@ -216,40 +220,28 @@ pub struct AccessRecord {
     pub response_details: Option<String>,
     /// gRPC status of the response, when it carried one.
     pub grpc_status: Option<u16>,
-    #[serde(skip)]
     started: Option<Instant>,
     /// The flags as a value, for metrics.
-    #[serde(skip)]
     pub flag_bits: ResponseFlags,
     /// Where the request went, for metrics (`unknown` when nowhere).
-    #[serde(skip)]
     pub destination: Option<Arc<Prehashed<DestinationLabels>>>,
     /// gRPC request (`content-type: application/grpc`).
-    #[serde(skip)]
     pub grpc: bool,
     /// The upstream connection used client certificates.
-    #[serde(skip)]
     pub mutual_tls: bool,
     /// Which side reports the metrics (a sidecar's inbound: `destination`).
-    #[serde(skip)]
     pub reporter: crate::telemetry::metrics::Reporter,
     /// The caller, when it is not this proxy's own workload (inbound).
-    #[serde(skip)]
     pub source: Option<Arc<Prehashed<super::SourceLabels>>>,
     /// How this request's line is written (from the snapshot it started on).
-    #[serde(skip)]
     pub format: Arc<LogFormat>,
     /// Request headers a text format reads, captured at the start.
-    #[serde(skip)]
     pub captured: Vec<Option<String>>,
     /// The request's trace span, when tracing is on.
-    #[serde(skip)]
     pub span: Option<super::trace::ActiveSpan>,
     /// `http` or `https`, for the span's URL.
-    #[serde(skip)]
     pub scheme: &'static str,
     /// Whether Istio's request metrics count this request.
-    #[serde(skip)]
     pub metrics: bool,
 }
 
@@ -287,6 +279,29 @@ impl AccessRecord {
             scheme: "http",
             metrics: true,
         }
+    }
+
+    /// The JSON access log line, Envoy's and Istio's field names in a fixed order.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let mut o = json::Object::new(out);
+        o.str("start_time", &self.start_time);
+        o.str("method", &self.method);
+        o.str("authority", &self.authority);
+        o.str("path", &self.path);
+        o.str("protocol", self.protocol);
+        o.num("response_code", u64::from(self.response_code));
+        o.str("response_flags", &self.response_flags);
+        o.num("bytes_received", self.bytes_received);
+        o.num("bytes_sent", self.bytes_sent);
+        o.num("duration", self.duration);
+        o.opt_str("upstream_host", self.upstream_host.as_deref());
+        o.opt_str("upstream_cluster", self.upstream_cluster.as_deref());
+        o.opt_str("route_name", self.route_name.as_deref());
+        o.str("request_id", &self.request_id);
+        o.str("downstream_remote_address", &self.downstream_remote_address);
+        o.opt_str("response_details", self.response_details.as_deref());
+        o.opt_num("grpc_status", self.grpc_status.map(u64::from));
+        o.finish();
     }
 
     /// Sets the response flags.

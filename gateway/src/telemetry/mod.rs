@@ -2,6 +2,7 @@
 //! Prometheus metrics (traces arrive later with issue #7).
 
 mod access_log;
+mod json;
 pub mod log_format;
 pub mod log_level;
 pub mod metrics;
