@@ -26,9 +26,11 @@ use crate::{
 /// Bodies up to this size are buffered so that retries and mirrors can replay them.
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
-/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
+/// Headers the proxy sets on every request, named once rather than parsed each time.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
