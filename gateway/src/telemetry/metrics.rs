@@ -4,7 +4,6 @@
 //! when the snapshot compiles; recording a request formats nothing.
 
 use std::{
-    fmt::Write as _,
     hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash, Hasher},
     ops::Deref,
     sync::{
@@ -238,9 +237,9 @@ impl EncodeLabelSet for RequestLabels {
     fn encode(&self, e: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         source_and_destination(e, self.reporter, &self.source, &self.destination)?;
         label(e, "request_protocol", if self.protocol == RequestProtocol::Grpc { "grpc" } else { "http" })?;
-        label(e, "response_code", itoa(u64::from(self.response_code)).as_str())?;
-        let grpc = self.grpc_status.map(|g| itoa(u64::from(g))).unwrap_or_default();
-        label(e, "grpc_response_status", &grpc)?;
+        label(e, "response_code", itoa::Buffer::new().format(self.response_code))?;
+        let mut digits = itoa::Buffer::new();
+        label(e, "grpc_response_status", self.grpc_status.map_or("", |g| digits.format(g)))?;
         label(e, "response_flags", &self.flags.to_string())?;
         label(e, "connection_security_policy", if self.mutual_tls { "mutual_tls" } else { "unknown" })
     }
@@ -253,12 +252,6 @@ impl EncodeLabelSet for TcpLabels {
         label(e, "response_flags", &self.flags.to_string())?;
         label(e, "connection_security_policy", if self.mutual_tls { "mutual_tls" } else { "unknown" })
     }
-}
-
-fn itoa(n: u64) -> String {
-    let mut s = String::new();
-    let _ = write!(s, "{n}");
-    s
 }
 
 /// `{cluster, response_code_class}` of the gateway's own upstream counters.
