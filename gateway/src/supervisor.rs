@@ -15,7 +15,7 @@ use crate::{
     config::LoadError,
     listener::Listeners,
     snapshot::{Caches, ReloadOutcome, Reloader, SnapshotHandle},
-    telemetry::{AccessLog, Metrics},
+    telemetry::{metrics::ResourceLabels, AccessLog, Metrics},
     upstream,
 };
 
@@ -161,6 +161,16 @@ impl Supervisor {
         }
         tracing::info!(version = snapshot.version, rejected = outcome.rejected.len(), "snapshot applied");
         self.metrics.reloaded(Some(snapshot.version));
+        self.metrics.not_applied(snapshot.resources.iter().filter_map(|r| {
+            let state = r.state.not_applied()?;
+            let id = &r.id;
+            Some(ResourceLabels {
+                kind: id.kind.to_string(),
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                state,
+            })
+        }));
         self.set_status(errors);
         self.version.send_replace(snapshot.version);
     }

@@ -6,6 +6,7 @@ mod admin;
 mod authn;
 mod authz;
 mod corpus;
+mod fail_closed;
 mod inject;
 mod plugins;
 mod proxying;

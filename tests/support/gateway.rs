@@ -102,6 +102,11 @@ impl TestGateway {
         client::send(self.gateway.admin_addr().unwrap(), client::get("admin", "/metrics")).await.body
     }
 
+    /// The admin listener's `/ready` body.
+    pub async fn ready(&self) -> String {
+        client::send(self.gateway.admin_addr().unwrap(), client::get("admin", "/ready")).await.body
+    }
+
     /// The sum of the samples of `name` whose labels contain each of `labels`
     /// (`cause="trap"`); 0 when there are none.
     pub async fn metric_sum(&self, name: &str, labels: &[&str]) -> u64 {

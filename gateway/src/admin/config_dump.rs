@@ -20,6 +20,7 @@ pub(super) fn render(snapshot: &Snapshot, status: &RwLock<ReloadStatus>) -> Valu
             let state = match r.state {
                 ResourceState::Applied => "applied",
                 ResourceState::LastGood => "rejected; last good version applied",
+                ResourceState::FailClosed => "rejected; applied in its fail-closed form",
                 ResourceState::Rejected => "rejected",
             };
             json!({"resource": r.id.to_string(), "origin": r.origin, "state": state, "errors": r.errors})

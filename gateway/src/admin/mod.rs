@@ -46,7 +46,7 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Socke
 
 fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ready") => text(StatusCode::OK, "LIVE\n"),
+        (&Method::GET, "/ready") => text(StatusCode::OK, &ready(&state.snapshot.current())),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "OK\n"),
         (&Method::GET, "/metrics" | "/stats/prometheus") => metrics(state, req),
         (&Method::GET, "/config_dump") => json(config_dump::render(&state.snapshot.current(), &state.status)),
@@ -57,6 +57,19 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `LIVE`, then one line per resource not in force as written, so a probe's body tells
+/// a policy that fails closed (or a resource serving its last good version) at a glance.
+fn ready(snapshot: &crate::snapshot::Snapshot) -> String {
+    let mut body = String::from("LIVE\n");
+    for r in &snapshot.resources {
+        if let Some(state) = r.state.not_applied() {
+            let at = if r.origin.is_empty() { String::new() } else { format!(" ({})", r.origin) };
+            body.push_str(&format!("{state} {}{at}\n", r.id));
+        }
+    }
+    body
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the same text

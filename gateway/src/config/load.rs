@@ -13,7 +13,9 @@ use std::{
 
 use serde::{de::DeserializeOwned, Deserialize};
 
-use super::{istio, Diagnostic, Kind, MeshConfig, ObjectMeta, Origin, Resource, ResourceRef, Severity, Spec};
+use super::{
+    istio, Diagnostic, Kind, MeshConfig, ObjectMeta, Origin, Resource, ResourceRef, Severity, Spec, Unreadable,
+};
 
 /// The directory itself could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -260,8 +262,34 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         Err(SpecError { line, field, message }) => {
             let at = Origin { file: origin.file.clone(), line: line.map_or(origin.line, |l| origin.line + l - 1) };
             loaded.diagnostics.push(Diagnostic::error(&at, &id, field, message));
-            loaded.rejected.push(id);
+            if matches!(kind_id, Kind::AuthorizationPolicy | Kind::RequestAuthentication | Kind::PeerAuthentication) {
+                let spec = Spec::Unreadable(unreadable(doc));
+                loaded.resources.push(Resource { id, origin, meta, spec });
+            } else {
+                loaded.rejected.push(id);
+            }
         }
+    }
+}
+
+/// Reads what it can of a security document that failed to load (see `Unreadable`).
+fn unreadable(doc: &str) -> Unreadable {
+    let value: serde_yaml::Value = serde_yaml::from_str(doc).unwrap_or_default();
+    let spec = &value["spec"];
+    let issuers = match &spec["jwtRules"] {
+        serde_yaml::Value::Sequence(rules) => {
+            rules.iter().filter_map(|r| r["issuer"].as_str()).filter(|i| !i.is_empty()).map(str::to_string).collect()
+        }
+        _ => Vec::new(),
+    };
+    Unreadable {
+        selector: serde_yaml::from_value(spec["selector"].clone()).ok().flatten(),
+        action: match &spec["action"] {
+            serde_yaml::Value::Null => Some("ALLOW".into()),
+            action => action.as_str().map(str::to_string),
+        },
+        targeted: !spec["targetRefs"].is_null() || !spec["targetRef"].is_null(),
+        issuers,
     }
 }
 

@@ -146,6 +146,22 @@ pub enum Spec {
     PeerAuthentication(istio::PeerAuthentication),
     /// Sidecar spec.
     Sidecar(istio::Sidecar),
+    /// A security resource whose document did not load, kept so that compile applies
+    /// it in its most restrictive form: leaving it out could let through what it denies.
+    Unreadable(Unreadable),
+}
+
+/// What could still be read of a security resource whose document did not load.
+#[derive(Debug, Clone, Default)]
+pub struct Unreadable {
+    /// `spec.selector`, when readable; `None` (the whole namespace) is the broader scope.
+    pub selector: Option<istio::MatchLabelsSelector>,
+    /// `spec.action` (AuthorizationPolicy): `ALLOW` when absent, `None` when unreadable.
+    pub action: Option<String>,
+    /// Whether `spec.targetRefs` or `spec.targetRef` is set.
+    pub targeted: bool,
+    /// The `spec.jwtRules[].issuer` strings that could be read (RequestAuthentication).
+    pub issuers: Vec<String>,
 }
 
 /// One loaded resource with its identity and origin.

@@ -60,22 +60,30 @@ enum PathPattern {
 }
 
 impl PathPattern {
+    /// Istio's rules: templates are whole segments, and `{**}` (any number of segments)
+    /// is the last operator, though literal segments may follow it (`/a/{**}/b`).
     fn parse(v: &str) -> Result<Self, String> {
-        if !v.contains('{') {
+        if !v.contains('{') && !v.contains('}') {
             return Ok(Self::Plain(Pattern::parse(v)));
         }
-        let segments: Vec<&str> = v.split('/').collect();
         let mut re = String::from("^");
-        for (i, seg) in segments.iter().enumerate() {
+        let mut any_seen = false;
+        for (i, seg) in v.split('/').enumerate() {
             if i > 0 {
                 re.push('/');
             }
-            match *seg {
+            match seg {
+                "{*}" | "{**}" if any_seen => return Err(format!("path {v:?}: {{**}} is not the last operator")),
                 "{*}" => re.push_str("[^/]+"),
-                "{**}" if i + 1 == segments.len() => re.push_str(".*"),
-                "{**}" => return Err(format!("path {v:?}: {{**}} must be the last segment")),
+                "{**}" => {
+                    any_seen = true;
+                    re.push_str(".*");
+                }
                 s if s.contains('{') || s.contains('}') => {
                     return Err(format!("path {v:?}: templates must be whole segments ({{*}} or {{**}})"))
+                }
+                s if !s.bytes().all(is_pchar) => {
+                    return Err(format!("path {v:?}: segment {s:?} is not a valid path literal"));
                 }
                 s => re.push_str(&regex::escape(s)),
             }
@@ -90,6 +98,12 @@ impl PathPattern {
             Self::Template(re) => re.is_match(path),
         }
     }
+}
+
+/// RFC 3986 `pchar` but `*` (Envoy's URI template literals), the characters Istio
+/// allows in literal segments beside path templates.
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;=:@".contains(&b)
 }
 
 /// An IP or CIDR block.
@@ -143,8 +157,10 @@ impl Cidr {
 #[derive(Debug, Clone)]
 struct AnyOf<T>(Vec<T>);
 
-fn compile_list<T>(values: &[String], f: impl Fn(&str) -> Result<T, String>) -> Result<AnyOf<T>, String> {
-    values.iter().map(|v| f(v)).collect::<Result<_, _>>().map(AnyOf)
+impl<T> Default for AnyOf<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
 }
 
 /// The request facts a policy reads.
@@ -184,6 +200,11 @@ struct SourceMatch {
     not_ip_blocks: AnyOf<Cidr>,
     remote_ip_blocks: AnyOf<Cidr>,
     not_remote_ip_blocks: AnyOf<Cidr>,
+    /// `ns/sa` pairs, matched against the peer identity in any trust domain.
+    service_accounts: AnyOf<(String, String)>,
+    not_service_accounts: AnyOf<(String, String)>,
+    trust_domains: AnyOf<Pattern>,
+    not_trust_domains: AnyOf<Pattern>,
 }
 
 #[derive(Debug, Clone)]
@@ -352,27 +373,43 @@ pub enum Action {
     Audit,
 }
 
+/// A policy as compiled: in full when `errors` is empty, else in its fail-closed form.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    /// The action it is enforced with (DENY for a policy whose action is unknown).
+    pub action: Action,
+    /// The rules that compiled; see [`Policy::compile`] for what errors do to them.
+    pub policy: Policy,
+    /// Each field that did not compile (`spec.rules[0].when[1]`) and why.
+    pub errors: Vec<(String, String)>,
+}
+
 impl Policy {
-    /// Compiles a policy; errors name the field (`spec.rules[0].when[1].key: ...`).
-    pub fn compile(
-        name: Arc<str>,
-        p: &AuthorizationPolicy,
-        trust_domain: &str,
-    ) -> Result<(Action, Self), (String, String)> {
+    /// Compiles a policy, failing closed: a DENY or CUSTOM rule with a field that does
+    /// not compile is kept without that field (broader), an ALLOW or AUDIT rule with
+    /// one is left out (narrower), and an unknown action denies everything.
+    pub fn compile(name: Arc<str>, p: &AuthorizationPolicy) -> CompiledPolicy {
+        let mut errors = Vec::new();
         let action = match p.action.as_deref().unwrap_or("ALLOW") {
             "ALLOW" => Action::Allow,
             "DENY" => Action::Deny,
             "CUSTOM" => Action::Custom,
             "AUDIT" => Action::Audit,
-            other => return Err(("spec.action".into(), format!("unknown action {other:?}"))),
+            other => {
+                errors.push(("spec.action".to_string(), format!("unknown action {other:?}")));
+                let everything = Rule { from: Vec::new(), to: Vec::new(), when: Vec::new() };
+                return CompiledPolicy { action: Action::Deny, policy: Self { name, rules: vec![everything] }, errors };
+            }
         };
-        let rules = p
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| compile_rule(r, trust_domain).map_err(|(f, e)| (format!("spec.rules[{i}]{f}"), e)))
-            .collect::<Result<_, _>>()?;
-        Ok((action, Self { name, rules }))
+        let mut rules = Vec::new();
+        for (i, r) in p.rules.iter().enumerate() {
+            let before = errors.len();
+            let rule = compile_rule(r, format!("spec.rules[{i}]"), &mut errors);
+            if errors.len() == before || matches!(action, Action::Deny | Action::Custom) {
+                rules.push(rule);
+            }
+        }
+        CompiledPolicy { action, policy: Self { name, rules }, errors }
     }
 
     fn matches(&self, req: &AuthzRequest<'_>, space_delimited: &[String]) -> bool {
@@ -453,6 +490,7 @@ fn request_principal_matches(list: &AnyOf<Pattern>, principal: Option<&str>) -> 
 impl SourceMatch {
     fn matches(&self, r: &AuthzRequest<'_>) -> bool {
         let principal = r.peer_principal;
+        let peer = principal.and_then(PeerIdentity::parse);
         let namespace = principal.and_then(|p| p.split('/').skip_while(|s| *s != "ns").nth(1));
         let request_principal = r.identity.and_then(|i| i.principal.as_deref());
         let ip_in = |list: &AnyOf<Cidr>, ip: IpAddr| list.0.iter().any(|c| c.contains(ip));
@@ -463,6 +501,30 @@ impl SourceMatch {
             && check(&self.namespaces, &self.not_namespaces, |l| any_str(l, namespace))
             && check(&self.ip_blocks, &self.not_ip_blocks, |l| ip_in(l, r.source_ip))
             && check(&self.remote_ip_blocks, &self.not_remote_ip_blocks, |l| ip_in(l, r.remote_ip))
+            && check(&self.service_accounts, &self.not_service_accounts, |l| {
+                peer.is_some_and(|p| l.0.iter().any(|(ns, sa)| p.namespace == ns && p.service_account == sa))
+            })
+            && check(&self.trust_domains, &self.not_trust_domains, |l| any_str(l, peer.map(|p| p.trust_domain)))
+    }
+}
+
+/// The parts of a SPIFFE identity `td/ns/<ns>/sa/<sa>` (without `spiffe://`).
+#[derive(Clone, Copy)]
+struct PeerIdentity<'a> {
+    trust_domain: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+}
+
+impl<'a> PeerIdentity<'a> {
+    fn parse(principal: &'a str) -> Option<Self> {
+        let mut parts = principal.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(trust_domain), Some("ns"), Some(namespace), Some("sa"), Some(service_account), None) => {
+                Some(Self { trust_domain, namespace, service_account })
+            }
+            _ => None,
+        }
     }
 }
 

@@ -134,6 +134,8 @@ pub enum KeySource {
     Inline(Arc<KeySet>),
     /// `jwksUri`: fetched and refreshed in the background.
     Remote(Arc<RemoteKeys>),
+    /// None: the rule stands in for one that failed to compile, and refuses its tokens.
+    Refused,
 }
 
 impl std::fmt::Debug for KeySource {
@@ -141,16 +143,19 @@ impl std::fmt::Debug for KeySource {
         match self {
             Self::Inline(k) => write!(f, "Inline({k:?})"),
             Self::Remote(r) => write!(f, "Remote({})", r.uri),
+            Self::Refused => f.write_str("Refused"),
         }
     }
 }
 
 impl KeySource {
-    /// The current key set (`None` while a remote set was never fetched: fail closed).
+    /// The current key set (`None` while a remote set was never fetched, or for a
+    /// refusing rule: fail closed).
     pub fn current(&self) -> Option<Arc<KeySet>> {
         match self {
             Self::Inline(k) => Some(k.clone()),
             Self::Remote(r) => r.keys.load_full(),
+            Self::Refused => None,
         }
     }
 

@@ -66,7 +66,8 @@ pub enum Location {
 /// One compiled `jwtRules` entry.
 #[derive(Debug)]
 pub struct JwtRule {
-    /// Required `iss`.
+    /// Required `iss`; empty only on a refusing rule whose issuer was never written,
+    /// which then claims (and refuses) tokens from any issuer.
     pub issuer: String,
     /// Accepted audiences (empty: unchecked).
     pub audiences: Vec<String>,
@@ -80,6 +81,13 @@ pub struct JwtRule {
     pub payload_header: Option<HeaderName>,
     /// Claims (paths) copied to headers.
     pub claim_headers: Vec<(HeaderName, Vec<String>)>,
+}
+
+impl JwtRule {
+    /// True when this rule verifies (or, refusing, rejects) tokens from `issuer`.
+    fn names(&self, issuer: &str) -> bool {
+        self.issuer == issuer || (self.issuer.is_empty() && matches!(self.keys, KeySource::Refused))
+    }
 }
 
 /// Who the token says the caller is.
@@ -205,7 +213,7 @@ impl JwtAuthn {
             header.get("alg").and_then(Value::as_str).and_then(|a| a.parse().ok()).ok_or(JwtError::Verification)?;
         let kid = header.get("kid").and_then(Value::as_str);
         let issuer = payload.get("iss").and_then(Value::as_str).ok_or(JwtError::UnknownIssuer)?;
-        let candidates: Vec<usize> = rule_ids.iter().copied().filter(|i| self.rules[*i].issuer == issuer).collect();
+        let candidates: Vec<usize> = rule_ids.iter().copied().filter(|i| self.rules[*i].names(issuer)).collect();
         if candidates.is_empty() {
             return Err(JwtError::UnknownIssuer);
         }

@@ -112,8 +112,23 @@ pub enum ResourceState {
     Applied,
     /// The new version was rejected; the last good one is in force.
     LastGood,
+    /// A security resource with errors, in force in its fail-closed form (it denies
+    /// or refuses more than written until it is fixed).
+    FailClosed,
     /// Rejected, with no earlier version to fall back on.
     Rejected,
+}
+
+impl ResourceState {
+    /// The metric's name for a state other than applied.
+    pub fn not_applied(self) -> Option<&'static str> {
+        match self {
+            Self::Applied => None,
+            Self::LastGood => Some("last_good"),
+            Self::FailClosed => Some("fail_closed"),
+            Self::Rejected => Some("rejected"),
+        }
+    }
 }
 
 /// A resource's status, for the admin config dump and logs.

@@ -44,6 +44,8 @@ impl Reloader {
         let mut resources = loaded.resources;
         let mut rejected = loaded.rejected;
         self.keep_last_good(&mut resources, &rejected, &mut diagnostics);
+        // A security resource with errors applies in its fail-closed form, never as its
+        // last good version: what it says now may deny more than what it said before.
         let mut compiled = compile(&resources, &self.bootstrap, &self.caches);
         if compiled.rejected.iter().any(|r| self.last_good.contains_key(r)) {
             resources.retain(|r| !compiled.rejected.contains(&r.id));
@@ -56,9 +58,13 @@ impl Reloader {
         }
         diagnostics.extend(compiled.diagnostics);
         rejected.extend(compiled.rejected.iter().cloned());
-        let statuses = statuses(&resources, &rejected, &compiled.rejected, &diagnostics);
-        self.last_good =
-            resources.into_iter().filter(|r| !compiled.rejected.contains(&r.id)).map(|r| (r.id.clone(), r)).collect();
+        let fail_closed = compiled.fail_closed;
+        let statuses = statuses(&resources, &rejected, &compiled.rejected, &fail_closed, &diagnostics);
+        self.last_good = resources
+            .into_iter()
+            .filter(|r| !compiled.rejected.contains(&r.id) && !fail_closed.contains(&r.id))
+            .map(|r| (r.id.clone(), r))
+            .collect();
         self.digest = Some(loaded.digest);
         self.version += 1;
         let mut snapshot = compiled.snapshot;
@@ -100,12 +106,13 @@ fn module_stamps(resources: &[Resource], config_dir: &std::path::Path, digest: u
     h.finish()
 }
 
-/// Each resource's state in this reload: applied, serving its last good version, or
-/// rejected (with the errors that name it).
+/// Each resource's state in this reload: applied, applied in its fail-closed form,
+/// serving its last good version, or rejected (with the errors that name it).
 fn statuses(
     resources: &[Resource],
     rejected: &[ResourceRef],
     not_applied: &[ResourceRef],
+    fail_closed: &[ResourceRef],
     diagnostics: &[Diagnostic],
 ) -> Vec<ResourceStatus> {
     let errors_of = |id: &ResourceRef| -> Vec<String> {
@@ -119,7 +126,13 @@ fn statuses(
         .iter()
         .filter(|r| !not_applied.contains(&r.id))
         .map(|r| {
-            let state = if rejected.contains(&r.id) { ResourceState::LastGood } else { ResourceState::Applied };
+            let state = if fail_closed.contains(&r.id) {
+                ResourceState::FailClosed
+            } else if rejected.contains(&r.id) {
+                ResourceState::LastGood
+            } else {
+                ResourceState::Applied
+            };
             ResourceStatus { id: r.id.clone(), origin: r.origin.to_string(), state, errors: errors_of(&r.id) }
         })
         .collect();

@@ -277,6 +277,19 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// A resource that is not in force as written: `{kind, namespace, name, state}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// Resource kind (`AuthorizationPolicy`).
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `fail_closed`, `last_good` or `rejected`.
+    pub state: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The gateway's metrics and the registry that exports them.
@@ -296,6 +309,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     config_version: Gauge<i64, AtomicI64>,
     reload_seconds: Gauge<f64, AtomicU64>,
+    not_applied: Family<ResourceLabels, Gauge>,
     access_log_dropped: Counter<u64, AtomicU64>,
     wasm: Arc<crate::wasm::PluginMetrics>,
     trace: super::trace::TraceCounters,
@@ -335,6 +349,7 @@ impl Metrics {
             reloads: Family::default(),
             config_version: Gauge::default(),
             reload_seconds: Gauge::default(),
+            not_applied: Family::default(),
             access_log_dropped: Counter::default(),
             wasm: Arc::default(),
             trace: super::trace::TraceCounters::default(),
@@ -374,6 +389,11 @@ impl Metrics {
             "wicket_config_reload_seconds",
             "How long the last applied reload took: read, compile, reconcile listeners",
             m.reload_seconds.clone(),
+        );
+        registry.register(
+            "wicket_config_resources_not_applied",
+            "Resources of the serving snapshot not in force as written (1 each): fail_closed, last_good or rejected",
+            m.not_applied.clone(),
         );
         registry.register("wicket_access_log_dropped", "Access log lines dropped", m.access_log_dropped.clone());
         registry.register_collector(Box::new(m.wasm.clone()));
@@ -441,6 +461,14 @@ impl Metrics {
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
         if let Some(v) = version {
             self.config_version.set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Replaces the set of resources not in force as written with `resources`.
+    pub fn not_applied(&self, resources: impl IntoIterator<Item = ResourceLabels>) {
+        self.not_applied.clear();
+        for r in resources {
+            self.not_applied.get_or_create(&r).set(1);
         }
     }
 

@@ -1,27 +1,60 @@
 //! AuthorizationPolicy fields → compiled matchers; every error names its field.
+//!
+//! A field that does not compile is left unconstrained and reported. That makes its
+//! rule broader, which is what a DENY rule needs (Istio: an unsupported condition
+//! widens a DENY rule, never narrows it); the caller drops an ALLOW rule that has any
+//! error, which can only narrow what ALLOW policies let through.
 
-use super::{compile_list, AnyOf, Cidr, Key, OperationMatch, PathPattern, Pattern, Rule, SourceMatch, Values, When};
+use super::{AnyOf, Cidr, Key, OperationMatch, PathPattern, Pattern, Rule, SourceMatch, Values, When};
 use crate::config::istio::{Condition, Operation, Rule as ConfigRule, Source};
 
-pub(super) fn compile_rule(r: &ConfigRule, td: &str) -> Result<Rule, (String, String)> {
+/// A field's path (`spec.rules[0].when[1].key`) and what is wrong with it.
+pub(super) type FieldError = (String, String);
+
+/// Where a rule's errors go, prefixed with the rule's path.
+struct Fields<'a> {
+    at: String,
+    errors: &'a mut Vec<FieldError>,
+}
+
+impl Fields<'_> {
+    /// The compiled field, or (on error) the unconstrained default, the error noted.
+    fn take<T: Default>(&mut self, field: &str, compiled: Result<T, String>) -> T {
+        compiled.unwrap_or_else(|e| {
+            self.errors.push((format!("{}{field}", self.at), e));
+            T::default()
+        })
+    }
+
+    fn nested(&mut self, field: String) -> Fields<'_> {
+        Fields { at: format!("{}{field}", self.at), errors: self.errors }
+    }
+}
+
+/// Compiles rule `r` at `at` (`spec.rules[i]`); its errors are appended to `errors`.
+pub(super) fn compile_rule(r: &ConfigRule, at: String, errors: &mut Vec<FieldError>) -> Rule {
+    let mut f = Fields { at, errors };
     let from = r
         .from
         .iter()
         .enumerate()
-        .map(|(i, f)| compile_source(&f.source, td).map_err(|e| (format!(".from[{i}].source"), e)))
-        .collect::<Result<_, _>>()?;
+        .map(|(i, s)| compile_source(&s.source, &mut f.nested(format!(".from[{i}].source"))))
+        .collect();
     let to =
         r.to.iter()
             .enumerate()
-            .map(|(i, t)| compile_operation(&t.operation).map_err(|e| (format!(".to[{i}].operation"), e)))
-            .collect::<Result<_, _>>()?;
+            .map(|(i, t)| compile_operation(&t.operation, &mut f.nested(format!(".to[{i}].operation"))))
+            .collect();
     let when = r
         .when
         .iter()
         .enumerate()
-        .map(|(i, c)| compile_when(c).map_err(|e| (format!(".when[{i}]"), e)))
-        .collect::<Result<_, _>>()?;
-    Ok(Rule { from, to, when })
+        .filter_map(|(i, c)| {
+            let when = compile_when(c);
+            f.take(&format!(".when[{i}]"), when.map(Some))
+        })
+        .collect();
+    Rule { from, to, when }
 }
 
 fn strings(values: &[String]) -> Result<AnyOf<Pattern>, String> {
@@ -33,43 +66,59 @@ fn principals(values: &[String]) -> Result<AnyOf<Pattern>, String> {
     compile_list(values, |v| Ok(Pattern::parse(v.strip_prefix("spiffe://").unwrap_or(v))))
 }
 
-fn compile_source(s: &Source, _td: &str) -> Result<SourceMatch, String> {
-    if !s.service_accounts.is_empty()
-        || !s.not_service_accounts.is_empty()
-        || !s.trust_domains.is_empty()
-        || !s.not_trust_domains.is_empty()
-    {
-        return Err("serviceAccounts and trustDomains are not supported yet".into());
+fn compile_list<T>(values: &[String], f: impl Fn(&str) -> Result<T, String>) -> Result<AnyOf<T>, String> {
+    values.iter().map(|v| f(v)).collect::<Result<_, _>>().map(AnyOf)
+}
+
+/// Istio's `serviceAccounts`: `namespace/name`, no wildcards, and not beside
+/// `principals` or `namespaces` (which say the same thing another way).
+fn service_accounts(s: &Source, values: &[String]) -> Result<AnyOf<(String, String)>, String> {
+    let combined = [&s.principals, &s.not_principals, &s.namespaces, &s.not_namespaces];
+    if !values.is_empty() && combined.iter().any(|v| !v.is_empty()) {
+        return Err("cannot be combined with principals or namespaces".into());
     }
-    let cidrs = |v: &[String]| compile_list(v, Cidr::parse);
-    Ok(SourceMatch {
-        principals: principals(&s.principals)?,
-        not_principals: principals(&s.not_principals)?,
-        request_principals: strings(&s.request_principals)?,
-        not_request_principals: strings(&s.not_request_principals)?,
-        namespaces: strings(&s.namespaces)?,
-        not_namespaces: strings(&s.not_namespaces)?,
-        ip_blocks: cidrs(&s.ip_blocks)?,
-        not_ip_blocks: cidrs(&s.not_ip_blocks)?,
-        remote_ip_blocks: cidrs(&s.remote_ip_blocks)?,
-        not_remote_ip_blocks: cidrs(&s.not_remote_ip_blocks)?,
+    compile_list(values, |v| match v.split_once('/') {
+        Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') && !v.contains('*') => {
+            Ok((ns.to_string(), sa.to_string()))
+        }
+        _ => Err(format!("{v:?} is not namespace/serviceaccount")),
     })
 }
 
-fn compile_operation(o: &Operation) -> Result<OperationMatch, String> {
+fn compile_source(s: &Source, f: &mut Fields<'_>) -> SourceMatch {
+    let cidrs = |v: &[String]| compile_list(v, Cidr::parse);
+    SourceMatch {
+        service_accounts: f.take(".serviceAccounts", service_accounts(s, &s.service_accounts)),
+        not_service_accounts: f.take(".notServiceAccounts", service_accounts(s, &s.not_service_accounts)),
+        trust_domains: f.take(".trustDomains", strings(&s.trust_domains)),
+        not_trust_domains: f.take(".notTrustDomains", strings(&s.not_trust_domains)),
+        principals: f.take(".principals", principals(&s.principals)),
+        not_principals: f.take(".notPrincipals", principals(&s.not_principals)),
+        request_principals: f.take(".requestPrincipals", strings(&s.request_principals)),
+        not_request_principals: f.take(".notRequestPrincipals", strings(&s.not_request_principals)),
+        namespaces: f.take(".namespaces", strings(&s.namespaces)),
+        not_namespaces: f.take(".notNamespaces", strings(&s.not_namespaces)),
+        ip_blocks: f.take(".ipBlocks", cidrs(&s.ip_blocks)),
+        not_ip_blocks: f.take(".notIpBlocks", cidrs(&s.not_ip_blocks)),
+        remote_ip_blocks: f.take(".remoteIpBlocks", cidrs(&s.remote_ip_blocks)),
+        not_remote_ip_blocks: f.take(".notRemoteIpBlocks", cidrs(&s.not_remote_ip_blocks)),
+    }
+}
+
+fn compile_operation(o: &Operation, f: &mut Fields<'_>) -> OperationMatch {
     let ports =
         |v: &[String]| compile_list(v, |p| p.parse::<u16>().map_err(|_| format!("port {p:?} is not a port number")));
     let paths = |v: &[String]| compile_list(v, PathPattern::parse);
-    Ok(OperationMatch {
-        hosts: strings(&o.hosts)?,
-        not_hosts: strings(&o.not_hosts)?,
-        ports: ports(&o.ports)?,
-        not_ports: ports(&o.not_ports)?,
-        methods: strings(&o.methods)?,
-        not_methods: strings(&o.not_methods)?,
-        paths: paths(&o.paths)?,
-        not_paths: paths(&o.not_paths)?,
-    })
+    OperationMatch {
+        hosts: f.take(".hosts", strings(&o.hosts)),
+        not_hosts: f.take(".notHosts", strings(&o.not_hosts)),
+        ports: f.take(".ports", ports(&o.ports)),
+        not_ports: f.take(".notPorts", ports(&o.not_ports)),
+        methods: f.take(".methods", strings(&o.methods)),
+        not_methods: f.take(".notMethods", strings(&o.not_methods)),
+        paths: f.take(".paths", paths(&o.paths)),
+        not_paths: f.take(".notPaths", paths(&o.not_paths)),
+    }
 }
 
 fn compile_when(c: &Condition) -> Result<When, String> {

@@ -9,8 +9,9 @@ fn engine(yaml_policies: &[(&str, &str)]) -> AuthzEngine {
     e.set_space_delimited(Vec::new());
     for (name, spec) in yaml_policies {
         let p: AuthorizationPolicy = serde_yaml::from_str(spec).unwrap();
-        let (action, policy) = Policy::compile((*name).into(), &p, "cluster.local").unwrap();
-        e.add(action, policy);
+        let c = Policy::compile((*name).into(), &p);
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        e.add(c.action, c.policy);
     }
     e
 }
@@ -133,17 +134,77 @@ fn ip_blocks_and_cidrs() {
     }
 }
 
+fn compile_with_errors(spec: &str) -> CompiledPolicy {
+    let p: AuthorizationPolicy = serde_yaml::from_str(spec).unwrap();
+    Policy::compile("x".into(), &p)
+}
+
 #[test]
 fn invalid_policies_name_the_field() {
-    let bad = |spec: &str| {
-        let p: AuthorizationPolicy = serde_yaml::from_str(spec).unwrap();
-        Policy::compile("x".into(), &p, "cluster.local").unwrap_err()
-    };
-    assert_eq!(bad("rules: [{when: [{key: 'destination.labels[app]', values: [a]}]}]").0, "spec.rules[0].when[0]");
-    assert_eq!(bad("rules: [{from: [{source: {ipBlocks: [300.1.1.1]}}]}]").0, "spec.rules[0].from[0].source");
-    assert_eq!(bad("rules: [{to: [{operation: {ports: [http]}}]}]").0, "spec.rules[0].to[0].operation");
-    assert_eq!(bad("rules: [{when: [{key: source.ip}]}]").0, "spec.rules[0].when[0]");
-    assert_eq!(bad("action: MAYBE").0, "spec.action");
+    let bad = |spec: &str| compile_with_errors(spec).errors.into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+    assert_eq!(bad("rules: [{when: [{key: 'destination.labels[app]', values: [a]}]}]"), ["spec.rules[0].when[0]"]);
+    assert_eq!(bad("rules: [{from: [{source: {ipBlocks: [300.1.1.1]}}]}]"), ["spec.rules[0].from[0].source.ipBlocks"]);
+    assert_eq!(bad("rules: [{to: [{operation: {ports: [http]}}]}]"), ["spec.rules[0].to[0].operation.ports"]);
+    assert_eq!(bad("rules: [{when: [{key: source.ip}]}]"), ["spec.rules[0].when[0]"]);
+    assert_eq!(bad("action: MAYBE"), ["spec.action"]);
+    assert_eq!(
+        bad("rules: [{to: [{operation: {paths: ['/a/{**}/{*}']}}]}, {to: [{operation: {paths: ['/a{*}']}}]}]"),
+        ["spec.rules[0].to[0].operation.paths", "spec.rules[1].to[0].operation.paths"]
+    );
+}
+
+fn with_errors(policies: &[&str]) -> AuthzEngine {
+    let mut e = AuthzEngine::default();
+    for spec in policies {
+        let c = compile_with_errors(spec);
+        assert!(!c.errors.is_empty(), "{spec} should have errors");
+        e.add(c.action, c.policy);
+    }
+    e
+}
+
+#[test]
+fn a_deny_rule_with_errors_loses_the_failing_constraint_and_denies_more() {
+    // The condition that fails is dropped: every GET is denied, not only those it named.
+    let e = with_errors(&[
+        "action: DENY\nrules: [{to: [{operation: {methods: [GET]}}], when: [{key: bogus.key, values: [x]}]}]",
+    ]);
+    assert!(!Req::new("GET", "/anything").decide(&e));
+    assert!(Req::new("POST", "/anything").decide(&e), "what the rule never matched still passes");
+    // A bad value in a list drops the whole field, not just the value (that would narrow).
+    let e = with_errors(&["action: DENY\nrules: [{to: [{operation: {paths: [/admin, '/x/{**}/{*}']}}]}]"]);
+    assert!(!Req::new("GET", "/public").decide(&e));
+    // notX fields that fail are dropped too: a DENY never denies less than written.
+    let e = with_errors(&["action: DENY\nrules: [{from: [{source: {notIpBlocks: [not-an-ip]}}]}]"]);
+    assert!(!Req::new("GET", "/").decide(&e));
+    // An unknown action denies everything.
+    assert!(
+        !Req::new("GET", "/").decide(&with_errors(&["action: REJECT\nrules: [{to: [{operation: {paths: [/a]}}]}]"]))
+    );
+}
+
+#[test]
+fn custom_and_allow_policies_with_errors_fail_closed() {
+    let c = compile_with_errors("action: CUSTOM\nprovider: {name: p}\nrules: [{to: [{operation: {ports: [http]}}]}]");
+    assert_eq!(c.action, Action::Custom);
+    let mut e = AuthzEngine::default();
+    e.add(c.action, c.policy);
+    assert!(!Req::new("GET", "/").decide(&e), "a CUSTOM policy with errors denies what it could match");
+    // ALLOW: the rule with an error is left out; the good one still allows.
+    let e = with_errors(&["rules: [{to: [{operation: {paths: [/ok]}}]}, {when: [{key: bogus, values: [x]}]}]"]);
+    assert!(Req::new("GET", "/ok").decide(&e));
+    assert!(!Req::new("GET", "/other").decide(&e));
+}
+
+#[test]
+fn path_templates_follow_istios_rules() {
+    let e = engine(&[("a", "rules: [{to: [{operation: {paths: ['/a/{**}/b', '/v/{*}/c']}}]}]")]);
+    for ok in ["/a/x/b", "/a/x/y/b", "/a//b", "/v/1/c"] {
+        assert!(Req::new("GET", ok).decide(&e), "{ok}");
+    }
+    for no in ["/a/b", "/a/x/c", "/v/1/2/c", "/v//c"] {
+        assert!(!Req::new("GET", no).decide(&e), "{no}");
+    }
 }
 
 #[test]
@@ -184,4 +245,36 @@ fn only_space_delimited_claims_match_by_word() {
     assert!(r.decide(&e), "scope splits on spaces, name does not");
     r.identity = Some(identity(serde_json::json!({"iss": "i", "sub": "s", "scope": "read", "name": "John Smith"})));
     assert!(!r.decide(&e));
+}
+
+#[test]
+fn service_accounts_and_trust_domains_match_the_peer_identity() {
+    let e = engine(&[("a", "rules: [{from: [{source: {serviceAccounts: [shop/cart], notTrustDomains: [old.td]}}]}]")]);
+    let decide = |principal: Option<&str>| {
+        let headers = HeaderMap::new();
+        let ip = "10.0.0.1".parse().unwrap();
+        let r = AuthzRequest {
+            source_ip: ip,
+            remote_ip: ip,
+            peer_principal: principal,
+            identity: None,
+            host: "shop.test",
+            port: 8080,
+            method: "GET",
+            path: "/",
+            headers: &headers,
+            sni: None,
+        };
+        e.evaluate(&r) == Decision::Allow
+    };
+    assert!(decide(Some("cluster.local/ns/shop/sa/cart")));
+    assert!(decide(Some("other.td/ns/shop/sa/cart")), "any trust domain");
+    assert!(!decide(Some("old.td/ns/shop/sa/cart")));
+    assert!(!decide(Some("cluster.local/ns/shop/sa/web")));
+    assert!(!decide(Some("cluster.local/ns/shop/sa/cart/x")));
+    assert!(!decide(None), "needs mTLS");
+    for bad in ["serviceAccounts: ['shop/*']", "serviceAccounts: [cart]", "serviceAccounts: [a/b], namespaces: [a]"] {
+        let errors = compile_with_errors(&format!("rules: [{{from: [{{source: {{{bad}}}}}]}}]")).errors;
+        assert!(errors[0].0.ends_with("serviceAccounts"), "{bad}: {errors:?}");
+    }
 }

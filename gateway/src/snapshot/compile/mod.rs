@@ -45,6 +45,16 @@ pub struct Compiled {
     pub diagnostics: Vec<Diagnostic>,
     /// Resources left out because of errors.
     pub rejected: Vec<ResourceRef>,
+    /// Security resources with errors, applied in their fail-closed form instead.
+    pub fail_closed: Vec<ResourceRef>,
+}
+
+/// Where compile stages report problems and what became of the resources that had them.
+#[derive(Debug, Default)]
+struct Report {
+    diagnostics: Vec<Diagnostic>,
+    rejected: Vec<ResourceRef>,
+    fail_closed: Vec<ResourceRef>,
 }
 
 #[derive(Default)]
@@ -65,30 +75,24 @@ struct TableKey {
 /// Certificates and remote JWKS sets come from `caches`, which outlive snapshots.
 pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -> Compiled {
     let certs = &caches.certs;
-    let mut diagnostics = Vec::new();
+    let mut report = Report::default();
     let mut refs = Vec::new();
-    let mut rejected = Vec::new();
     // Istio's mesh config: the `istio` ConfigMap (the first one, if several).
     let mesh = resources.iter().find_map(|r| match &r.spec {
         Spec::MeshConfig(m) => Some((r, m)),
         _ => None,
     });
     let default_mesh = crate::config::MeshConfig::default();
-    let peer = peer_authn::PeerPolicies::collect(
-        resources,
-        mesh.map_or(&default_mesh, |(_, m)| m),
-        &mut diagnostics,
-        &mut rejected,
-    );
-    let mut registry = Registry::build(resources, bootstrap, caches, &peer, &mut diagnostics, &mut rejected);
+    let peer = peer_authn::PeerPolicies::collect(resources, mesh.map_or(&default_mesh, |(_, m)| m), &mut report);
+    let mut registry =
+        Registry::build(resources, bootstrap, caches, &peer, &mut report.diagnostics, &mut report.rejected);
     let telemetry =
-        telemetry::overrides(resources, mesh.map_or(&default_mesh, |(_, m)| m), bootstrap, &mut diagnostics);
-    let security =
-        security::compile(resources, mesh, bootstrap, &mut registry, &caches.jwks, &mut diagnostics, &mut rejected);
+        telemetry::overrides(resources, mesh.map_or(&default_mesh, |(_, m)| m), bootstrap, &mut report.diagnostics);
+    let security = security::compile(resources, mesh, bootstrap, &mut registry, &caches.jwks, &mut report);
     let access_log_file = mesh.and_then(|(r, m)| match access_log_file(m) {
         Ok(file) => file,
         Err(e) => {
-            diagnostics.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.accessLogFile", e));
+            report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.accessLogFile", e));
             None
         }
     });
@@ -97,7 +101,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         None => LogFormat::Json,
         Some((_, Ok(f))) => f,
         Some((r, Err(e))) => {
-            diagnostics.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.accessLogFormat", e));
+            report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.accessLogFormat", e));
             LogFormat::Json
         }
     });
@@ -106,15 +110,15 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         mesh.map_or(&default_mesh, |(_, m)| m),
         bootstrap,
         &caches.wasm,
-        &mut diagnostics,
-        &mut rejected,
+        &mut report.diagnostics,
+        &mut report.rejected,
     );
     let services = if wasm.is_empty() { HashMap::new() } else { wasm::call_targets(&mut registry) };
-    let tracer = tracer::compile(mesh, &telemetry, bootstrap, &mut registry, caches, &mut diagnostics);
+    let tracer = tracer::compile(mesh, &telemetry, bootstrap, &mut registry, caches, &mut report.diagnostics);
     // A sidecar serves captured traffic only; Gateway servers are a gateway's.
     let ports = match bootstrap.sidecar {
         Some(_) => Default::default(),
-        None => binding::gateway_servers(resources, bootstrap, &mut diagnostics),
+        None => binding::gateway_servers(resources, bootstrap, &mut report.diagnostics),
     };
     let gateway_names: HashSet<String> = resources
         .iter()
@@ -123,7 +127,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         .collect();
     for r in resources {
         if let Spec::DestinationRule(dr) = &r.spec {
-            diagnostics.extend(check_destination_rule(r, dr));
+            report.diagnostics.extend(check_destination_rule(r, dr));
         }
     }
     let tables: Vec<(TableKey, Vec<&ServerBinding>)> = ports
@@ -154,8 +158,8 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
             continue;
         }
         if let Err(errs) = check_virtual_service(r, vs) {
-            diagnostics.extend(errs);
-            rejected.push(r.id.clone());
+            report.diagnostics.extend(errs);
+            report.rejected.push(r.id.clone());
             continue;
         }
         let gateways = routes::vs_gateways(r, vs, bootstrap);
@@ -196,8 +200,8 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
             }
         }
         if let Some(errs) = failed {
-            diagnostics.extend(errs);
-            rejected.push(r.id.clone());
+            report.diagnostics.extend(errs);
+            report.rejected.push(r.id.clone());
             continue;
         }
         for (key, domains) in &bound {
@@ -245,7 +249,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
                         None => None,
                         Some(Ok(compiled)) => {
                             for w in compiled.warnings {
-                                diagnostics.push(Diagnostic::warning(
+                                report.diagnostics.push(Diagnostic::warning(
                                     &server.origin,
                                     &server.id,
                                     format!("{}.tls", server.field),
@@ -255,7 +259,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
                             Some(compiled.tls)
                         }
                         Some(Err(e)) => {
-                            diagnostics.push(Diagnostic::error(
+                            report.diagnostics.push(Diagnostic::error(
                                 &server.origin,
                                 &server.id,
                                 format!("{}.tls", server.field),
@@ -288,7 +292,8 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
             identity: caches.identity.as_ref(),
             peer: &peer,
         };
-        let (outbound, inbound) = sidecar::plans(&cx, &mut registry, &rejected, &mut diagnostics, &mut refs);
+        let (outbound, inbound) =
+            sidecar::plans(&cx, &mut registry, &report.rejected, &mut report.diagnostics, &mut refs);
         listeners.push(ListenerSpec { port: settings.outbound_port, bind: bootstrap.bind_ip });
         listeners.push(ListenerSpec { port: settings.inbound_port, bind: bootstrap.bind_ip });
         plans.insert(settings.outbound_port, PortPlan::Outbound(outbound));
@@ -298,7 +303,8 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
             let msg = format!("mesh port {port} is also a Gateway server port; the mesh listener is not opened");
             tracing::error!("{msg}");
         } else {
-            let table = mesh::route_table(resources, &rejected, bootstrap, &mut registry, &mut refs, &|_, _| true);
+            let table =
+                mesh::route_table(resources, &report.rejected, bootstrap, &mut registry, &mut refs, &|_, _| true);
             listeners.push(ListenerSpec { port, bind: bootstrap.bind_ip });
             plans.insert(port, PortPlan::Http(table));
         }
@@ -318,12 +324,13 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         services,
         access_log,
         access_log_file,
-        diagnostics: diagnostics.iter().chain(&refs).cloned().collect(),
+        diagnostics: report.diagnostics.iter().chain(&refs).cloned().collect(),
         resources: Vec::new(),
         created: Some(SystemTime::now()),
     };
-    diagnostics.extend(refs);
-    Compiled { snapshot, diagnostics, rejected }
+    report.diagnostics.extend(refs);
+    let Report { diagnostics, rejected, fail_closed } = report;
+    Compiled { snapshot, diagnostics, rejected, fail_closed }
 }
 
 /// Mesh config `accessLogFile` (`""` turns logs off), `accessLogEncoding`,

@@ -6,8 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use super::Report;
 use crate::{
-    config::{istio::PeerAuthentication, Diagnostic, MeshConfig, Resource, ResourceRef, Spec},
+    config::{istio::PeerAuthentication, Diagnostic, Kind, MeshConfig, Resource, Spec},
     sidecar::plan::{MtlsMode, PeerAuthn},
 };
 
@@ -30,24 +31,33 @@ pub(super) struct PeerPolicies<'a> {
 }
 
 impl<'a> PeerPolicies<'a> {
-    /// Checks the policies; bad ones are reported and left out.
-    pub(super) fn collect(
-        resources: &'a [Resource],
-        mesh: &MeshConfig,
-        diags: &mut Vec<Diagnostic>,
-        rejected: &mut Vec<ResourceRef>,
-    ) -> Self {
+    /// Checks the policies; a bad one is reported and fails closed (STRICT where its
+    /// mode cannot be read), since leaving it out could weaken what it asks for.
+    pub(super) fn collect(resources: &'a [Resource], mesh: &MeshConfig, report: &mut Report) -> Self {
         let mut policies = Vec::new();
         for r in resources {
-            let Spec::PeerAuthentication(pa) = &r.spec else { continue };
-            match checked(r, pa, diags) {
-                Some(level) => policies.push(Policy {
-                    resource: r,
-                    selector: pa.selector.as_ref().map(|s| &s.match_labels),
-                    level,
-                }),
-                None => rejected.push(r.id.clone()),
+            let pa = match &r.spec {
+                Spec::PeerAuthentication(pa) => pa,
+                Spec::Unreadable(u) if r.id.kind == Kind::PeerAuthentication => {
+                    let msg = "not loaded; fails closed: STRICT applies to the workloads it selects until it loads";
+                    report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, "", msg));
+                    report.fail_closed.push(r.id.clone());
+                    let level = Level { mode: Some(MtlsMode::Strict), ports: Vec::new() };
+                    policies.push(Policy {
+                        resource: r,
+                        selector: u.selector.as_ref().map(|s| &s.match_labels),
+                        level,
+                    });
+                    continue;
+                }
+                _ => continue,
+            };
+            let errors = report.diagnostics.len();
+            let level = checked(r, pa, &mut report.diagnostics);
+            if report.diagnostics[errors..].iter().any(Diagnostic::is_error) {
+                report.fail_closed.push(r.id.clone());
             }
+            policies.push(Policy { resource: r, selector: pa.selector.as_ref().map(|s| &s.match_labels), level });
         }
         Self { root: mesh.root_namespace.clone(), policies }
     }
@@ -86,35 +96,37 @@ impl<'a> PeerPolicies<'a> {
     }
 }
 
-fn checked(r: &Resource, pa: &PeerAuthentication, diags: &mut Vec<Diagnostic>) -> Option<Level> {
-    let mode = match MtlsMode::parse(pa.mtls.as_ref().and_then(|m| m.mode.as_deref())) {
-        Ok(m) => m,
-        Err(e) => {
-            diags.push(Diagnostic::error(&r.origin, &r.id, "spec.mtls.mode", e));
-            return None;
-        }
+/// A policy's modes; a mode that cannot be read is reported and taken as STRICT.
+fn checked(r: &Resource, pa: &PeerAuthentication, diags: &mut Vec<Diagnostic>) -> Level {
+    let mut mode_at = |field: String, mode: Option<&str>| {
+        MtlsMode::parse(mode).unwrap_or_else(|e| {
+            diags.push(Diagnostic::error(&r.origin, &r.id, field, format!("{e}; STRICT applies until it is fixed")));
+            Some(MtlsMode::Strict)
+        })
     };
+    let mut mode = mode_at("spec.mtls.mode".into(), pa.mtls.as_ref().and_then(|m| m.mode.as_deref()));
     let mut ports = Vec::new();
+    let mut bad_ports = Vec::new();
     for (key, m) in &pa.port_level_mtls {
         let field = format!("spec.portLevelMtls.{key}");
-        let Ok(port) = key.parse::<u16>() else {
-            diags.push(Diagnostic::error(&r.origin, &r.id, field, format!("{key:?} is not a port number")));
-            return None;
-        };
-        match MtlsMode::parse(m.mode.as_deref()) {
-            Ok(mode) => ports.push((port, mode)),
-            Err(e) => {
-                diags.push(Diagnostic::error(&r.origin, &r.id, format!("{field}.mode"), e));
-                return None;
-            }
+        match key.parse::<u16>() {
+            Ok(port) => ports.push((port, mode_at(format!("{field}.mode"), m.mode.as_deref()))),
+            Err(_) => bad_ports.push((field, key)),
         }
+    }
+    // The port an unreadable key meant is unknown: every port is held to STRICT.
+    for (field, key) in bad_ports {
+        let msg = format!("{key:?} is not a port number; STRICT applies to every port until it is fixed");
+        diags.push(Diagnostic::error(&r.origin, &r.id, field, msg));
+        mode = Some(MtlsMode::Strict);
+        ports.retain(|(_, m)| *m == Some(MtlsMode::Strict));
     }
     if !ports.is_empty() && pa.selector.is_none() {
         let msg = "portLevelMtls applies only with a workload selector (Istio ignores it here)";
         diags.push(Diagnostic::warning(&r.origin, &r.id, "spec.portLevelMtls", msg));
         ports.clear();
     }
-    Some(Level { mode, ports })
+    Level { mode, ports }
 }
 
 #[cfg(test)]
@@ -126,10 +138,14 @@ mod tests {
     fn policy(yaml: &str, labels: &[(&str, &str)]) -> (PeerAuthn, Vec<Diagnostic>) {
         let loaded = crate::config::load_text(yaml, Path::new("pa.yaml"), "shop");
         assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        effective(&loaded.resources, labels)
+    }
+
+    fn effective(resources: &[Resource], labels: &[(&str, &str)]) -> (PeerAuthn, Vec<Diagnostic>) {
         let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (mut diags, mut rejected) = (Vec::new(), Vec::new());
-        let policies = PeerPolicies::collect(&loaded.resources, &MeshConfig::default(), &mut diags, &mut rejected);
-        (policies.effective("shop", &labels).0, diags)
+        let mut report = Report::default();
+        let policies = PeerPolicies::collect(resources, &MeshConfig::default(), &mut report);
+        (policies.effective("shop", &labels).0, report.diagnostics)
     }
 
     const LEVELS: &str = "
@@ -204,5 +220,37 @@ spec:
         );
         assert!(text[1].contains("spec.portLevelMtls") && text[1].contains("selector"), "{text:?}");
         assert_eq!((mtls.default, mtls.mode(80)), (MtlsMode::Strict, MtlsMode::Strict));
+    }
+
+    #[test]
+    fn policies_with_errors_fail_closed_to_strict() {
+        let yaml = "
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: ns}
+spec: {mtls: {mode: DISABLE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: cart}
+spec:
+  selector: {matchLabels: {app: cart}}
+  mtls: {mode: PERMISIVE}
+  portLevelMtls: {8080: {mode: DISABLE}, http: {mode: DISABLE}}
+";
+        let (cart, diags) = policy(yaml, &[("app", "cart")]);
+        assert_eq!((cart.default, cart.mode(8080)), (MtlsMode::Strict, MtlsMode::Strict), "{diags:?}");
+        assert!(diags.iter().any(|d| d.field == "spec.mtls.mode" && d.message.contains("STRICT applies")));
+        assert!(diags.iter().any(|d| d.field == "spec.portLevelMtls.http"));
+        assert_eq!(policy(yaml, &[("app", "web")]).0.default, MtlsMode::Disable, "other workloads keep theirs");
+
+        // A document that does not load holds the workloads it selects to STRICT.
+        let unloadable = yaml.replace("mtls: {mode: PERMISIVE}", "mtls: {mode: PERMISSIVE, extra: 1}");
+        let loaded = crate::config::load_text(&unloadable, Path::new("pa.yaml"), "shop");
+        assert!(loaded.diagnostics[0].to_string().contains("unknown field `extra`"));
+        let (cart, diags) = effective(&loaded.resources, &[("app", "cart")]);
+        assert_eq!((cart.default, cart.mode(8080)), (MtlsMode::Strict, MtlsMode::Strict));
+        assert!(diags[0].message.contains("fails closed"), "{diags:?}");
+        assert_eq!(effective(&loaded.resources, &[("app", "web")]).0.default, MtlsMode::Disable);
     }
 }

@@ -6,11 +6,11 @@ use std::{sync::Arc, time::Duration};
 
 use http::header::HeaderName;
 
-use super::registry::Registry;
+use super::{registry::Registry, Report};
 use crate::{
     config::{
-        istio::{JwtRule as ConfigJwtRule, MatchLabelsSelector, PolicyTargetReference},
-        Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, Spec,
+        istio::{AuthorizationPolicy, JwtRule as ConfigJwtRule, MatchLabelsSelector, PolicyTargetReference},
+        Bootstrap, Diagnostic, Kind, MeshConfig, Resource, Spec,
     },
     security::{
         authz::{Action, AuthzEngine, Policy},
@@ -25,17 +25,17 @@ use crate::{
 /// Default JWKS fetch timeout (Istio `jwtRules[].timeout`).
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the security of this gateway; bad policies are reported and left out
-/// (which for an ALLOW policy can only narrow access, never widen it).
+/// Builds the security of this gateway. A policy with errors is reported and applied
+/// in its fail-closed form: never less authentication or authorization than written.
 pub(super) fn compile(
     resources: &[Resource],
     mesh: Option<(&Resource, &MeshConfig)>,
     bootstrap: &Bootstrap,
     registry: &mut Registry<'_>,
     jwks: &JwksCache,
-    diags: &mut Vec<Diagnostic>,
-    rejected: &mut Vec<ResourceRef>,
+    report: &mut Report,
 ) -> Security {
+    let diags = &mut report.diagnostics;
     let mut normalization = Normalization::Base;
     if let Some((r, m)) = mesh {
         match Normalization::parse(m.path_normalization.normalization.as_deref()) {
@@ -60,36 +60,42 @@ pub(super) fn compile(
                 if targets_refs(r, &ra.target_refs, &ra.target_ref, diags) {
                     continue;
                 }
-                let mut rules = Vec::new();
                 let mut failed = false;
                 for (i, rule) in ra.jwt_rules.iter().enumerate() {
                     match jwt_rule(rule, jwks) {
-                        Ok(compiled) => rules.push(compiled),
+                        Ok(compiled) => jwt_rules.push(compiled),
                         Err((field, e)) => {
-                            diags.push(Diagnostic::error(&r.origin, &r.id, format!("spec.jwtRules[{i}]{field}"), e));
+                            let msg = format!("{e}; {}", refused(&rule.issuer));
+                            diags.push(Diagnostic::error(&r.origin, &r.id, format!("spec.jwtRules[{i}]{field}"), msg));
+                            jwt_rules.push(fail_closed_jwt_rule(rule));
                             failed = true;
                         }
                     }
                 }
-                // A rejected RequestAuthentication drops its issuers: their tokens get
-                // 401 (unknown issuer), so rejection fails closed.
                 if failed {
-                    rejected.push(r.id.clone());
-                } else {
-                    jwt_rules.extend(rules);
-                    space_delimited.extend(ra.jwt_rules.iter().flat_map(|j| j.space_delimited_claims.iter().cloned()));
+                    report.fail_closed.push(r.id.clone());
                 }
+                space_delimited.extend(ra.jwt_rules.iter().flat_map(|j| j.space_delimited_claims.iter().cloned()));
             }
             Spec::AuthorizationPolicy(ap) if applies(r, &ap.selector) => {
                 if targets_refs(r, &ap.target_refs, &ap.target_ref, diags) {
                     continue;
                 }
                 let name: Arc<str> = format!("{}/{}", r.id.namespace, r.id.name).into();
-                match Policy::compile(name, ap, &mesh.trust_domain) {
-                    Ok((Action::Custom, policy)) => {
+                let compiled = Policy::compile(name, ap);
+                let effect = fail_closed_effect(compiled.action, ap);
+                for (field, e) in &compiled.errors {
+                    diags.push(Diagnostic::error(&r.origin, &r.id, field, format!("{e}; {effect}")));
+                }
+                if !compiled.errors.is_empty() {
+                    report.fail_closed.push(r.id.clone());
+                }
+                match compiled.action {
+                    // A CUSTOM policy with errors denies what its (broader) rules match.
+                    Action::Custom if compiled.errors.is_empty() => {
                         let wanted = ap.provider.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
                         match ext_authz(mesh, wanted, registry) {
-                            Ok(provider) => authz.add_custom(policy, provider),
+                            Ok(provider) => authz.add_custom(compiled.policy, provider),
                             Err(e) => {
                                 diags.push(Diagnostic::error(
                                     &r.origin,
@@ -97,27 +103,46 @@ pub(super) fn compile(
                                     "spec.provider",
                                     format!("{e}; requests its rules match are denied"),
                                 ));
-                                authz.add(Action::Custom, policy);
+                                report.fail_closed.push(r.id.clone());
+                                authz.add(Action::Custom, compiled.policy);
                             }
                         }
                     }
-                    Ok((action, policy)) => authz.add(action, policy),
-                    Err((field, e)) => {
-                        diags.push(Diagnostic::error(&r.origin, &r.id, field, e));
-                        rejected.push(r.id.clone());
-                        // Fail closed: a broken ALLOW policy still means "ALLOW policies
-                        // exist", so nothing it would have allowed gets through.
-                        if ap.action.as_deref().unwrap_or("ALLOW") == "ALLOW" {
-                            let (action, policy) = Policy::compile(
-                                format!("{}/{} (rejected)", r.id.namespace, r.id.name).into(),
-                                &Default::default(),
-                                &mesh.trust_domain,
-                            )
-                            .expect("an empty policy compiles");
-                            authz.add(action, policy);
-                        }
-                    }
+                    action => authz.add(action, compiled.policy),
                 }
+            }
+            Spec::Unreadable(u) if applies(r, &u.selector) && !u.targeted => {
+                let name: Arc<str> = format!("{}/{}", r.id.namespace, r.id.name).into();
+                let effect = match r.id.kind {
+                    Kind::RequestAuthentication if u.issuers.is_empty() => {
+                        jwt_rules.push(fail_closed_jwt_rule(&ConfigJwtRule::default()));
+                        refused("")
+                    }
+                    Kind::RequestAuthentication => {
+                        jwt_rules.extend(u.issuers.iter().map(|issuer| {
+                            fail_closed_jwt_rule(&ConfigJwtRule { issuer: issuer.clone(), ..Default::default() })
+                        }));
+                        refused(&u.issuers.join(", "))
+                    }
+                    Kind::AuthorizationPolicy => {
+                        let (action, rules, effect) = match u.action.as_deref() {
+                            Some("AUDIT") => continue,
+                            Some("ALLOW") => ("ALLOW", vec![], "it allows nothing until it loads"),
+                            _ => (
+                                "DENY",
+                                vec![Default::default()],
+                                "every request and connection it selects is denied until it loads",
+                            ),
+                        };
+                        let ap = AuthorizationPolicy { action: Some(action.into()), rules, ..Default::default() };
+                        let compiled = Policy::compile(name, &ap);
+                        authz.add(compiled.action, compiled.policy);
+                        effect.to_string()
+                    }
+                    _ => continue,
+                };
+                diags.push(Diagnostic::error(&r.origin, &r.id, "", format!("not loaded; fails closed: {effect}")));
+                report.fail_closed.push(r.id.clone());
             }
             _ => {}
         }
@@ -133,6 +158,60 @@ pub(super) fn compile(
 }
 
 type FieldError = (String, String);
+
+/// What a policy's errors do to it, for the diagnostics (see `Policy::compile`).
+fn fail_closed_effect(action: Action, ap: &AuthorizationPolicy) -> &'static str {
+    match action {
+        Action::Deny if ap.action.as_deref() != Some("DENY") => {
+            "the policy denies every request to the workloads it selects (fails closed)"
+        }
+        Action::Deny => "the rule applies without it, so it denies more (fails closed)",
+        Action::Custom => "the policy denies what its rules match, without asking the authorizer (fails closed)",
+        Action::Allow => "the rule is left out, so the policy allows less (fails closed)",
+        Action::Audit => "the rule is left out (AUDIT never decides)",
+    }
+}
+
+/// What a RequestAuthentication rule that failed does instead.
+fn refused(issuers: &str) -> String {
+    match issuers {
+        "" => "every JWT is refused (401) until it is fixed".into(),
+        i => format!("tokens from {i} are refused (401) until it is fixed"),
+    }
+}
+
+/// A JWT rule standing in for one that failed: it finds tokens where the rule would
+/// have, refuses them, and strips the output headers the rule would have set, so a
+/// broken rule never lets an unverified token (or a forged output header) through.
+fn fail_closed_jwt_rule(rule: &ConfigJwtRule) -> JwtRule {
+    let header = |name: &str| HeaderName::from_bytes(name.as_bytes()).ok();
+    let mut locations: Vec<Location> =
+        rule.from_headers.iter().filter_map(|h| Some(Location::Header(header(&h.name)?, h.prefix.clone()))).collect();
+    locations.extend(rule.from_params.iter().cloned().map(Location::Param));
+    locations.extend(rule.from_cookies.iter().cloned().map(Location::Cookie));
+    if locations.is_empty() {
+        locations = default_locations();
+    }
+    JwtRule {
+        issuer: rule.issuer.clone(),
+        audiences: Vec::new(),
+        keys: KeySource::Refused,
+        locations,
+        forward: rule.forward_original_token,
+        payload_header: rule.output_payload_to_header.as_deref().and_then(header),
+        claim_headers: rule
+            .output_claim_to_headers
+            .iter()
+            .filter_map(|c| Some((header(&c.header)?, Vec::new())))
+            .collect(),
+    }
+}
+
+/// Istio's token locations when a rule names none: `Authorization: Bearer` and
+/// `?access_token=`.
+fn default_locations() -> Vec<Location> {
+    vec![Location::Header(http::header::AUTHORIZATION, "Bearer ".into()), Location::Param("access_token".into())]
+}
 
 /// Policies attached with `targetRefs` (Gateway API) are reported and left out.
 fn targets_refs(
@@ -226,9 +305,7 @@ fn jwt_rule(rule: &ConfigJwtRule, jwks: &JwksCache) -> Result<JwtRule, FieldErro
     locations.extend(rule.from_params.iter().cloned().map(Location::Param));
     locations.extend(rule.from_cookies.iter().cloned().map(Location::Cookie));
     if locations.is_empty() {
-        // Istio's defaults: `Authorization: Bearer <token>` and `?access_token=`.
-        locations.push(Location::Header(http::header::AUTHORIZATION, "Bearer ".into()));
-        locations.push(Location::Param("access_token".into()));
+        locations = default_locations();
     }
     let payload_header =
         rule.output_payload_to_header.as_deref().map(|h| header(h, ".outputPayloadToHeader".into())).transpose()?;
