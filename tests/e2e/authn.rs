@@ -23,10 +23,29 @@ fn localize(yaml: &str, url: &str) -> String {
     out
 }
 
-/// The ingress Gateway of the JWT tasks (`httpbin-gateway` in `foo`, port 80).
-fn httpbin_gateway() -> String {
-    corpus("docs-authn/ingress-jwt-gateway-vs.yaml").split("\n---").next().unwrap().to_string()
-}
+/// The ingress Gateway of Istio's JWT tasks (`httpbin-gateway` in `foo`, port 80).
+const HTTPBIN_GATEWAY: &str = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: httpbin-gateway, namespace: foo}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*']
+";
+
+/// Every host on that Gateway to httpbin in `foo`, port 8000.
+const HTTPBIN_ROUTE: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: foo}
+spec:
+  hosts: ['*']
+  gateways: [httpbin-gateway]
+  http:
+  - route: [{destination: {host: httpbin.foo.svc.cluster.local, port: {number: 8000}}}]
+";
 
 fn bearer(path: &str, token: &str) -> Request<http_body_util::Full<bytes::Bytes>> {
     Request::get(path)
@@ -45,6 +64,7 @@ async fn httpbin() -> (Upstream, String) {
 
 #[tokio::test]
 async fn istio_sample_tokens_at_the_ingress() {
+    wicket_tests::require_corpus!();
     let server = JwksServer::start(corpus("jwt-samples/jwks.json")).await;
     let (up, reg) = httpbin().await;
     let yaml = docs(&[
@@ -74,6 +94,7 @@ async fn istio_sample_tokens_at_the_ingress() {
 
 #[tokio::test]
 async fn require_principal_and_claims_for_routing_and_headers() {
+    wicket_tests::require_corpus!();
     let server = JwksServer::start(corpus("jwt-samples/jwks.json")).await;
     let (up, reg) = httpbin().await;
     let demo = corpus("jwt-samples/demo.jwt").trim().to_string();
@@ -111,11 +132,12 @@ async fn require_principal_and_claims_for_routing_and_headers() {
 
 #[tokio::test]
 async fn claim_based_routing_at_the_gateway() {
+    wicket_tests::require_corpus!();
     let server = JwksServer::start(corpus("jwt-samples/jwks.json")).await;
     let (_up, reg) = httpbin().await;
     let routes = localize(&corpus("docs-authn/jwt-claim-route.yaml"), &server.url)
         .replace("host: httpbin\n", "host: httpbin.foo.svc.cluster.local\n");
-    let gw = TestGateway::start(&docs(&[&httpbin_gateway(), &reg, &routes])).await;
+    let gw = TestGateway::start(&docs(&[HTTPBIN_GATEWAY, &reg, &routes])).await;
     let demo = corpus("jwt-samples/demo.jwt").trim().to_string();
     let groups = corpus("jwt-samples/groups-scope.jwt").trim().to_string();
     let mut ok = false;
@@ -143,12 +165,7 @@ async fn hostile_tokens_all_get_401_and_nothing_is_forwarded() {
     let (up, reg) = httpbin().await;
     let signer = Signer::es256("k1");
     let other = Signer::es256("k1");
-    let yaml = docs(&[
-        &httpbin_gateway(),
-        corpus("docs-authn/ingress-jwt-gateway-vs.yaml").split("\n---").nth(1).unwrap(),
-        &reg,
-        &inline_rules("https://idp.test", &jwks(&[&signer]), ""),
-    ]);
+    let yaml = docs(&[HTTPBIN_GATEWAY, HTTPBIN_ROUTE, &reg, &inline_rules("https://idp.test", &jwks(&[&signer]), "")]);
     let gw = TestGateway::start(&yaml).await;
     let t = now();
     let claims = |extra: serde_json::Value| {
@@ -206,8 +223,10 @@ async fn a_rotated_jwks_is_fetched_when_an_unknown_kid_arrives() {
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: istio-system}}\nspec:\n  jwtRules:\n  - issuer: https://idp.test\n    jwksUri: {}\n",
         server.url
     );
-    let vs = corpus("docs-authn/ingress-jwt-gateway-vs.yaml");
-    let gw = TestGateway::start_with(&docs(&[&vs, &reg, &rules]), |b| b.namespace = "istio-system".into()).await;
+    let gw = TestGateway::start_with(&docs(&[HTTPBIN_GATEWAY, HTTPBIN_ROUTE, &reg, &rules]), |b| {
+        b.namespace = "istio-system".into()
+    })
+    .await;
     let claims = json!({"iss": "https://idp.test", "sub": "alice", "exp": now() + 600});
     let mut ok = false;
     for _ in 0..100 {
@@ -238,8 +257,8 @@ async fn token_locations_payload_header_and_forwarding() {
     let (up, reg) = httpbin().await;
     let signer = Signer::es256("k1");
     let extra = "    fromHeaders: [{name: x-jwt, prefix: 'Token '}]\n    fromParams: [jwt]\n    fromCookies: [session]\n    forwardOriginalToken: true\n    outputPayloadToHeader: x-jwt-payload\n";
-    let vs = corpus("docs-authn/ingress-jwt-gateway-vs.yaml");
-    let gw = TestGateway::start(&docs(&[&vs, &reg, &inline_rules("https://idp.test", &jwks(&[&signer]), extra)])).await;
+    let rules = inline_rules("https://idp.test", &jwks(&[&signer]), extra);
+    let gw = TestGateway::start(&docs(&[HTTPBIN_GATEWAY, HTTPBIN_ROUTE, &reg, &rules])).await;
     let token = signer.sign(&json!({"iss": "https://idp.test", "sub": "bob", "aud": "shop", "exp": now() + 600}));
     let send = |r: Request<http_body_util::Full<bytes::Bytes>>| gw.send(r);
     let base = || Request::get("/").header("host", "h.test");
@@ -272,4 +291,65 @@ async fn token_locations_payload_header_and_forwarding() {
     let without_token = base().header("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9").body(Default::default()).unwrap();
     assert_eq!(send(without_token).await.status, StatusCode::OK);
     assert!(up.last().headers.get("x-jwt-payload").is_none(), "not even without a token");
+}
+
+/// The semantics of Istio's JWT samples on the project's own keys: a principal
+/// required by policy, a claim copied to a header, and a route on a claim.
+#[tokio::test]
+async fn principals_claim_headers_and_claim_routes_on_own_keys() {
+    let (up, reg) = httpbin().await;
+    let signer = Signer::es256("k1");
+    let ra = format!(
+        "
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: foo}}
+spec:
+  jwtRules:
+  - issuer: https://idp.test
+    jwks: '{}'
+    outputClaimToHeaders: [{{header: x-jwt-claim-foo, claim: foo}}]
+",
+        jwks(&[&signer])
+    );
+    let require = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: foo}
+spec:
+  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]
+";
+    let claim_route = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: foo}
+spec:
+  hosts: ['*']
+  gateways: [httpbin-gateway]
+  http:
+  - match: [{uri: {prefix: /headers}, headers: {'@request.auth.claims.groups': {exact: group1}}}]
+    route: [{destination: {host: httpbin.foo.svc.cluster.local, port: {number: 8000}}}]
+";
+    let gw = TestGateway::start_with(&docs(&[HTTPBIN_GATEWAY, claim_route, &reg, &ra, require]), |b| {
+        b.namespace = "foo".into()
+    })
+    .await;
+    let t = now();
+    let plain = signer.sign(&json!({"iss": "https://idp.test", "sub": "a", "foo": "bar", "exp": t + 600}));
+    let grouped = signer.sign(&json!({"iss": "https://idp.test", "sub": "b", "groups": ["group1"], "exp": t + 600}));
+    let no_sub = signer.sign(&json!({"iss": "https://idp.test", "groups": ["group1"], "exp": t + 600}));
+    assert_eq!(gw.send(bearer("/headers", &grouped)).await.status, StatusCode::OK, "routed on the claim");
+    assert_eq!(gw.send(bearer("/headers", &plain)).await.status, StatusCode::NOT_FOUND, "no such claim: no route");
+    let denied = gw.get("httpbin.example.com", "/headers").await;
+    assert_eq!((denied.status, denied.body.as_str()), (StatusCode::FORBIDDEN, "RBAC: access denied"));
+    assert_eq!(gw.send(bearer("/headers", &no_sub)).await.status, StatusCode::FORBIDDEN, "`*` needs iss and sub");
+    assert_eq!(gw.send(bearer("/headers", "deadbeef")).await.status, StatusCode::UNAUTHORIZED);
+    let log = gw.find_log(|l| l["response_code"] == 403).await;
+    assert!(log["response_details"].as_str().unwrap().contains("foo/require-jwt"), "{log}");
+
+    let with_claim = docs(&[HTTPBIN_GATEWAY, HTTPBIN_ROUTE, &reg, &ra]);
+    let gw = TestGateway::start_with(&with_claim, |b| b.namespace = "foo".into()).await;
+    assert_eq!(gw.send(bearer("/headers", &plain)).await.status, StatusCode::OK);
+    assert_eq!(up.last().headers["x-jwt-claim-foo"], "bar", "outputClaimToHeaders");
+    assert!(up.last().headers.get("authorization").is_none(), "the token is removed before forwarding");
 }

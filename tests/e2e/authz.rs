@@ -35,6 +35,7 @@ fn req(method: &str, path: &str, token: Option<&str>) -> Request<http_body_util:
 
 #[tokio::test]
 async fn deny_get_unless_admin_and_allow_path() {
+    wicket_tests::require_corpus!();
     let deny_get = corpus("docs-authz/authz-deny-method-get.yaml");
     let (gw, _up) = workload(&[&deny_get]).await;
     assert_eq!(gw.send(req("GET", "/get", None)).await.status, StatusCode::FORBIDDEN);
@@ -59,6 +60,7 @@ async fn deny_get_unless_admin_and_allow_path() {
 
 #[tokio::test]
 async fn allow_nothing_denies_everything() {
+    wicket_tests::require_corpus!();
     let up = Upstream::start("httpbin").await;
     let reg = service_entry("httpbin.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
     let gw = TestGateway::start(&docs(&[GATEWAY, &reg, VS, &corpus("docs-authz/authz-http-allow-nothing.yaml")])).await;
@@ -69,6 +71,7 @@ async fn allow_nothing_denies_everything() {
 
 #[tokio::test]
 async fn ip_blocks_see_the_peer_and_remote_ip_blocks_the_trusted_client() {
+    wicket_tests::require_corpus!();
     let up = Upstream::start("httpbin").await;
     let reg = service_entry("httpbin.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
     let as_ingress = |b: &mut wicket::config::Bootstrap| {
@@ -261,4 +264,49 @@ async fn an_unreachable_authorizer_fails_closed() {
     r.headers_mut().insert("x-ext-authz", "allow".parse().unwrap());
     assert_eq!(gw.send(r).await.status, StatusCode::FORBIDDEN);
     assert_eq!(up.hits(), 0);
+}
+
+/// Istio's ingress IP samples on the project's own YAML: `ipBlocks` is the TCP peer,
+/// `remoteIpBlocks` the client the trusted proxies saw.
+#[tokio::test]
+async fn peer_and_remote_ip_blocks_on_own_fixtures() {
+    let up = Upstream::start("httpbin").await;
+    let reg = service_entry("httpbin.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let policy = |field: &str| {
+        format!(
+            "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ingress-policy, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{app: istio-ingressgateway}}}}
+  rules: [{{from: [{{source: {{{field}: ['1.2.3.4', '5.6.7.0/24']}}}}]}}]
+"
+        )
+    };
+    let as_ingress = |b: &mut wicket::config::Bootstrap| {
+        b.labels.insert("app".into(), "istio-ingressgateway".into());
+    };
+    let gw = TestGateway::start_with(&docs(&[GATEWAY, &reg, VS, &policy("ipBlocks")]), as_ingress).await;
+    let with_xff = |xff: &str| {
+        let mut r = req("GET", "/", None);
+        r.headers_mut().insert("x-forwarded-for", xff.parse().unwrap());
+        r
+    };
+    assert_eq!(gw.send(with_xff("1.2.3.4")).await.status, StatusCode::FORBIDDEN, "XFF does not change the peer");
+    let mesh = "
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    defaultConfig:
+      gatewayTopology:
+        numTrustedProxies: 1
+";
+    let gw = TestGateway::start_with(&docs(&[GATEWAY, &reg, VS, &policy("remoteIpBlocks"), mesh]), as_ingress).await;
+    assert_eq!(gw.send(with_xff("9.9.9.9, 5.6.7.8")).await.status, StatusCode::OK);
+    assert_eq!(gw.send(with_xff("5.6.7.8, 9.9.9.9")).await.status, StatusCode::FORBIDDEN, "spoofed earlier hop");
+    assert_eq!(gw.send(req("GET", "/", None)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(up.hits(), 1);
 }

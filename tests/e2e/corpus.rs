@@ -39,6 +39,7 @@ fn jason(host: &str) -> Request<http_body_util::Full<bytes::Bytes>> {
 
 #[tokio::test]
 async fn bookinfo_all_v1_sends_every_service_to_v1() {
+    wicket_tests::require_corpus!();
     let (_ups, reg) = bookinfo().await;
     let yaml = docs(&[
         &reg,
@@ -66,6 +67,7 @@ async fn split(file: &str, n: usize) -> HashMap<String, usize> {
 
 #[tokio::test]
 async fn reviews_90_10_split() {
+    wicket_tests::require_corpus!();
     let counts = split("bookinfo-routing/virtual-service-reviews-90-10.yaml", 600).await;
     // Binomial(600, 0.1): mean 60, sd ≈ 7.3; ±5 sd.
     let v2 = counts.get("reviews-v2").copied().unwrap_or(0);
@@ -75,6 +77,7 @@ async fn reviews_90_10_split() {
 
 #[tokio::test]
 async fn reviews_50_50_split_between_v1_and_v3() {
+    wicket_tests::require_corpus!();
     let counts = split("bookinfo-routing/virtual-service-reviews-50-v3.yaml", 400).await;
     // Binomial(400, 0.5): mean 200, sd 10; ±5 sd.
     let v3 = counts.get("reviews-v3").copied().unwrap_or(0);
@@ -84,6 +87,7 @@ async fn reviews_50_50_split_between_v1_and_v3() {
 
 #[tokio::test]
 async fn end_user_jason_goes_to_reviews_v2_everyone_else_to_v1() {
+    wicket_tests::require_corpus!();
     let (_ups, reg) = bookinfo().await;
     let yaml = docs(&[
         &reg,
@@ -97,6 +101,7 @@ async fn end_user_jason_goes_to_reviews_v2_everyone_else_to_v1() {
 
 #[tokio::test]
 async fn ratings_abort_for_jason_only() {
+    wicket_tests::require_corpus!();
     let (ups, reg) = bookinfo().await;
     let yaml = docs(&[
         &reg,
@@ -113,6 +118,7 @@ async fn ratings_abort_for_jason_only() {
 
 #[tokio::test]
 async fn ratings_delay_for_jason_then_routed_to_v1() {
+    wicket_tests::require_corpus!();
     let (_ups, reg) = bookinfo().await;
     let yaml = docs(&[
         &reg,
@@ -129,6 +135,7 @@ async fn ratings_delay_for_jason_then_routed_to_v1() {
 
 #[tokio::test]
 async fn details_catch_all_abort_555_makes_the_second_rule_unreachable() {
+    wicket_tests::require_corpus!();
     let (ups, reg) = bookinfo().await;
     let gw = TestGateway::start_mesh(&docs(&[&reg, &corpus("fault-injection/fault-injection-details-v1.yaml")])).await;
     assert_eq!(gw.mesh_get("details", "/").await.status.as_u16(), 555);
@@ -137,6 +144,7 @@ async fn details_catch_all_abort_555_makes_the_second_rule_unreachable() {
 
 #[tokio::test]
 async fn ratings_mysql_uses_a_hyphenated_subset() {
+    wicket_tests::require_corpus!();
     let (_ups, reg) = bookinfo().await;
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings}\nspec:\n  host: ratings\n  subsets:\n  - {name: v2-mysql, labels: {version: v2-mysql}}\n";
     let yaml = docs(&[
@@ -152,6 +160,7 @@ async fn ratings_mysql_uses_a_hyphenated_subset() {
 
 #[tokio::test]
 async fn bookinfo_gateway_routes_only_the_listed_paths() {
+    wicket_tests::require_corpus!();
     let (_ups, reg) = bookinfo().await;
     let gw = TestGateway::start(&docs(&[&reg, &corpus("gateway/bookinfo-gateway.yaml")])).await;
     let at = gw.addr_of(8080);
@@ -165,6 +174,7 @@ async fn bookinfo_gateway_routes_only_the_listed_paths() {
 
 #[tokio::test]
 async fn httpbin_example_com_only_for_its_host_and_paths() {
+    wicket_tests::require_corpus!();
     let httpbin = Upstream::start("httpbin").await;
     let reg = service_entry("httpbin.default.svc.cluster.local", 8000, "HTTP", &[(&httpbin, "v1")]);
     let gw = TestGateway::start(&docs(&[&reg, &corpus("docs-ingress/ingress-control-httpbin-example-com.yaml")])).await;
@@ -176,6 +186,7 @@ async fn httpbin_example_com_only_for_its_host_and_paths() {
 
 #[tokio::test]
 async fn https_redirect_answers_301_for_the_server_hosts() {
+    wicket_tests::require_corpus!();
     let gw = TestGateway::start_with(&corpus("gateway/gateway-all-https-redirect.yaml"), |b| {
         b.labels = [("app".to_string(), "my-gateway-controller".to_string())].into();
     })
@@ -188,6 +199,7 @@ async fn https_redirect_answers_301_for_the_server_hosts() {
 
 #[tokio::test]
 async fn redirect_injection_by_header() {
+    wicket_tests::require_corpus!();
     let gw = TestGateway::start_mesh(&corpus("serviceentry/rule-redirect-injection.yaml")).await;
     let req = Request::get("/old")
         .header("host", "redirect.test.istio.io")
@@ -202,8 +214,8 @@ async fn redirect_injection_by_header() {
 
 #[test]
 fn every_corpus_file_parses_without_schema_errors() {
-    let dir = format!("{}/../../shared/corpus", env!("CARGO_MANIFEST_DIR"));
-    let bootstrap = wicket::config::Bootstrap { config_dir: dir.into(), ..Default::default() };
+    wicket_tests::require_corpus!();
+    let bootstrap = wicket::config::Bootstrap { config_dir: wicket_tests::corpus_dir(), ..Default::default() };
     let problems = wicket::validate(&bootstrap).unwrap();
     // References to Kubernetes Services the corpus does not declare are expected;
     // anything else (a field, a type, a value) would be a gap in Wicket.

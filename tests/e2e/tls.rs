@@ -143,6 +143,7 @@ async fn a_tls_1_3_only_server_refuses_tls_1_2_clients() {
 
 #[tokio::test]
 async fn credential_name_reads_a_kubernetes_style_secret_directory() {
+    wicket_tests::require_corpus!();
     let creds = tempfile::tempdir().unwrap();
     let pki = Pki::default();
     let secret = creds.path().join("default/httpbin-credential");
@@ -151,11 +152,7 @@ async fn credential_name_reads_a_kubernetes_style_secret_directory() {
     std::fs::write(secret.join("tls.crt"), &leaf.cert_pem).unwrap();
     std::fs::write(secret.join("tls.key"), &leaf.key_pem).unwrap();
     let httpbin = Upstream::start("httpbin").await;
-    let corpus = std::fs::read_to_string(format!(
-        "{}/../../shared/corpus/docs-ingress/secure-ingress-simple-single-host.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let corpus = wicket_tests::corpus("docs-ingress/secure-ingress-simple-single-host.yaml");
     let reg = service_entry("httpbin.default.svc.cluster.local", 8000, "HTTP", &[(&httpbin, "v1")]);
     let dir = creds.path().to_path_buf();
     let gw = TestGateway::start_with(&docs(&[&corpus, &reg]), |b| b.credentials_dir = dir).await;
@@ -220,6 +217,7 @@ async fn rotated_certificates_serve_new_handshakes_and_broken_ones_are_refused()
 
 #[tokio::test]
 async fn passthrough_routes_by_sni_to_a_tls_upstream() {
+    wicket_tests::require_corpus!();
     let upstream_pki = Pki::new("upstream ca");
     let acceptor = tokio_rustls::TlsAcceptor::from(upstream_pki.server(&["nginx.example.com"]));
     let port = wicket_tests::upstream::raw(move |s| {
@@ -234,11 +232,7 @@ async fn passthrough_routes_by_sni_to_a_tls_upstream() {
     })
     .await;
     let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: my-nginx}}\nspec:\n  hosts: [my-nginx.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{https: {port}}}}}]\n");
-    let corpus = std::fs::read_to_string(format!(
-        "{}/../../shared/corpus/docs-ingress/sni-passthrough-nginx.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let corpus = wicket_tests::corpus("docs-ingress/sni-passthrough-nginx.yaml");
     let gw = TestGateway::start(&docs(&[&corpus, &se])).await;
     let (resp, _, leaf) =
         send_tls(gw.addr_of(443), "nginx.example.com", upstream_pki.client(&[], None), get("nginx.example.com"))

@@ -606,6 +606,7 @@ fn localize(yaml: &str, module: &std::path::Path) -> String {
 
 #[tokio::test]
 async fn the_corpus_wasm_plugins_load_from_local_files() {
+    wicket_tests::require_corpus!();
     let up = Upstream::start("api").await;
     let module = conformance();
     // basic-auth sits in istio-system with the ingress selector: it applies here.
