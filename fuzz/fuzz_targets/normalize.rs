@@ -9,7 +9,7 @@ use wicket::security::normalize::Normalization;
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };
     for mode in ["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"] {
-        let n = Normalization::parse(Some(mode)).expect("a known mode");
+        let n = Normalization::parse(Some(mode), Normalization::Base).expect("a known mode");
         assert_eq!(n.apply(path), n.rewrite(path), "{mode}: {path:?}");
         let Ok(Some(once)) = n.apply(path) else { continue };
         if mode == "BASE" || mode == "MERGE_SLASHES" {

@@ -133,11 +133,34 @@ async fn path_tricks_never_bypass_a_deny() {
     assert_eq!(gw.send(req("GET", "/a%00b", None)).await.status, StatusCode::BAD_REQUEST);
     assert_eq!(gw.send(req("get", "/x", None)).await.status, StatusCode::BAD_REQUEST);
 
-    // `//admin` needs MERGE_SLASHES (BASE, Istio's default, keeps repeated slashes).
-    let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    pathNormalization:\n      normalization: MERGE_SLASHES\n";
-    let (gw, _up) = workload(&[deny, mesh]).await;
+    // The gateway merges slashes unless the mesh config says otherwise.
     assert_eq!(gw.send(req("GET", "//admin", None)).await.status, StatusCode::FORBIDDEN);
     assert_eq!(gw.send(req("GET", "/x/..//admin", None)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(up.hits(), 2, "only /ADMIN and /x/~user went upstream");
+
+    // An explicit BASE (Istio's default) keeps repeated slashes, and validate says what
+    // that means for the DENY rule.
+    let mesh = "
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    pathNormalization:
+      normalization: BASE
+";
+    let (gw, up) = workload(&[deny, mesh]).await;
+    assert_eq!(gw.send(req("GET", "//admin", None)).await.status, StatusCode::OK);
+    assert_eq!(up.last().path, "//admin");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.yaml"), docs(&[deny, mesh])).unwrap();
+    let bootstrap =
+        wicket::config::Bootstrap { config_dir: dir.path().into(), namespace: "foo".into(), ..Default::default() };
+    let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();
+    assert!(
+        problems.iter().any(|p| p.contains("AuthorizationPolicy/foo/no-admin: spec.rules[0].to[0].operation.paths: warning: under pathNormalization BASE `//admin` is not `/admin`")),
+        "{problems:#?}"
+    );
 }
 
 #[test]

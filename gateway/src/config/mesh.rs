@@ -160,7 +160,8 @@ fn default_trust_domain() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PathNormalizationConfig {
-    /// NONE, BASE (default), MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.
+    /// NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES; unset (or DEFAULT):
+    /// MERGE_SLASHES at a gateway, BASE (Istio's default) in a sidecar.
     pub normalization: Option<String>,
 }
 

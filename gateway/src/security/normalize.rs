@@ -10,7 +10,7 @@ pub enum Normalization {
     /// RFC 3986 dot segments, unreserved percent-decoding, `\` → `/` (Istio's default).
     #[default]
     Base,
-    /// BASE plus merging repeated slashes.
+    /// BASE plus merging repeated slashes (the gateway's default).
     MergeSlashes,
     /// `%2F`/`%5C` decoded first, then MERGE_SLASHES.
     DecodeAndMergeSlashes,
@@ -28,10 +28,12 @@ pub enum PathError {
 }
 
 impl Normalization {
-    /// Parses the mesh config value.
-    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+    /// Parses the mesh config value; unset and `DEFAULT` give `default` (Istio's is
+    /// BASE; a gateway at the edge uses MERGE_SLASHES, Envoy's edge recommendation).
+    pub fn parse(value: Option<&str>, default: Self) -> Result<Self, String> {
         match value {
-            None | Some("DEFAULT" | "BASE") => Ok(Self::Base),
+            None | Some("DEFAULT") => Ok(default),
+            Some("BASE") => Ok(Self::Base),
             Some("NONE") => Ok(Self::None),
             Some("MERGE_SLASHES") => Ok(Self::MergeSlashes),
             Some("DECODE_AND_MERGE_SLASHES") => Ok(Self::DecodeAndMergeSlashes),

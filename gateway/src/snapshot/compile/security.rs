@@ -36,9 +36,12 @@ pub(super) fn compile(
     report: &mut Report,
 ) -> Security {
     let diags = &mut report.diagnostics;
-    let mut normalization = Normalization::Base;
+    // At the edge `//admin` must not dodge a rule on `/admin`: unless the mesh config
+    // says otherwise, a gateway merges slashes; a sidecar keeps Istio's BASE.
+    let default = if bootstrap.sidecar.is_some() { Normalization::Base } else { Normalization::MergeSlashes };
+    let mut normalization = default;
     if let Some((r, m)) = mesh {
-        match Normalization::parse(m.path_normalization.normalization.as_deref()) {
+        match Normalization::parse(m.path_normalization.normalization.as_deref(), default) {
             Ok(n) => normalization = n,
             Err(e) => diags.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.pathNormalization.normalization", e)),
         }
@@ -81,6 +84,7 @@ pub(super) fn compile(
                 if targets_refs(r, &ap.target_refs, &ap.target_ref, diags) {
                     continue;
                 }
+                diags.extend(path_variants(r, ap, normalization));
                 let name: Arc<str> = format!("{}/{}", r.id.namespace, r.id.name).into();
                 let compiled = Policy::compile(name, ap);
                 let effect = fail_closed_effect(compiled.action, ap);
@@ -170,6 +174,35 @@ fn fail_closed_effect(action: Action, ap: &AuthorizationPolicy) -> &'static str 
         Action::Allow => "the rule is left out, so the policy allows less (fails closed)",
         Action::Audit => "the rule is left out (AUDIT never decides)",
     }
+}
+
+/// Warnings for path rules that deny (DENY `paths`, ALLOW `notPaths`) under a
+/// normalization that lets variants of a path through: `//admin` under BASE, and
+/// `/x/../admin` or `/%61dmin` as well under NONE.
+fn path_variants(r: &Resource, ap: &AuthorizationPolicy, normalization: Normalization) -> Vec<Diagnostic> {
+    let (mode, variants) = match normalization {
+        Normalization::None => ("NONE", "`/x/../admin`, `/%61dmin` and `//admin` are not `/admin`"),
+        Normalization::Base => ("BASE", "`//admin` is not `/admin`"),
+        Normalization::MergeSlashes | Normalization::DecodeAndMergeSlashes => return Vec::new(),
+    };
+    let deny = ap.action.as_deref() == Some("DENY");
+    let mut out = Vec::new();
+    for (i, rule) in ap.rules.iter().enumerate() {
+        for (j, to) in rule.to.iter().enumerate() {
+            let (field, paths) =
+                if deny { ("paths", &to.operation.paths) } else { ("notPaths", &to.operation.not_paths) };
+            if !paths.is_empty() {
+                let msg = format!("under pathNormalization {mode} {variants} to this rule; MERGE_SLASHES closes that");
+                out.push(Diagnostic::warning(
+                    &r.origin,
+                    &r.id,
+                    format!("spec.rules[{i}].to[{j}].operation.{field}"),
+                    msg,
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// What a RequestAuthentication rule that failed does instead.
