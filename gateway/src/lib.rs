@@ -252,11 +252,40 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
     })
 }
 
-/// `wicket validate`: every problem in a config directory, offline.
+/// `wicket validate`: every problem in a config directory, offline. The resources
+/// are compiled for the workload `bootstrap` describes and again for every workload
+/// a resource selects (its namespace and selector labels), so a policy or Gateway
+/// for another workload is checked too; each problem is reported once.
 pub fn validate(bootstrap: &Bootstrap) -> Result<Vec<config::Diagnostic>, LoadError> {
     let loaded = config::load_dir(&bootstrap.config_dir, &bootstrap.namespace)?;
-    let compiled = snapshot::compile(&loaded.resources, bootstrap, &snapshot::Caches::default());
+    let root = loaded.resources.iter().find_map(|r| match &r.spec {
+        config::Spec::MeshConfig(m) => Some(m.root_namespace.clone()),
+        _ => None,
+    });
+    let root = root.unwrap_or_else(|| config::MeshConfig::default().root_namespace);
+    let mut views = vec![(bootstrap.namespace.clone(), bootstrap.labels.clone())];
+    for r in &loaded.resources {
+        let namespace = match &r.spec {
+            // A Gateway selects workloads in any namespace; root-namespace policies, every namespace.
+            config::Spec::Gateway(_) => bootstrap.namespace.clone(),
+            _ if r.id.namespace == root => bootstrap.namespace.clone(),
+            _ => r.id.namespace.clone(),
+        };
+        let view = (namespace, r.selector().cloned().unwrap_or_else(|| bootstrap.labels.clone()));
+        if !views.contains(&view) {
+            views.push(view);
+        }
+    }
+    let caches = snapshot::Caches::default();
     let mut all = loaded.diagnostics;
-    all.extend(compiled.diagnostics);
+    let mut seen: std::collections::HashSet<String> = all.iter().map(ToString::to_string).collect();
+    for (namespace, labels) in views {
+        let view = Bootstrap { namespace, labels, ..bootstrap.clone() };
+        for d in snapshot::compile(&loaded.resources, &view, &caches).diagnostics {
+            if seen.insert(d.to_string()) {
+                all.push(d);
+            }
+        }
+    }
     Ok(all)
 }

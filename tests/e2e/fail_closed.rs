@@ -231,3 +231,32 @@ fn validate(yaml: &str) -> Vec<String> {
         wicket::config::Bootstrap { config_dir: dir.path().into(), namespace: "foo".into(), ..Default::default() };
     wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect()
 }
+
+#[test]
+fn validate_checks_policies_and_gateways_of_every_workload() {
+    let other_policy = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules: [{to: [{operation: {ports: [http]}}]}]
+";
+    let other_gateway = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: internal, namespace: shop}
+spec:
+  selector: {istio: internal-gateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ['*']
+    tls: {mode: SIMPLE, serverCertificate: /missing/cert.pem, privateKey: /missing/key.pem}
+";
+    let problems = validate(&docs(&[GATEWAY, other_policy, other_gateway]));
+    let has = |what: &str| problems.iter().any(|p| p.contains(what));
+    assert!(has("AuthorizationPolicy/shop/other: spec.rules[0].to[0].operation.ports: error"), "{problems:#?}");
+    assert!(has("Gateway/shop/internal: spec.servers[0].tls: error"), "{problems:#?}");
+    assert_eq!(problems.iter().filter(|p| p.contains("AuthorizationPolicy/shop/other")).count(), 1, "once each");
+}

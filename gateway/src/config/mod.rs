@@ -151,6 +151,26 @@ pub enum Spec {
     Unreadable(Unreadable),
 }
 
+impl Resource {
+    /// The workload labels this resource selects, for kinds that select workloads
+    /// (`None`: every workload of its scope, or a kind that selects none).
+    pub fn selector(&self) -> Option<&BTreeMap<String, String>> {
+        fn labels(s: &Option<istio::MatchLabelsSelector>) -> Option<&BTreeMap<String, String>> {
+            s.as_ref().map(|s| &s.match_labels)
+        }
+        match &self.spec {
+            Spec::Gateway(g) => Some(&g.selector),
+            Spec::RequestAuthentication(ra) => labels(&ra.selector),
+            Spec::AuthorizationPolicy(ap) => labels(&ap.selector),
+            Spec::PeerAuthentication(pa) => labels(&pa.selector),
+            Spec::WasmPlugin(wp) => labels(&wp.selector),
+            Spec::Telemetry(t) => labels(&t.selector),
+            Spec::Unreadable(u) => labels(&u.selector),
+            _ => None,
+        }
+    }
+}
+
 /// What could still be read of a security resource whose document did not load.
 #[derive(Debug, Clone, Default)]
 pub struct Unreadable {
