@@ -118,15 +118,13 @@ pub(super) fn compile(
             Spec::Unreadable(u) if applies(r, &u.selector) && !u.targeted => {
                 let name: Arc<str> = format!("{}/{}", r.id.namespace, r.id.name).into();
                 let effect = match r.id.kind {
-                    Kind::RequestAuthentication if u.issuers.is_empty() => {
-                        jwt_rules.push(fail_closed_jwt_rule(&ConfigJwtRule::default()));
-                        refused("")
-                    }
                     Kind::RequestAuthentication => {
-                        jwt_rules.extend(u.issuers.iter().map(|issuer| {
+                        // No issuer could be read: one refusing rule with none claims every token.
+                        let issuers = if u.issuers.is_empty() { vec![String::new()] } else { u.issuers.clone() };
+                        jwt_rules.extend(issuers.iter().map(|issuer| {
                             fail_closed_jwt_rule(&ConfigJwtRule { issuer: issuer.clone(), ..Default::default() })
                         }));
-                        refused(&u.issuers.join(", "))
+                        refused(&issuers.join(", "))
                     }
                     Kind::AuthorizationPolicy => {
                         let (action, rules, effect) = match u.action.as_deref() {
