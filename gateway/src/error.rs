@@ -5,6 +5,27 @@ use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
+/// Boxed error of request and response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why sending a request upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (TCP or TLS handshake).
+    #[error("connect failed")]
+    Connect(#[source] BoxError),
+    /// The connection failed or was reset before a response arrived.
+    #[error("connection failed before a response")]
+    Protocol(#[source] BoxError),
+}
+
+impl SendError {
+    /// True when the connection could not be made (Envoy `connect-failure`).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_))
+    }
+}
+
 /// Envoy response flags, combinable (`DI,FI`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u16);
@@ -128,7 +149,7 @@ pub enum ProxyError {
         addr: SocketAddr,
         /// Cause.
         #[source]
-        source: crate::upstream::SendError,
+        source: SendError,
     },
     /// The upstream reset or closed before answering.
     #[error("cluster {cluster}: {addr} reset before answering")]
@@ -139,7 +160,7 @@ pub enum ProxyError {
         addr: SocketAddr,
         /// Cause.
         #[source]
-        source: crate::upstream::SendError,
+        source: SendError,
     },
     /// No response within the route timeout (or the last per-try timeout).
     #[error("cluster {cluster}: no response within {after:?}")]

@@ -1,7 +1,18 @@
-//! Values inside a request that routing, JWT extraction and load balancing all read:
-//! query parameters and cookies.
+//! Values inside a request that routing, JWT extraction, load balancing and upstream
+//! TLS all read: the host of an authority, query parameters and cookies.
 
 use http::HeaderMap;
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.find(']').map_or(authority, |i| &authority[..=i]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
 
 /// The value of the first `name` parameter in a raw query string (no decoding; a bare
 /// `name` has the empty value).

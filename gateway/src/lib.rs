@@ -31,6 +31,7 @@ pub mod sidecar;
 pub mod snapshot;
 mod supervisor;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod wasm;
 
@@ -91,7 +92,7 @@ pub struct Gateway {
     addrs: Arc<RwLock<HashMap<u16, SocketAddr>>>,
     admin: Option<SocketAddr>,
     version: watch::Receiver<u64>,
-    drain: Arc<listener::drain::Drain>,
+    drain: Arc<listener::Drain>,
     /// A sidecar drains its inbound side only (Istio): this tells the supervisor.
     inbound_drain: watch::Sender<bool>,
     sidecar: bool,
@@ -160,11 +161,11 @@ impl Drop for Gateway {
 /// directory.
 pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gateway, StartError> {
     let metrics = Arc::new(telemetry::Metrics::new());
-    let certs = listener::certs::CertStore::default();
+    let certs = tls::certs::CertStore::default();
     let identity = match &bootstrap.identity_dir {
         Some(dir) => Some(
-            security::identity::IdentityFiles::in_dir(dir)
-                .and_then(|files| security::identity::WorkloadIdentity::load(files, &bootstrap.trust_domain, &certs))
+            tls::identity::IdentityFiles::in_dir(dir)
+                .and_then(|files| tls::identity::WorkloadIdentity::load(files, &bootstrap.trust_domain, &certs))
                 .map_err(StartError::Identity)?,
         ),
         None => None,
@@ -182,16 +183,15 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
         telemetry.set_principal(&principal);
     }
     let handle = SnapshotHandle::default();
-    let drain = Arc::new(listener::drain::Drain::default());
+    let drain = Arc::new(listener::Drain::default());
     let proxy = Arc::new(Proxy {
         snapshot: handle.clone(),
         upstreams: Upstreams::with_mark(bootstrap.sidecar.as_ref().and_then(|s| s.mark)),
         telemetry,
-        drain: drain.clone(),
         max_request_body: bootstrap.max_request_body,
     });
     let runtime = wasm::Runtime::new(metrics.wasm_plugins(), bootstrap.wasm_cache_dir.clone());
-    runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), snapshot: handle.clone() });
+    runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), clusters: Arc::new(handle.clone()) });
     let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), certs, identity, ..Default::default() });
     let _ = caches.tracing.set((proxy.upstreams.clone(), metrics.trace_counters()));
     let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
@@ -205,9 +205,14 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
         handle: handle.clone(),
         listeners: Listeners::new(
             proxy.clone(),
+            if sidecar {
+                sidecar::serve
+            } else {
+                |s, p, port, server| Box::pin(listener::connection(s, p, port, server))
+            },
+            drain.clone(),
             bootstrap.port_map.clone(),
             bootstrap.max_connections,
-            bootstrap.sidecar.as_ref().map(|s| s.outbound_port),
         ),
         addrs: Arc::new(RwLock::new(HashMap::new())),
         version: version_tx,

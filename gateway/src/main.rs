@@ -417,8 +417,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sidecar { serve, labels, service_account, outbound_port, inbound_port, mark, probe_port } => {
             let (workers, drain_time) = (serve.workers, serve.drain_time);
-            let probers = match std::env::var(wicket::sidecar::probes::PROBERS_ENV) {
-                Ok(json) if !json.is_empty() => wicket::sidecar::probes::parse(&json).map_err(anyhow::Error::msg)?,
+            let probers = match std::env::var(wicket::config::probers::PROBERS_ENV) {
+                Ok(json) if !json.is_empty() => wicket::config::probers::parse(&json).map_err(anyhow::Error::msg)?,
                 _ => Default::default(),
             };
             let sidecar = SidecarSettings {

@@ -10,11 +10,10 @@ use std::{
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wicket::{
-    config::{Bootstrap, SidecarSettings},
+    config::{probers, Bootstrap, SidecarSettings},
     sidecar::{
         ca::{self, IssueRequest},
         capture::CaptureConfig,
-        probes,
     },
     telemetry::AccessLog,
 };
@@ -143,7 +142,7 @@ async fn with_sidecar(pod: &Pod, config: &Path, labels: &str, identity: PathBuf,
             service_account: sa.into(),
             mark: Some(MARK),
             probe_port: Some(15020),
-            probers: probes::parse(PROBERS).unwrap(),
+            probers: probers::parse(PROBERS).unwrap(),
             ..SidecarSettings::default()
         }),
         ..Bootstrap::default()

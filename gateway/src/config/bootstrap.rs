@@ -62,7 +62,7 @@ pub struct SidecarSettings {
     /// rewritten kubelet probes (Istio's agent port 15020).
     pub probe_port: Option<u16>,
     /// The application's probes by their rewritten path (`ISTIO_KUBE_APP_PROBERS`).
-    pub probers: crate::sidecar::probes::Probers,
+    pub probers: super::probers::Probers,
 }
 
 impl Default for SidecarSettings {

@@ -9,6 +9,7 @@ pub mod files;
 pub mod istio;
 mod load;
 mod mesh;
+pub mod probers;
 mod watch;
 
 use std::{collections::BTreeMap, fmt, path::Path, sync::Arc};

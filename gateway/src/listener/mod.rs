@@ -3,18 +3,18 @@
 //! by what its port serves in the current snapshot: plaintext HTTP, TLS chosen by SNI
 //! (terminated to HTTP or TCP, or passed through), or opaque TCP.
 
-pub mod certs;
 pub mod client_hello;
-pub mod drain;
+mod drain;
 pub(crate) mod l4;
 mod resets;
-pub mod tls;
 
 use std::{
     collections::{BTreeMap, HashMap},
     convert::Infallible,
+    future::Future,
     io,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::Arc,
     time::Duration,
 };
@@ -33,11 +33,15 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use self::{client_hello::Prefixed, tls::TlsTermination};
+use self::client_hello::Prefixed;
+pub use self::drain::Drain;
 use crate::{
     pipeline::{self, ConnInfo, Proxy},
-    security::peer::PeerCert,
     snapshot::{select_chain, ChainAction, FilterChain, ListenerSpec, PortPlan, Snapshot},
+    tls::{
+        handshake::{self, HANDSHAKE_TIMEOUT},
+        server::TlsTermination,
+    },
 };
 
 /// HTTP/1 request head limit (Envoy `max_request_headers_kb` 60 plus framing).
@@ -48,37 +52,57 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// 60 s) rather than at Envoy's seconds-long header timeout (hardening.md §4).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Serves one accepted connection on `port`. A gateway's listeners run `connection`;
+/// a sidecar's run its own handler, which serves the captured ports and hands the
+/// others to `connection`.
+pub(crate) type Handler = fn(TcpStream, SocketAddr, u16, Arc<Server>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What every connection of one listener shares.
+pub(crate) struct Server {
+    pub(crate) proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    /// Set when this listener's connections are told to finish on shutdown.
+    drain: Option<Arc<Drain>>,
+}
+
 struct Open {
     local: SocketAddr,
     task: JoinHandle<()>,
+    drains: bool,
 }
 
 /// The open listeners, keyed by bind address and port as written.
 pub struct Listeners {
     proxy: Arc<Proxy>,
+    handler: Handler,
+    drain: Arc<Drain>,
     port_map: BTreeMap<u16, u16>,
     max_connections: usize,
     open: HashMap<(IpAddr, u16), Open>,
-    /// A sidecar's outbound port: its connections keep serving while the rest drains.
-    outbound: Option<u16>,
-    /// Draining: only the outbound listener stays open.
+    /// Draining: only listeners that do not drain stay open.
     draining: bool,
 }
 
 impl Listeners {
-    /// No listener open yet. `outbound` is a sidecar's outbound port.
-    pub fn new(proxy: Arc<Proxy>, port_map: BTreeMap<u16, u16>, max_connections: usize, outbound: Option<u16>) -> Self {
-        Self { proxy, port_map, max_connections, open: HashMap::new(), outbound, draining: false }
+    /// No listener open yet. Connections are served by `handler`; those of listeners
+    /// that drain are counted in `drain`.
+    pub(crate) fn new(
+        proxy: Arc<Proxy>,
+        handler: Handler,
+        drain: Arc<Drain>,
+        port_map: BTreeMap<u16, u16>,
+        max_connections: usize,
+    ) -> Self {
+        Self { proxy, handler, drain, port_map, max_connections, open: HashMap::new(), draining: false }
     }
 
-    /// Istio drains a sidecar's inbound side only: every listener but the outbound one
-    /// closes (and stays closed across reloads), so the application can still call
-    /// out while it finishes its work.
+    /// Istio drains a sidecar's inbound side only: every listener that drains closes
+    /// (and stays closed across reloads), and the outbound one, which does not, keeps
+    /// the application able to call out while it finishes its work.
     pub fn close_for_drain(&mut self) {
         self.draining = true;
-        let outbound = self.outbound;
         self.open.retain(|(_, port), open| {
-            let keep = Some(*port) == outbound;
+            let keep = !open.drains;
             if !keep {
                 tracing::info!(port, addr = %open.local, "listener closed for draining");
                 open.task.abort();
@@ -98,11 +122,8 @@ impl Listeners {
     /// Opens the listeners `specs` has and we lack, closes those it no longer has.
     /// Returns the ports that could not be bound, with why.
     pub async fn reconcile(&mut self, specs: &[ListenerSpec]) -> Vec<(u16, io::Error)> {
-        let wanted: HashMap<(IpAddr, u16), &ListenerSpec> = specs
-            .iter()
-            .filter(|s| !self.draining || Some(s.port) == self.outbound)
-            .map(|s| ((s.bind, s.port), s))
-            .collect();
+        let wanted: HashMap<(IpAddr, u16), &ListenerSpec> =
+            specs.iter().filter(|s| !self.draining || !s.drains).map(|s| ((s.bind, s.port), s)).collect();
         self.open.retain(|key, open| {
             let keep = wanted.contains_key(key);
             if !keep {
@@ -122,10 +143,14 @@ impl Listeners {
                     let local = listener.local_addr().unwrap_or(SocketAddr::new(spec.bind, bind_port));
                     tracing::info!(port = spec.port, addr = %local, "listener bound");
                     let span = tracing::info_span!("listener", port = spec.port, addr = %local);
-                    let drained = Some(spec.port) != self.outbound;
-                    let accept = accept_loop(listener, self.proxy.clone(), spec.port, self.max_connections, drained);
+                    let server = Arc::new(Server {
+                        proxy: self.proxy.clone(),
+                        builder: server_builder(),
+                        drain: spec.drains.then(|| self.drain.clone()),
+                    });
+                    let accept = accept_loop(listener, server, self.handler, spec.port, self.max_connections);
                     let task = tokio::spawn(accept.instrument(span));
-                    self.open.insert(key, Open { local, task });
+                    self.open.insert(key, Open { local, task, drains: spec.drains });
                 }
                 Err(e) => {
                     tracing::error!(port = spec.port, bind_port, error = %e, "cannot bind listener");
@@ -166,15 +191,10 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Bound on reading the ClientHello and completing a TLS handshake.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accepts connections for `port`; `drained` ones are told to finish and waited for
-/// on shutdown.
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_connections: usize, drained: bool) {
-    let builder = Arc::new(server_builder());
-    let active = proxy.telemetry.metrics.active_connections(port);
-    let overflow = proxy.telemetry.metrics.overflow(port);
+/// Accepts connections for `port` and hands each to `handler`.
+async fn accept_loop(listener: TcpListener, server: Arc<Server>, handler: Handler, port: u16, max_connections: usize) {
+    let active = server.proxy.telemetry.metrics.active_connections(port);
+    let overflow = server.proxy.telemetry.metrics.overflow(port);
     let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     loop {
         match listener.accept().await {
@@ -186,8 +206,8 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_co
                 };
                 let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("conn", peer.addr = %peer);
-                let open = (OpenConnection::new(&active), drained.then(|| proxy.drain.track()), permit);
-                let conn = connection(stream, peer, port, proxy.clone(), builder.clone());
+                let open = (OpenConnection::new(&active), server.drain.as_ref().map(|d| d.track()), permit);
+                let conn = handler(stream, peer, port, server.clone());
                 tokio::spawn(
                     async move {
                         conn.await;
@@ -205,37 +225,27 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, port: u16, max_co
     }
 }
 
-/// Serves one connection according to what its port serves right now. Each kind of
-/// connection is boxed on its own, so an idle plaintext connection carries only its
-/// own state, not room for the largest kind (a TLS or captured one).
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    port: u16,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-) {
-    let snapshot = proxy.snapshot.current();
+/// Serves one connection of a gateway port according to what the port serves right
+/// now. Each kind of connection is boxed on its own, so an idle plaintext connection
+/// carries only its own state, not room for the largest kind (a TLS one).
+pub(crate) async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, server: Arc<Server>) {
+    let snapshot = server.proxy.snapshot.current();
     if matches!(snapshot.ports.get(&port), None | Some(PortPlan::Http(_))) {
         // Requests load the snapshot themselves: a long connection keeps no old one alive.
         drop(snapshot);
         let conn = Arc::new(ConnInfo::plain(peer, port));
-        return Box::pin(serve_http(stream, conn, proxy, builder)).await;
+        return Box::pin(serve_http(stream, conn, server)).await;
     }
     match snapshot.ports.get(&port) {
         Some(PortPlan::Tcp(routes)) => {
             let conn = ConnInfo::plain(peer, port);
-            Box::pin(l4::proxy(stream, routes, &conn, &proxy, &snapshot.security.tcp_authz)).await
-        }
-        Some(PortPlan::Outbound(plan)) => {
-            Box::pin(crate::sidecar::outbound::serve(stream, peer, port, plan, proxy.clone(), builder)).await
-        }
-        Some(PortPlan::Inbound(plan)) => {
-            let authz = &snapshot.security.tcp_authz;
-            Box::pin(crate::sidecar::inbound::serve(stream, peer, port, plan, authz, proxy.clone(), builder)).await
+            Box::pin(l4::proxy(stream, routes, &conn, &server.proxy, &snapshot.security.tcp_authz)).await
         }
         Some(PortPlan::Tls(chains)) => {
-            Box::pin(tls_connection(stream, peer, port, chains, &snapshot, proxy.clone(), builder)).await
+            Box::pin(tls_connection(stream, peer, port, chains, &snapshot, server.clone())).await
+        }
+        Some(PortPlan::Outbound(_) | PortPlan::Inbound(_)) => {
+            tracing::warn!(%peer, port, "a sidecar's port reached a gateway listener; connection closed")
         }
         None | Some(PortPlan::Http(_)) => {}
     }
@@ -249,8 +259,7 @@ async fn tls_connection(
     port: u16,
     chains: &[FilterChain],
     snapshot: &Snapshot,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    server: Arc<Server>,
 ) {
     let (hello, raw) = match client_hello::read(&mut stream, HANDSHAKE_TIMEOUT).await {
         Ok(read) => read,
@@ -270,47 +279,30 @@ async fn tls_connection(
     match &chain.action {
         // The ClientHello bytes already read are replayed to the upstream.
         ChainAction::Passthrough { routes } => {
-            l4::proxy(stream, routes, &conn, &proxy, &snapshot.security.tcp_authz).await
+            l4::proxy(stream, routes, &conn, &server.proxy, &snapshot.security.tcp_authz).await
         }
         ChainAction::Https { tls, .. } => {
-            let Some((tls_stream, peer_cert)) = handshake(tls, stream, peer).await else { return };
-            let tls_version = tls::version_name(tls_stream.get_ref().1);
-            let conn = Arc::new(ConnInfo { scheme: "https", peer_cert, tls_version, ..conn });
-            serve_http(tls_stream, conn, proxy, builder).await
+            let Some(tls) = terminate(tls, stream, peer).await else { return };
+            let conn = ConnInfo { scheme: "https", peer_cert: tls.peer_cert, tls_version: tls.version, ..conn };
+            serve_http(tls.stream, Arc::new(conn), server).await
         }
         ChainAction::TlsTcp { tls, routes } => {
-            let Some((tls_stream, _)) = handshake(tls, stream, peer).await else { return };
-            l4::proxy(tls_stream, routes, &conn, &proxy, &snapshot.security.tcp_authz).await
+            let Some(tls) = terminate(tls, stream, peer).await else { return };
+            l4::proxy(tls.stream, routes, &conn, &server.proxy, &snapshot.security.tcp_authz).await
         }
     }
 }
 
 /// Completes the handshake and applies the server's client-certificate pinning.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+async fn terminate<S: AsyncRead + AsyncWrite + Unpin>(
     tls: &TlsTermination,
     stream: S,
     peer: SocketAddr,
-) -> Option<(tokio_rustls::server::TlsStream<S>, Option<Arc<PeerCert>>)> {
-    let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(s)) => {
-            let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
-            if let Err(why) = tls.peer.check(leaf) {
-                tracing::info!(%peer, why, "client certificate refused");
-                return None;
-            }
-            let peer_cert = leaf.and_then(PeerCert::from_leaf).map(Arc::new);
-            Some((s, peer_cert))
-        }
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::info!(%peer, "TLS handshake timed out");
-            None
-        }
-    }
+) -> Option<handshake::Accepted<S>> {
+    handshake::accept(tls.config.clone(), stream, |leaf| tls.peer.check(leaf))
+        .await
+        .inspect_err(|why| tracing::info!(%peer, %why, "connection closed"))
+        .ok()
 }
 
 /// Serves a plaintext side listener (admin, health) in the background: every request
@@ -355,24 +347,22 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Serves HTTP/1.1 and HTTP/2 on a connection: every request through the pipeline.
 pub(crate) async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     conn: Arc<ConnInfo>,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    server: Arc<Server>,
 ) {
-    let mut draining = proxy.drain.watch();
-    // A sidecar's outbound connections serve the application until the process exits.
-    let drains = conn.direction != pipeline::Direction::Outbound;
+    let mut draining = server.drain.as_ref().map(|d| d.watch());
     let drain_started = async move {
-        if drains {
-            let _ = draining.wait_for(|d| *d).await;
-        } else {
-            std::future::pending::<()>().await;
+        match &mut draining {
+            Some(draining) => drop(draining.wait_for(|d| *d).await),
+            None => std::future::pending::<()>().await,
         }
     };
     let resets = Arc::new(resets::ResetGuard::default());
     let guard = resets.clone();
+    let proxy = server.proxy.clone();
     let svc = service_fn(move |req| {
         let (proxy, conn, guard) = (proxy.clone(), conn.clone(), guard.clone());
         async move {
@@ -383,7 +373,7 @@ pub(crate) async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'stati
             Ok::<_, Infallible>(response)
         }
     });
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let served = server.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(served);
     let result = tokio::select! {
         result = served.as_mut() => result,

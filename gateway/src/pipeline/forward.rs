@@ -249,7 +249,7 @@ fn spawn_mirror(
     let mut headers = head.headers.clone();
     if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         // Envoy's shadow host: `-shadow` after the host name, before any port.
-        let name = crate::route::strip_port(host);
+        let name = crate::http_parts::strip_port(host);
         let shadow = format!("{name}-shadow{}", &host[name.len()..]);
         if let Ok(v) = HeaderValue::from_str(&shadow) {
             headers.insert(header::HOST, v);

@@ -40,8 +40,6 @@ pub struct Proxy {
     pub upstreams: Upstreams,
     /// Access log and metrics.
     pub telemetry: Telemetry,
-    /// Shutdown drain signal and open connection count.
-    pub drain: Arc<crate::listener::drain::Drain>,
     /// Largest request body accepted (`--max-request-body`); `None`: no limit.
     pub max_request_body: Option<u64>,
 }
@@ -66,7 +64,7 @@ pub struct ConnInfo {
     /// SNI of a TLS connection (selects the server's route table).
     pub sni: Option<Arc<str>>,
     /// The client's verified certificate (mutual TLS).
-    pub peer_cert: Option<Arc<crate::security::peer::PeerCert>>,
+    pub peer_cert: Option<Arc<crate::tls::peer::PeerCert>>,
     /// Unique per process (Envoy's `connection.id`).
     pub id: u64,
     /// Negotiated TLS version (`TLSv1.3`), for TLS connections.
@@ -228,7 +226,7 @@ async fn route_and_forward(
     let (table, server_names) = snapshot.route_table(conn.listener_port, conn.sni.as_deref()).ok_or_else(no_route)?;
     if let Some(names) = server_names {
         // A reused HTTP/2 connection asking for a host its TLS server does not serve.
-        let host = crate::route::strip_port(authority);
+        let host = crate::http_parts::strip_port(authority);
         if !names.iter().any(|n| crate::route::host_matches(n, host)) {
             return Err(LocalReply::text(StatusCode::MISDIRECTED_REQUEST, "misdirected request"));
         }
@@ -243,7 +241,7 @@ async fn route_and_forward(
     };
     let vhost = table.find_vhost(authority).ok_or_else(no_route)?;
     if vhost.require_tls && conn.scheme == "http" {
-        let host = crate::route::strip_port(authority);
+        let host = crate::http_parts::strip_port(authority);
         let location = format!("https://{host}{}", req.uri().path_and_query().map_or("/", |p| p.as_str()));
         return Err(LocalReply::redirect(StatusCode::MOVED_PERMANENTLY, &location));
     }

@@ -22,7 +22,7 @@ pub use l4::{host_matches, L4Route};
 pub use matchers::{MatchBlock, RequestView};
 pub use redirect::{Redirect, RedirectInput, RedirectPath, RedirectPort};
 pub use rewrite::Rewrite;
-pub use table::{strip_port, RouteTable, VirtualHost};
+pub use table::{RouteTable, VirtualHost};
 
 use crate::upstream::{Cluster, RetryPolicy};
 

@@ -143,7 +143,7 @@ impl Redirect {
 }
 
 fn split_host_port(authority: &str) -> (&str, Option<u16>) {
-    let host = super::table::strip_port(authority);
+    let host = crate::http_parts::strip_port(authority);
     let port = authority.get(host.len() + 1..).and_then(|p| p.parse().ok());
     (host, port)
 }

@@ -9,6 +9,7 @@ use super::{
     index::{self, RouteIndex},
     MatchedBlock, RequestView, Route,
 };
+use crate::http_parts::strip_port;
 
 /// The rules served for a set of domains.
 #[derive(Debug)]
@@ -103,17 +104,6 @@ impl RouteTable {
     /// True when the table has no virtual host.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-pub fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority.find(']').map_or(authority, |i| &authority[..=i]);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
     }
 }
 

@@ -302,7 +302,7 @@ async fn fetch_inner(uri: &str) -> Result<Bytes, String> {
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let resp = if https {
-        let config = crate::upstream::system_client_config();
+        let config = crate::tls::system_client_config();
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
         send(TokioIo::new(tls), req).await?

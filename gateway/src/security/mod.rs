@@ -1,14 +1,13 @@
-//! Security: who the caller is and what it may do — the verified client certificate,
-//! path normalization, JWT authentication (RequestAuthentication) and authorization
-//! (AuthorizationPolicy). Compiled into the snapshot; nothing here blocks.
+//! Security: who the caller is and what it may do — path normalization, JWT
+//! authentication (RequestAuthentication) and authorization (AuthorizationPolicy,
+//! external authorizers). Compiled into the snapshot; nothing here blocks. The
+//! verified client certificate comes from `tls`.
 
 pub mod authz;
 pub mod ext_authz;
-pub mod identity;
 pub mod jwks;
 pub mod jwt;
 pub mod normalize;
-pub mod peer;
 
 use std::net::IpAddr;
 

@@ -13,7 +13,7 @@ use rcgen::{
     SanType,
 };
 
-use crate::security::identity::spiffe_id;
+use crate::tls::identity::spiffe_id;
 
 /// Root files inside a CA directory.
 const ROOT_CERT: &str = "root-cert.pem";
@@ -126,8 +126,8 @@ pub fn issue(ca_dir: &Path, out: &Path, request: &IssueRequest<'_>) -> Result<St
 mod tests {
     use super::*;
     use crate::{
-        listener::certs::CertStore,
-        security::identity::{IdentityFiles, WorkloadIdentity},
+        tls::certs::CertStore,
+        tls::identity::{IdentityFiles, WorkloadIdentity},
     };
 
     #[test]
@@ -158,6 +158,6 @@ mod tests {
     }
 
     fn identity_leaf(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
-        crate::listener::certs::read_certs(&dir.join("cert-chain.pem")).unwrap().remove(0)
+        crate::tls::certs::read_certs(&dir.join("cert-chain.pem")).unwrap().remove(0)
     }
 }

@@ -5,7 +5,6 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -13,13 +12,14 @@ use tokio::{
 
 use super::{
     original_dst::original_dst,
-    plan::{InboundPlan, MtlsMode},
     sniff::{first_bytes, Sniffed},
 };
 use crate::{
-    listener::{client_hello, client_hello::Prefixed, l4, serve_http, HANDSHAKE_TIMEOUT},
-    pipeline::{ConnInfo, Direction, Proxy},
-    security::{authz::AuthzEngine, peer::PeerCert},
+    listener::{client_hello, client_hello::Prefixed, l4, serve_http, Server},
+    pipeline::{ConnInfo, Direction},
+    security::authz::AuthzEngine,
+    snapshot::sidecar::{InboundPlan, MtlsMode},
+    tls::handshake::{self, HANDSHAKE_TIMEOUT},
 };
 
 /// ALPN values Istio's sidecars offer for mesh mutual TLS; other TLS is the
@@ -33,8 +33,7 @@ pub(crate) async fn serve(
     listener_port: u16,
     plan: &InboundPlan,
     tcp_authz: &AuthzEngine,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    server: Arc<Server>,
 ) {
     let dst = match original_dst(&stream) {
         Ok(dst) if dst.port() != listener_port => dst,
@@ -71,7 +70,7 @@ pub(crate) async fn serve(
         }
     };
     if mesh_tls {
-        return terminate(stream, conn, plan, tcp_authz, proxy, builder).await;
+        return terminate(stream, conn, plan, tcp_authz, server).await;
     }
     if mode == MtlsMode::Strict {
         let what = if kind == Sniffed::Tls { "TLS without Istio's ALPN" } else { "plaintext" };
@@ -79,7 +78,7 @@ pub(crate) async fn serve(
         return;
     }
     // Plaintext, or TLS the application terminates itself.
-    deliver(stream, conn, kind == Sniffed::Http, plan, tcp_authz, proxy, builder).await
+    deliver(stream, conn, kind == Sniffed::Http, plan, tcp_authz, server).await
 }
 
 /// Terminates mesh mutual TLS and checks the peer's identity, then delivers.
@@ -88,36 +87,26 @@ async fn terminate<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut conn: ConnInfo,
     plan: &InboundPlan,
     tcp_authz: &AuthzEngine,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    server: Arc<Server>,
 ) {
     let peer = conn.peer;
     let Some(identity) = &plan.identity else {
         tracing::warn!(%peer, "mutual TLS connection refused: this sidecar has no workload identity (--identity-dir)");
         return;
     };
-    let accept = tokio_rustls::TlsAcceptor::from(identity.server_config()).accept(stream);
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, port = conn.port, error = %e, "mutual TLS handshake failed; connection refused");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%peer, port = conn.port, "mutual TLS handshake timed out");
+    let accepted = handshake::accept(identity.server_config(), stream, |leaf| identity.check_peer(leaf).map(drop));
+    let mut tls = match accepted.await {
+        Ok(tls) => tls,
+        Err(why) => {
+            tracing::warn!(%peer, port = conn.port, %why, "mutual TLS connection refused");
             return;
         }
     };
-    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-    if let Err(why) = identity.check_peer(leaf) {
-        tracing::warn!(%peer, port = conn.port, why, "peer refused");
-        return;
-    }
-    conn.peer_cert = leaf.and_then(PeerCert::from_leaf).map(Arc::new);
+    conn.peer_cert = tls.peer_cert;
     conn.scheme = "https";
-    conn.tls_version = crate::listener::tls::version_name(tls.get_ref().1);
-    let Some((kind, prefix)) = first_bytes(&mut tls, peer).await else { return };
-    deliver(Prefixed::new(prefix, tls), conn, kind == Sniffed::Http, plan, tcp_authz, proxy, builder).await
+    conn.tls_version = tls.version;
+    let Some((kind, prefix)) = first_bytes(&mut tls.stream, peer).await else { return };
+    deliver(Prefixed::new(prefix, tls.stream), conn, kind == Sniffed::Http, plan, tcp_authz, server).await
 }
 
 /// HTTP through the pipeline (authorization, telemetry) to the application, or TCP.
@@ -127,12 +116,11 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     http: bool,
     plan: &InboundPlan,
     tcp_authz: &AuthzEngine,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    server: Arc<Server>,
 ) {
     if http {
-        serve_http(stream, Arc::new(conn), proxy, builder).await
+        serve_http(stream, Arc::new(conn), server).await
     } else {
-        l4::proxy(stream, &plan.tcp, &conn, &proxy, tcp_authz).await
+        l4::proxy(stream, &plan.tcp, &conn, &server.proxy, tcp_authz).await
     }
 }

@@ -8,10 +8,8 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
-use super::{
-    capture::CaptureConfig,
-    probes::{HttpGet, Prober, Probers},
-};
+use super::capture::CaptureConfig;
+use crate::config::probers::{HttpGet, HttpHeader, Prober, Probers, PROBERS_ENV};
 
 /// The uid and gid the sidecar runs as; the capture rules exempt them.
 pub const PROXY_UID: u32 = 1337;
@@ -274,7 +272,7 @@ volumeMounts:
         if !probers.is_empty() {
             let json = serde_json::to_string(&probers).map_err(|e| e.to_string())?;
             let mut env = Mapping::new();
-            env.insert(key("name"), key(super::probes::PROBERS_ENV));
+            env.insert(key("name"), key(PROBERS_ENV));
             env.insert(key("value"), key(&json));
             if let Some(Value::Sequence(list)) = map.get_mut("env") {
                 list.push(Value::Mapping(env));
@@ -383,7 +381,7 @@ struct HttpGetSource {
     path: String,
     scheme: Option<String>,
     #[serde(default)]
-    http_headers: Vec<super::probes::HttpHeader>,
+    http_headers: Vec<HttpHeader>,
 }
 
 fn container(yaml: &str) -> Result<Value, String> {

@@ -7,7 +7,39 @@ pub(crate) mod inbound;
 pub mod inject;
 pub mod original_dst;
 pub(crate) mod outbound;
-pub mod plan;
 pub mod probes;
 pub mod sniff;
 pub mod webhook;
+
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+
+use tokio::net::TcpStream;
+
+use crate::{
+    listener::{self, Server},
+    snapshot::PortPlan,
+};
+
+/// The sidecar's connection handler (`listener::Handler`): its captured outbound and
+/// inbound ports by their plans, any other port as a gateway serves it.
+pub(crate) fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    server: Arc<Server>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let snapshot = server.proxy.snapshot.current();
+        match snapshot.ports.get(&port) {
+            Some(PortPlan::Outbound(plan)) => Box::pin(outbound::serve(stream, peer, port, plan, server.clone())).await,
+            Some(PortPlan::Inbound(plan)) => {
+                let authz = &snapshot.security.tcp_authz;
+                Box::pin(inbound::serve(stream, peer, port, plan, authz, server.clone())).await
+            }
+            _ => {
+                drop(snapshot);
+                listener::connection(stream, peer, port, server).await
+            }
+        }
+    })
+}

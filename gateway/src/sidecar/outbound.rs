@@ -5,18 +5,17 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tokio::net::TcpStream;
 
 use super::{
     original_dst::original_dst,
-    plan::{AppProtocol, OutboundPlan},
     sniff::{first_bytes, Sniffed},
 };
 use crate::{
-    listener::{client_hello::Prefixed, l4, serve_http},
-    pipeline::{ConnInfo, Direction, Proxy},
+    listener::{client_hello::Prefixed, l4, serve_http, Server},
+    pipeline::{ConnInfo, Direction},
     security::authz::AuthzEngine,
+    snapshot::sidecar::{AppProtocol, OutboundPlan},
 };
 
 /// Serves one captured outbound connection.
@@ -25,8 +24,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     listener_port: u16,
     plan: &OutboundPlan,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    server: Arc<Server>,
 ) {
     let dst = match original_dst(&stream) {
         Ok(dst) => dst,
@@ -57,13 +55,13 @@ pub(crate) async fn serve(
     };
     let stream = Prefixed::new(prefix, stream);
     if http {
-        return serve_http(stream, Arc::new(conn), proxy, builder).await;
+        return serve_http(stream, Arc::new(conn), server).await;
     }
     // AuthorizationPolicy guards a workload's inbound side, not what it calls.
     let no_policy = AuthzEngine::default();
     match service {
-        Some(s) => l4::proxy(stream, &s.tcp, &conn, &proxy, &no_policy).await,
-        None if plan.allow_any => l4::proxy(stream, &plan.passthrough, &conn, &proxy, &no_policy).await,
+        Some(s) => l4::proxy(stream, &s.tcp, &conn, &server.proxy, &no_policy).await,
+        None if plan.allow_any => l4::proxy(stream, &plan.passthrough, &conn, &server.proxy, &no_policy).await,
         None => tracing::info!(%peer, %dst, "destination is not in the registry (REGISTRY_ONLY); connection closed"),
     }
 }

@@ -5,68 +5,22 @@
 //! `ISTIO_KUBE_APP_PROBERS`; the sidecar asks the application on localhost and answers
 //! with its status. `/healthz/ready` is the sidecar's own readiness.
 
-use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::{
-    config::istio::ClientTlsSettings,
-    listener::certs::CertStore,
-    upstream::{BoxError, PoolSettings, Protocol, UpstreamTls, Upstreams},
+    config::{
+        istio::ClientTlsSettings,
+        probers::{Prober, Probers},
+    },
+    tls::{certs::CertStore, UpstreamTls},
+    upstream::{BoxError, PoolSettings, Protocol, Upstreams},
 };
-
-/// Env var the injector fills with the rewritten probes (Istio's name and format).
-pub const PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
-
-/// One original probe: `{"httpGet": {...}, "timeoutSeconds": 1}`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Prober {
-    /// The HTTP check.
-    pub http_get: HttpGet,
-    /// Kubelet's timeout (default 1 s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_seconds: Option<u64>,
-}
-
-/// A probe's `httpGet`, with a numeric port (the injector resolves named ports).
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpGet {
-    /// Path (default `/`).
-    #[serde(default)]
-    pub path: String,
-    /// Application port.
-    pub port: u16,
-    /// `HTTP` or `HTTPS`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme: Option<String>,
-    /// Extra request headers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub http_headers: Vec<HttpHeader>,
-}
-
-/// A probe request header.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-pub struct HttpHeader {
-    /// Name.
-    pub name: String,
-    /// Value.
-    pub value: String,
-}
-
-/// Probes by the path kubelet now asks for.
-pub type Probers = HashMap<String, Prober>;
-
-/// Parses `ISTIO_KUBE_APP_PROBERS`.
-pub fn parse(json: &str) -> Result<Probers, String> {
-    serde_json::from_str(json).map_err(|e| format!("{PROBERS_ENV}: {e}"))
-}
 
 /// Serves the probe listener on `addr`; `ready` says whether the sidecar is ready.
 pub async fn serve(
@@ -80,7 +34,8 @@ pub async fn serve(
     // HTTPS probes check the application's answer, not its certificate (as kubelet).
     let insecure =
         ClientTlsSettings { mode: Some("SIMPLE".into()), insecure_skip_verify: Some(true), ..Default::default() };
-    let tls = UpstreamTls::compile(&insecure, Protocol::Http1, &CertStore::default()).ok().flatten().map(Arc::new);
+    let tls =
+        UpstreamTls::compile(&insecure, Protocol::Http1.alpn(), &CertStore::default()).ok().flatten().map(Arc::new);
     let state = Arc::new((probers, upstreams, tls, ready));
     crate::listener::serve_side(listener, move |req: Request<Incoming>| {
         let state = state.clone();

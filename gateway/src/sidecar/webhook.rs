@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use super::inject::{inject_document, InjectConfig, InjectError, Outcome};
-use crate::listener::certs::CertStore;
+use crate::tls::certs::CertStore;
 
 /// Largest AdmissionReview read (the API server sends at most 3 MiB objects).
 const MAX_REVIEW: usize = 4 * 1024 * 1024;

@@ -3,6 +3,7 @@
 
 mod compile;
 mod reload;
+pub mod sidecar;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::SystemTime};
 
@@ -13,10 +14,10 @@ pub use reload::{ReloadOutcome, Reloader};
 
 use crate::{
     config::{Diagnostic, ResourceRef},
-    listener::{certs::CertStore, tls::TlsTermination},
     route::{host_matches, L4Route, RouteTable},
     security::{authz::AuthzEngine, jwks::JwksCache, jwt::JwtAuthn, normalize::Normalization},
     telemetry::LogFormat,
+    tls::{certs::CertStore, server::TlsTermination},
     upstream::Cluster,
 };
 
@@ -28,6 +29,10 @@ pub struct ListenerSpec {
     pub port: u16,
     /// Address to bind.
     pub bind: IpAddr,
+    /// Whether its connections are told to finish when the process drains (and the
+    /// listener closes). A sidecar's outbound listener does not drain: it serves the
+    /// application's calls until the end, as Istio's does.
+    pub drains: bool,
 }
 
 /// What one port serves.
@@ -40,9 +45,9 @@ pub enum PortPlan {
     /// Opaque TCP, routed by VirtualService `tcp` rules.
     Tcp(Vec<L4Route>),
     /// A sidecar's outbound listener (captured traffic from the application).
-    Outbound(crate::sidecar::plan::OutboundPlan),
+    Outbound(crate::snapshot::sidecar::OutboundPlan),
     /// A sidecar's inbound listener (captured traffic from peers).
-    Inbound(crate::sidecar::plan::InboundPlan),
+    Inbound(crate::snapshot::sidecar::InboundPlan),
 }
 
 /// One Gateway server on a TLS port.
@@ -156,7 +161,7 @@ pub struct Caches {
     pub wasm: Arc<crate::wasm::Runtime>,
     /// The workload's mesh identity (sidecar mode, or a gateway given one), for mutual
     /// TLS between workloads.
-    pub identity: Option<Arc<crate::security::identity::WorkloadIdentity>>,
+    pub identity: Option<Arc<crate::tls::identity::WorkloadIdentity>>,
     /// What span export needs from the running gateway (unset in `validate`).
     pub tracing: std::sync::OnceLock<(crate::upstream::Upstreams, crate::telemetry::trace::TraceCounters)>,
 }
@@ -247,5 +252,12 @@ impl SnapshotHandle {
     /// Only `snapshot::reload` publishes.
     pub(crate) fn publish(&self, next: Arc<Snapshot>) {
         self.0.store(next);
+    }
+}
+
+/// Wasm `proxy_http_call`s resolve against the live snapshot's clusters.
+impl crate::wasm::ClusterLookup for SnapshotHandle {
+    fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.0.load().service_cluster(name)
     }
 }

@@ -3,6 +3,7 @@
 
 mod access_log;
 mod json;
+pub mod labels;
 pub mod log_format;
 pub mod log_level;
 pub mod metrics;
@@ -12,8 +13,9 @@ pub mod trace;
 use std::sync::Arc;
 
 pub use access_log::{grpc_status, AccessLog, AccessRecord, Logged, TcpRecord};
+pub use labels::{DestinationLabels, Prehashed, SourceLabels};
 pub use log_format::LogFormat;
-pub use metrics::{DestinationLabels, Metrics, Prehashed, SourceLabels};
+pub use metrics::Metrics;
 
 /// Where finished requests and connections are reported.
 #[derive(Debug, Clone)]

@@ -6,7 +6,6 @@
 //! dropped spans, never a slower or failed request.
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -16,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::AccessRecord;
-use crate::hex::encode as hex;
+use crate::{hex::encode as hex, upstream::Attempt};
 
 /// Spans exported and dropped (queue full or collector unreachable).
 #[derive(Debug, Clone, Default)]
@@ -257,19 +256,6 @@ fn inject(
 
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// One upstream attempt, for its child span.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    /// When it started.
-    pub start: SystemTime,
-    /// When it ended (headers received or failure).
-    pub end: SystemTime,
-    /// Endpoint tried.
-    pub addr: SocketAddr,
-    /// Status received, or `None` for a failure.
-    pub status: Option<u16>,
 }
 
 /// The span of a request in flight.

@@ -1,7 +1,11 @@
 //! One proxied request: endpoint choice, attempts with per-try and overall timeouts,
 //! retries with back-off on a different endpoint, and the error that ends it.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use http::{header::HeaderValue, uri::PathAndQuery, HeaderMap, HeaderName, Method, Request, Response, Uri, Version};
@@ -106,6 +110,19 @@ pub struct CallFailure {
     pub flags: ResponseFlags,
 }
 
+/// One upstream attempt, as a trace shows it (a child span).
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// When it started.
+    pub start: SystemTime,
+    /// When it ended (headers received or failure).
+    pub end: SystemTime,
+    /// Endpoint tried.
+    pub addr: SocketAddr,
+    /// Status received, or `None` for a failure.
+    pub status: Option<u16>,
+}
+
 /// Sends `head` + `body` to `cluster` with the route's timeout and retry policy.
 pub async fn call(
     upstreams: &Upstreams,
@@ -114,7 +131,7 @@ pub async fn call(
     mut body: ReplayBody,
     timeout: Option<Duration>,
     retry: &RetryPolicy,
-    mut trace: Option<&mut Vec<crate::telemetry::trace::Attempt>>,
+    mut trace: Option<&mut Vec<Attempt>>,
 ) -> Result<CallOutcome, CallFailure> {
     let failed = |error| CallFailure { error, upstream: None, flags: ResponseFlags::default() };
     let overflow = || failed(ProxyError::Overflow { cluster: cluster.name.clone() });
@@ -171,7 +188,7 @@ pub async fn call(
                 Ok(Ok(r)) => Some(r.status().as_u16()),
                 _ => None,
             };
-            log.push(crate::telemetry::trace::Attempt { start, end: std::time::SystemTime::now(), addr, status });
+            log.push(Attempt { start, end: SystemTime::now(), addr, status });
         }
         let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
         // A retry needs a slot under the cluster's `maxRetries`; without one the

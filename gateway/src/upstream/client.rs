@@ -24,10 +24,11 @@ use hyper_util::{
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{cluster::PoolSettings, tls::UpstreamTls, Protocol};
-
-/// Boxed error of request and response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::{cluster::PoolSettings, Protocol};
+use crate::{
+    error::{BoxError, SendError},
+    tls::UpstreamTls,
+};
 
 /// The body type sent upstream and back downstream.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -40,24 +41,6 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// How long an idle pooled connection is kept when the DestinationRule says nothing.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Why sending a request upstream failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No connection could be made (TCP or TLS handshake).
-    #[error("connect failed")]
-    Connect(#[source] BoxError),
-    /// The connection failed or was reset before a response arrived.
-    #[error("connection failed before a response")]
-    Protocol(#[source] BoxError),
-}
-
-impl SendError {
-    /// True when the connection could not be made (Envoy `connect-failure`).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_))
-    }
-}
 
 /// A connection's identity: endpoint, TLS settings (0 for plaintext) and SNI.
 type ConnKey = (SocketAddr, u64, Option<ServerName<'static>>);
@@ -296,7 +279,7 @@ pub async fn connect_tcp(
 /// Istio "auto SNI": the request's host, or the endpoint's IP when it has none.
 fn request_server_name(req: &http::Request<UpstreamBody>, addr: SocketAddr) -> ServerName<'static> {
     let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host());
-    host.map(crate::route::strip_port)
+    host.map(crate::http_parts::strip_port)
         .and_then(|h| ServerName::try_from(h.to_string()).ok())
         .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
 }

@@ -17,9 +17,11 @@ use super::{
     dns::DnsTarget,
     lb::LbPolicy,
     outlier::{self, Health, Outcome, OutlierPolicy},
-    UpstreamTls,
 };
-use crate::telemetry::{DestinationLabels, Prehashed};
+use crate::{
+    telemetry::labels::{DestinationLabels, Prehashed},
+    tls::UpstreamTls,
+};
 
 /// The endpoint label Istio sets on workloads that run a sidecar (`istio`).
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
@@ -31,6 +33,24 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 with prior knowledge (HTTP2, GRPC ports).
     Http2,
+}
+
+impl Protocol {
+    /// ALPN offered when TLS carries this protocol to an endpoint.
+    pub fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            Protocol::Http1 => &[b"http/1.1"],
+            Protocol::Http2 => &[b"h2"],
+        }
+    }
+
+    /// ALPN of Istio's mesh mutual TLS carrying this protocol.
+    pub fn mesh_alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            Protocol::Http1 => &[b"istio-http/1.1"],
+            Protocol::Http2 => &[b"istio-h2"],
+        }
+    }
 }
 
 /// One upstream endpoint.

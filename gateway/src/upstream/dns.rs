@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{Cluster, Endpoint};
-use crate::telemetry::{DestinationLabels, Prehashed};
+use crate::telemetry::labels::{DestinationLabels, Prehashed};
 
 /// A name to resolve into endpoints.
 #[derive(Debug, Clone, PartialEq)]

@@ -131,7 +131,7 @@ mod tests {
     use std::{collections::BTreeMap, net::SocketAddr};
 
     use super::*;
-    use crate::telemetry::DestinationLabels;
+    use crate::telemetry::labels::DestinationLabels;
 
     fn endpoints(ports: std::ops::Range<u16>) -> Vec<Arc<Endpoint>> {
         let ep = |p| {

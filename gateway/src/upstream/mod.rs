@@ -9,13 +9,12 @@ mod dns;
 mod lb;
 mod outlier;
 mod retry;
-mod tls;
 
-pub use call::{call, CallFailure, CallOutcome, ReplayBody, RequestHead};
-pub use client::{connect_tcp, BoxError, SendError, UpstreamBody, Upstreams, CONNECT_TIMEOUT, IDLE_TIMEOUT};
+pub use crate::error::{BoxError, SendError};
+pub use call::{call, Attempt, CallFailure, CallOutcome, ReplayBody, RequestHead};
+pub use client::{connect_tcp, UpstreamBody, Upstreams, CONNECT_TIMEOUT, IDLE_TIMEOUT};
 pub use cluster::{Breakers, Cluster, Endpoint, EndpointGuard, PoolSettings, Protocol, TLS_MODE_LABEL};
 pub use dns::{refresh_dns, DnsTarget};
 pub use lb::{HashOn, LbPolicy};
 pub use outlier::{Outcome, OutlierPolicy};
 pub use retry::RetryPolicy;
-pub use tls::{system_client_config, UpstreamTls};

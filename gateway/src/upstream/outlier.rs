@@ -152,7 +152,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::telemetry::DestinationLabels;
+    use crate::telemetry::labels::DestinationLabels;
 
     fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
         (0..n)

@@ -12,30 +12,26 @@ use super::{
     host::{CallAnswer, Host},
     status::{Fail, BAD_ARGUMENT, BROKEN_CONNECTION, INTERNAL_FAILURE},
 };
-use crate::{
-    snapshot::SnapshotHandle,
-    upstream::{self, Cluster, ReplayBody, RequestHead, RetryPolicy, Upstreams},
-};
+use crate::upstream::{self, Cluster, ReplayBody, RequestHead, RetryPolicy, Upstreams};
 
 /// Response bodies an HTTP call may return to a filter.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
-/// What a call needs from the gateway: the upstream clients and the clusters of the
-/// live snapshot (a call names a cluster the operator configured, nothing else).
+/// The clusters a call may name: those of the live configuration (a call names a
+/// cluster the operator configured, nothing else). The snapshot handle is one.
+pub trait ClusterLookup: Send + Sync {
+    /// A configured cluster by Envoy name (`outbound|80||auth.example.com`),
+    /// `host:port`, or a service host with one port.
+    fn cluster(&self, name: &str) -> Option<Arc<Cluster>>;
+}
+
+/// What a call needs from the gateway: the upstream clients and the clusters.
 #[derive(Clone)]
 pub struct Dispatcher {
     /// Upstream clients.
     pub upstreams: Upstreams,
-    /// The live configuration.
-    pub snapshot: SnapshotHandle,
-}
-
-impl Dispatcher {
-    /// A configured cluster by Envoy name (`outbound|80||auth.example.com`),
-    /// `host:port`, or a service host with one port.
-    fn resolve(&self, name: &str) -> Option<Arc<Cluster>> {
-        self.snapshot.current().service_cluster(name)
-    }
+    /// The clusters calls are resolved against.
+    pub clusters: Arc<dyn ClusterLookup>,
 }
 
 /// Starts a call for the effective context; returns its token.
@@ -47,7 +43,7 @@ pub(super) fn start(
     timeout: Duration,
 ) -> Result<u32, Fail> {
     let dispatcher = host.runtime.dispatcher().ok_or(INTERNAL_FAILURE)?;
-    let Some(cluster) = dispatcher.resolve(upstream) else {
+    let Some(cluster) = dispatcher.clusters.cluster(upstream) else {
         tracing::warn!(plugin = %host.plugin.name, upstream, "http_call to a cluster that is not configured");
         return Err(BAD_ARGUMENT.into());
     };

@@ -25,7 +25,7 @@ mod wasi;
 
 use std::{path::Path, sync::Arc};
 
-pub use call::Dispatcher;
+pub use call::{ClusterLookup, Dispatcher};
 pub use host::{LocalResponse, StreamInfo};
 pub use metrics::PluginMetrics;
 pub use plugin::{Chain, Filter, Phase, Plugin, PluginInfo, Selector, Traffic};

@@ -28,12 +28,12 @@ use self::{
 use super::{Caches, ChainAction, FilterChain, ListenerSpec, PortPlan, Snapshot};
 use crate::{
     config::{Bootstrap, Diagnostic, Resource, ResourceRef, Spec},
-    listener::tls::{self, Credentials},
     route::{Route, RouteTable, VirtualHost},
     telemetry::{
         log_format::{TextFormat, ISTIO_TEXT},
         LogFormat,
     },
+    tls::server::{server_config, Credentials},
 };
 
 /// The result of compiling a set of resources.
@@ -230,7 +230,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
     let mut l4 = l4::Compiler { sources: &l4_sources, registry: &mut registry, bootstrap, refs: &mut refs };
     for (port, servers) in &ports {
         let port = *port;
-        listeners.push(ListenerSpec { port, bind: servers.bind });
+        listeners.push(ListenerSpec { port, bind: servers.bind, drains: true });
         let mut table_of = |server: Option<usize>| {
             let entries = vhosts.remove(&TableKey { port, server }).unwrap_or_default();
             let redirects: Vec<&ServerBinding> = servers.servers.iter().filter(|s| s.https_redirect).collect();
@@ -245,7 +245,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
                     let creds =
                         Credentials { dir: bootstrap.credentials_dir.clone(), namespace: bootstrap.namespace.clone() };
                     let alpn: &[&[u8]] = if server.kind == ServerKind::Https { &[b"h2", b"http/1.1"] } else { &[] };
-                    let tls = match server.tls.as_ref().map(|t| tls::server_config(t, &creds, certs, alpn)) {
+                    let tls = match server.tls.as_ref().map(|t| server_config(t, &creds, certs, alpn)) {
                         None => None,
                         Some(Ok(compiled)) => {
                             for w in compiled.warnings {
@@ -294,8 +294,8 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         };
         let (outbound, inbound) =
             sidecar::plans(&cx, &mut registry, &report.rejected, &mut report.diagnostics, &mut refs);
-        listeners.push(ListenerSpec { port: settings.outbound_port, bind: bootstrap.bind_ip });
-        listeners.push(ListenerSpec { port: settings.inbound_port, bind: bootstrap.bind_ip });
+        listeners.push(ListenerSpec { port: settings.outbound_port, bind: bootstrap.bind_ip, drains: false });
+        listeners.push(ListenerSpec { port: settings.inbound_port, bind: bootstrap.bind_ip, drains: true });
         plans.insert(settings.outbound_port, PortPlan::Outbound(outbound));
         plans.insert(settings.inbound_port, PortPlan::Inbound(inbound));
     } else if let Some(port) = bootstrap.mesh_port {
@@ -305,7 +305,7 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
         } else {
             let table =
                 mesh::route_table(resources, &report.rejected, bootstrap, &mut registry, &mut refs, &|_, _| true);
-            listeners.push(ListenerSpec { port, bind: bootstrap.bind_ip });
+            listeners.push(ListenerSpec { port, bind: bootstrap.bind_ip, drains: true });
             plans.insert(port, PortPlan::Http(table));
         }
     }

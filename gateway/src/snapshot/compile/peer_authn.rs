@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::Report;
 use crate::{
     config::{istio::PeerAuthentication, Diagnostic, Kind, MeshConfig, Resource, Spec},
-    sidecar::plan::{MtlsMode, PeerAuthn},
+    snapshot::sidecar::{MtlsMode, PeerAuthn},
 };
 
 /// One policy's own modes.

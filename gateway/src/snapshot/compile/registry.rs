@@ -10,7 +10,7 @@ use std::{
 use http::HeaderName;
 
 use super::peer_authn::PeerPolicies;
-use crate::sidecar::plan::MtlsMode;
+use crate::snapshot::sidecar::MtlsMode;
 use crate::{
     config::{
         istio::{
@@ -19,13 +19,10 @@ use crate::{
         },
         Bootstrap, Diagnostic, Resource, ResourceRef, Spec,
     },
-    listener::certs::CertStore,
-    security::identity::WorkloadIdentity,
     snapshot::Caches,
     telemetry::{DestinationLabels, Prehashed},
-    upstream::{
-        Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, PoolSettings, Protocol, UpstreamTls,
-    },
+    tls::{certs::CertStore, identity::WorkloadIdentity, UpstreamTls},
+    upstream::{Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, PoolSettings, Protocol},
 };
 
 struct Service {
@@ -228,11 +225,11 @@ impl<'a> Registry<'a> {
         let tls_block = block(top, subset_policy, port, |t| t.tls.clone(), |p| p.tls.clone());
         let mesh_tls = |sans: Vec<String>| {
             let sni = format!("outbound_.{port}_.{}_.{host}", subset.unwrap_or_default());
-            self.identity.map(|id| UpstreamTls::mesh(id, Some(protocol), &sni, sans).map(Arc::new)).transpose()
+            self.identity.map(|id| UpstreamTls::mesh(id, protocol.mesh_alpn(), &sni, sans).map(Arc::new)).transpose()
         };
         let (tls, auto_mtls) = match tls_block {
             Some(s) if s.mode.as_deref() == Some("ISTIO_MUTUAL") => (mesh_tls(s.subject_alt_names.clone())?, None),
-            Some(settings) => (UpstreamTls::compile(&settings, protocol, self.certs)?.map(Arc::new), None),
+            Some(settings) => (UpstreamTls::compile(&settings, protocol.alpn(), self.certs)?.map(Arc::new), None),
             // Istio auto mTLS: only when the DestinationRule says nothing about TLS.
             None if self.auto_mtls => (None, mesh_tls(Vec::new())?),
             None => (None, None),
@@ -434,7 +431,7 @@ fn check_tls(
             }
             continue;
         }
-        UpstreamTls::compile(&settings, Protocol::Http1, certs).map_err(|e| (field, e))?;
+        UpstreamTls::compile(&settings, Protocol::Http1.alpn(), certs).map_err(|e| (field, e))?;
     }
     Ok(warnings)
 }

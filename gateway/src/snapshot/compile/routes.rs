@@ -290,3 +290,102 @@ fn at(field: &str) -> impl Fn(String) -> FieldError + '_ {
 pub(super) fn vs_gateways(r: &Resource, vs: &VirtualService, bootstrap: &Bootstrap) -> BTreeSet<String> {
     vs.gateways.iter().filter_map(|g| resolve_gateway_ref(g, &r.id.namespace, bootstrap)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use http::{HeaderMap, HeaderValue};
+
+    use crate::{config::Bootstrap, route::RequestView, snapshot::Caches};
+
+    const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n";
+
+    /// A small deterministic generator (no seed files, same cases every run).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    fn block(rng: &mut Lcg) -> String {
+        let k = rng.below(6);
+        match rng.below(9) {
+            0 => format!("{{uri: {{exact: /a/{k}}}}}"),
+            1 => format!("{{uri: {{prefix: /a/{k}}}}}"),
+            2 => format!("{{uri: {{prefix: /{}}}}}", ["", "a", "a/", "b"][rng.below(4) as usize]),
+            3 => format!("{{headers: {{x-t: {{exact: t{k}}}}}}}"),
+            4 => format!("{{headers: {{x-t: {{prefix: t{k}}}}}}}"),
+            5 => format!("{{uri: {{prefix: /A/{k}}}, ignoreUriCase: true}}"),
+            6 => format!("{{uri: {{regex: \"/a/[0-{k}]\"}}}}"),
+            7 => format!("{{uri: {{prefix: /a/{k}}}, headers: {{x-u: {{exact: u{k}}}}}}}"),
+            _ => format!(
+                "{{method: {{exact: {}}}, headers: {{x-u: {{exact: u{k}}}}}}}",
+                ["GET", "POST"][rng.below(2) as usize]
+            ),
+        }
+    }
+
+    /// Compiled VirtualServices with many rules are indexed (`route::index`); the index
+    /// must choose as the rules in order would.
+    #[test]
+    fn the_index_picks_the_same_rule_as_a_linear_scan() {
+        let mut rng = Lcg(7);
+        for round in 0..20 {
+            let mut docs = vec![GATEWAY.to_string()];
+            for i in 0..40 {
+                let blocks: Vec<String> = (0..=rng.below(2)).map(|_| block(&mut rng)).collect();
+                let matches =
+                    if rng.below(30) == 0 { String::new() } else { format!("  - match: [{}]\n  ", blocks.join(", ")) };
+                docs.push(format!(
+                    "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{i:02}}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{}{}directResponse: {{status: 200}}\n",
+                    matches,
+                    if matches.is_empty() { "  - " } else { "  " },
+                ));
+            }
+            let loaded = crate::config::load_text(&docs.join("---\n"), Path::new("r.yaml"), "default");
+            assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+            let snapshot =
+                crate::snapshot::compile(&loaded.resources, &Bootstrap::default(), &Caches::default()).snapshot;
+            let (table, _) = snapshot.route_table(80, None).unwrap();
+            let vhost = table.find_vhost("shop.test").unwrap();
+            assert!(vhost.is_indexed(), "round {round}: 40 rules are indexed");
+            for _ in 0..200 {
+                let path = ["/", "/a", "/a/", "/b/x"][rng.below(4) as usize].to_string()
+                    + &(if rng.below(2) == 0 { rng.below(7).to_string() } else { String::new() });
+                let mut headers = HeaderMap::new();
+                for (name, prefix) in [("x-t", "t"), ("x-u", "u")] {
+                    let value = HeaderValue::from_str(&format!("{prefix}{}", rng.below(7))).unwrap();
+                    match rng.below(4) {
+                        0 => {}
+                        1 => {
+                            headers.insert(name, value);
+                        }
+                        // Repeated headers match joined with ','.
+                        _ => {
+                            headers.append(name, value);
+                            headers.append(name, HeaderValue::from_static("more"));
+                        }
+                    }
+                }
+                let method = ["GET", "POST"][rng.below(2) as usize];
+                let view = RequestView {
+                    path: &path,
+                    query: None,
+                    method,
+                    scheme: "http",
+                    authority: "shop.test",
+                    headers: &headers,
+                    port: 80,
+                    claims: None,
+                };
+                let linear = vhost.routes.iter().find(|r| r.find_match(&view).is_some()).map(|r| r.name.clone());
+                let indexed = vhost.find_route(&view).map(|(r, _)| r.name.clone());
+                assert_eq!(indexed, linear, "round {round}: {method} {path} {headers:?}");
+            }
+        }
+    }
+}

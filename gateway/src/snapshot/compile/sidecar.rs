@@ -7,9 +7,9 @@ use super::{mesh, peer_authn::PeerPolicies, registry::Registry, routes};
 use crate::{
     config::{istio::ServicePort, Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, SidecarSettings, Spec},
     route::{L4Route, RouteTable, Target, VirtualHost},
-    security::identity::{spiffe_id, WorkloadIdentity},
-    sidecar::plan::{AppProtocol, InboundPlan, OutboundPlan, OutboundService},
+    snapshot::sidecar::{AppProtocol, InboundPlan, OutboundPlan, OutboundService},
     telemetry::{DestinationLabels, Prehashed},
+    tls::identity::{spiffe_id, WorkloadIdentity},
     upstream::{Cluster, LbPolicy, Protocol, RetryPolicy},
 };
 

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use crate::{
     route::{L4Route, RouteTable},
-    security::identity::WorkloadIdentity,
+    tls::identity::WorkloadIdentity,
 };
 
 /// PeerAuthentication modes after inheritance (`UNSET` resolved).

@@ -5,7 +5,6 @@
 use std::{path::PathBuf, sync::Arc};
 
 use rustls::{
-    client::danger::HandshakeSignatureValid,
     crypto::ring,
     pki_types::{CertificateDer, UnixTime},
     server::{
@@ -13,11 +12,15 @@ use rustls::{
         ClientHello, ResolvesServerCert, WebPkiClientVerifier,
     },
     sign::CertifiedKey,
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme, SupportedCipherSuite,
+    DistinguishedName, RootCertStore, ServerConfig, SupportedCipherSuite,
 };
 
-use super::certs::{read_certs, read_crls, CertStore, RotatingCert};
-use crate::{config::istio::ServerTlsSettings, security::peer::PeerPolicy};
+use super::{
+    certs::{read_certs, read_crls, CertStore, RotatingCert},
+    peer::PeerPolicy,
+    verify::{ClientCheck, Verifier},
+};
+use crate::config::istio::ServerTlsSettings;
 
 /// Where `credentialName` secrets live, laid out like Kubernetes TLS secrets:
 /// `<dir>/<namespace>/<name>/{tls.crt,tls.key,ca.crt}`.
@@ -89,15 +92,6 @@ fn version(name: &str) -> Result<u8, String> {
         "TLSV1_3" => Ok(13),
         other => Err(format!("unknown TLS version {other:?} (TLS_AUTO, TLSV1_0..TLSV1_3)")),
     }
-}
-
-/// The negotiated version of a server connection as Envoy names it (`TLSv1.3`), for
-/// logs and Wasm's `connection.tls_version`. rustls speaks 1.2 and 1.3 only.
-pub fn version_name(conn: &rustls::ServerConnection) -> Option<&'static str> {
-    conn.protocol_version().map(|v| match v {
-        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-        _ => "TLSv1.2",
-    })
 }
 
 /// Builds the config of a terminating server. `alpn` is offered in order
@@ -197,7 +191,7 @@ pub fn server_config(
             let verifier = if mode == "OPTIONAL_MUTUAL" { verifier.allow_unauthenticated() } else { verifier };
             let verifier = verifier.build().map_err(|e| format!("client verification: {e}"))?;
             if s.insecure_skip_verify.unwrap_or(false) {
-                builder.with_client_cert_verifier(Arc::new(LetThrough(verifier)))
+                builder.with_client_cert_verifier(Verifier::new(LetThrough(verifier), &provider))
             } else {
                 builder.with_client_cert_verifier(verifier)
             }
@@ -228,20 +222,8 @@ impl ResolvesServerCert for ByScheme {
 #[derive(Debug)]
 struct LetThrough(Arc<dyn ClientCertVerifier>);
 
-impl ClientCertVerifier for LetThrough {
-    fn offer_client_auth(&self) -> bool {
-        self.0.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
+impl ClientCheck for LetThrough {
+    fn verify(
         &self,
         end: &CertificateDer<'_>,
         mids: &[CertificateDer<'_>],
@@ -253,25 +235,15 @@ impl ClientCertVerifier for LetThrough {
         })
     }
 
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(m, c, d)
+    fn mandatory(&self) -> bool {
+        false
     }
 
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(m, c, d)
+    fn offer(&self) -> bool {
+        self.0.offer_client_auth()
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+    fn root_hints(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
     }
 }

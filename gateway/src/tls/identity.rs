@@ -11,17 +11,21 @@ use std::{
 
 use arc_swap::ArcSwap;
 use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    client::danger::ServerCertVerified,
     crypto::{ring, CryptoProvider},
     pki_types::{CertificateDer, ServerName, UnixTime},
     server::{
         danger::{ClientCertVerified, ClientCertVerifier},
         ParsedCertificate, WebPkiClientVerifier,
     },
-    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    ClientConfig, RootCertStore, ServerConfig,
 };
 
-use crate::listener::certs::{read_certs, CertStore, RotatingCert};
+use super::{
+    certs::{read_certs, CertStore, RotatingCert},
+    peer::sans,
+    verify::{ClientCheck, ServerCheck, Verifier},
+};
 
 /// ALPN a sidecar's inbound listener accepts: Istio's mesh protocols and plain HTTP.
 const INBOUND_ALPN: [&[u8]; 7] =
@@ -110,7 +114,7 @@ impl WorkloadIdentity {
         let provider = Arc::new(ring::default_provider());
         let client_verifier = client_verifier(roots.clone(), &provider)?;
         let identity = Arc::new_cyclic(|me: &std::sync::Weak<Self>| {
-            let verifier = Arc::new(PeerVerifier { identity: me.clone() });
+            let verifier = Verifier::new(PeerCheck { identity: me.clone() }, &provider);
             let mut server = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .expect("the ring provider supports the default TLS versions")
@@ -135,7 +139,7 @@ impl WorkloadIdentity {
     pub fn spiffe_uri(&self) -> Option<String> {
         let pair = self.cert.current();
         let (_, cert) = x509_parser::parse_x509_certificate(pair.cert.first()?).ok()?;
-        crate::security::peer::sans(&cert).0.into_iter().find(|u| u.starts_with("spiffe://"))
+        sans(&cert).0.into_iter().find(|u| u.starts_with("spiffe://"))
     }
 
     /// Re-reads the trust bundle when it changed (the key pair rotates in `CertStore`).
@@ -171,7 +175,7 @@ impl WorkloadIdentity {
     /// whose chain leads to the bundle and whose SPIFFE identity is one of `sans` (any
     /// in the trust domain when empty).
     pub fn client_config(self: &Arc<Self>, alpn: &[&[u8]], sans: Vec<String>) -> Arc<ClientConfig> {
-        let verifier = Arc::new(MeshServerVerifier { identity: self.clone(), sans });
+        let verifier = Verifier::new(MeshServerCheck { identity: self.clone(), sans }, &self.provider);
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default TLS versions")
@@ -191,7 +195,7 @@ impl WorkloadIdentity {
     pub fn check_peer(&self, leaf: Option<&CertificateDer<'_>>) -> Result<String, String> {
         let leaf = leaf.ok_or("no client certificate (mutual TLS required)")?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|_| "unreadable client certificate")?;
-        let uris = crate::security::peer::sans(&cert).0;
+        let uris = sans(&cert).0;
         let uri = uris.iter().find(|u| u.starts_with("spiffe://")).ok_or("client certificate has no SPIFFE URI")?;
         match trust_domain_of(uri) {
             Some(td) if td == self.trust_domain => Ok(uri.clone()),
@@ -235,75 +239,43 @@ fn client_verifier(
 /// Verifies client certificates with the identity's current verifier, so a rotated
 /// bundle applies to the next handshake. Holds the identity weakly: the identity owns
 /// the server config that owns this.
-struct PeerVerifier {
+struct PeerCheck {
     identity: std::sync::Weak<WorkloadIdentity>,
 }
 
-impl std::fmt::Debug for PeerVerifier {
+impl std::fmt::Debug for PeerCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PeerVerifier")
+        f.write_str("PeerCheck")
     }
 }
 
-impl PeerVerifier {
-    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        let identity = self.identity.upgrade().ok_or_else(|| rustls::Error::General("identity dropped".into()))?;
-        let verifier = identity.client_verifier.load_full();
-        Ok(Arc::clone(&verifier))
-    }
-}
-
-impl ClientCertVerifier for PeerVerifier {
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
+impl ClientCheck for PeerCheck {
+    fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner()?.verify_client_cert(end_entity, intermediates, now)
+        let identity = self.identity.upgrade().ok_or_else(|| rustls::Error::General("identity dropped".into()))?;
+        let verifier = identity.client_verifier.load_full();
+        verifier.verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner()?.verify_tls12_signature(m, c, d)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner()?.verify_tls13_signature(m, c, d)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner().map(|v| v.supported_verify_schemes()).unwrap_or_default()
+    fn mandatory(&self) -> bool {
+        false
     }
 }
 
 /// Verifies a peer sidecar: chain to the bundle, then its SPIFFE identity instead of
 /// a host name (Istio checks the service accounts behind the destination).
 #[derive(Debug)]
-struct MeshServerVerifier {
+struct MeshServerCheck {
     identity: Arc<WorkloadIdentity>,
     sans: Vec<String>,
 }
 
-impl ServerCertVerifier for MeshServerVerifier {
-    fn verify_server_cert(
+impl ServerCheck for MeshServerCheck {
+    fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -318,27 +290,5 @@ impl ServerCertVerifier for MeshServerVerifier {
             return Err(name_error());
         }
         Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.identity.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.identity.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.identity.provider.signature_verification_algorithms.supported_schemes()
     }
 }

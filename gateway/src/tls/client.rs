@@ -10,20 +10,21 @@ use std::{
 
 use rustls::{
     client::{
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        danger::{ServerCertVerified, ServerCertVerifier},
         WebPkiServerVerifier,
     },
     crypto::ring,
     pki_types::{CertificateDer, ServerName, UnixTime},
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    ClientConfig, RootCertStore,
 };
 
-use super::Protocol;
-use crate::{
-    config::istio::ClientTlsSettings,
-    listener::certs::{read_certs, read_crls, CertStore},
-    security::identity::WorkloadIdentity,
+use super::{
+    certs::{read_certs, read_crls, CertStore},
+    identity::WorkloadIdentity,
+    peer::sans,
+    verify::{ServerCheck, Verifier},
 };
+use crate::config::istio::ClientTlsSettings;
 
 /// TLS towards one cluster's endpoints.
 #[derive(Debug)]
@@ -37,8 +38,9 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// Compiles TLS settings; `Ok(None)` for `DISABLE` (plaintext).
-    pub fn compile(s: &ClientTlsSettings, protocol: Protocol, certs: &CertStore) -> Result<Option<Self>, String> {
+    /// Compiles TLS settings offering `alpn` (the cluster's protocol); `Ok(None)` for
+    /// `DISABLE` (plaintext).
+    pub fn compile(s: &ClientTlsSettings, alpn: &[&[u8]], certs: &CertStore) -> Result<Option<Self>, String> {
         let mode = s.mode.as_deref().unwrap_or("DISABLE");
         match mode {
             "DISABLE" => return Ok(None),
@@ -63,7 +65,7 @@ impl UpstreamTls {
             None => system_roots(),
         };
         let verifier: Arc<dyn ServerCertVerifier> = if s.insecure_skip_verify.unwrap_or(false) {
-            Arc::new(SkipVerify(provider.clone()))
+            Verifier::new(SkipVerify, &provider)
         } else {
             let crls = s.ca_crl.as_ref().map(|p| read_crls(p.as_ref())).transpose().map_err(|e| e.describe())?;
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
@@ -73,7 +75,7 @@ impl UpstreamTls {
             if s.subject_alt_names.is_empty() {
                 webpki
             } else {
-                Arc::new(SanVerifier { inner: webpki, sans: s.subject_alt_names.clone() })
+                Verifier::new(SanCheck { inner: webpki, sans: s.subject_alt_names.clone() }, &provider)
             }
         };
         let builder = ClientConfig::builder_with_provider(provider)
@@ -89,17 +91,14 @@ impl UpstreamTls {
             ("MUTUAL", _, _) => return Err("tls mode MUTUAL needs clientCertificate and privateKey".into()),
             _ => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = match protocol {
-            Protocol::Http2 => vec![b"h2".to_vec()],
-            Protocol::Http1 => vec![b"http/1.1".to_vec()],
-        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let sni = s
             .sni
             .as_deref()
             .map(|n| ServerName::try_from(n.to_string()).map_err(|_| format!("sni {n:?} is not a valid server name")))
             .transpose()?;
         let mut hasher = DefaultHasher::new();
-        format!("{s:?}{protocol:?}").hash(&mut hasher);
+        format!("{s:?}{alpn:?}").hash(&mut hasher);
         Ok(Some(Self { config: Arc::new(config), sni, key: hasher.finish() }))
     }
 }
@@ -107,21 +106,16 @@ impl UpstreamTls {
 impl UpstreamTls {
     /// Istio mutual TLS to a peer sidecar: this workload's identity, the peer checked
     /// against the mesh bundle and `sans` (its SPIFFE identities; any in the trust
-    /// domain when empty), Istio's SNI `outbound_.<port>_.<subset>_.<host>` and ALPN.
-    /// `protocol` is `None` for TCP.
+    /// domain when empty), Istio's SNI `outbound_.<port>_.<subset>_.<host>` and its
+    /// mesh ALPN (`alpn`).
     pub fn mesh(
         identity: &Arc<WorkloadIdentity>,
-        protocol: Option<Protocol>,
+        alpn: &[&[u8]],
         sni: &str,
         sans: Vec<String>,
     ) -> Result<Self, String> {
-        let alpn: &[&[u8]] = match protocol {
-            Some(Protocol::Http1) => &[b"istio-http/1.1"],
-            Some(Protocol::Http2) => &[b"istio-h2"],
-            None => &[b"istio-peer-exchange", b"istio"],
-        };
         let mut hasher = DefaultHasher::new();
-        format!("mesh{sni}{sans:?}{protocol:?}").hash(&mut hasher);
+        format!("mesh{sni}{sans:?}{alpn:?}").hash(&mut hasher);
         let server_name =
             ServerName::try_from(sni.to_string()).map_err(|_| format!("sni {sni:?} is not a valid server name"))?;
         Ok(Self { config: identity.client_config(alpn, sans), sni: Some(server_name), key: hasher.finish() })
@@ -159,13 +153,13 @@ fn system_roots() -> Arc<RootCertStore> {
 /// Verifies the chain, then accepts the certificate only if one of its SANs is listed
 /// (Istio `subjectAltNames` replaces the host name check).
 #[derive(Debug)]
-struct SanVerifier {
+struct SanCheck {
     inner: Arc<WebPkiServerVerifier>,
     sans: Vec<String>,
 }
 
-impl ServerCertVerifier for SanVerifier {
-    fn verify_server_cert(
+impl ServerCheck for SanCheck {
+    fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -175,7 +169,7 @@ impl ServerCertVerifier for SanVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
-        let (uris, dns) = crate::security::peer::sans(&cert);
+        let (uris, dns) = sans(&cert);
         if !uris.iter().chain(&dns).any(|n| self.sans.contains(n)) {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName));
         }
@@ -185,36 +179,14 @@ impl ServerCertVerifier for SanVerifier {
             .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))?;
         self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp, now)
     }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(m, c, d)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(m, c, d)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 /// `insecureSkipVerify: true`: no chain or name check (signatures still verified).
 #[derive(Debug)]
-struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+struct SkipVerify;
 
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
+impl ServerCheck for SkipVerify {
+    fn verify(
         &self,
         _: &CertificateDer<'_>,
         _: &[CertificateDer<'_>],
@@ -223,27 +195,5 @@ impl ServerCertVerifier for SkipVerify {
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
