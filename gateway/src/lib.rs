@@ -3,14 +3,22 @@
 //! The flow of one request:
 //!
 //! ```text
-//! accept (listener) ─ HTTP/1.1 or h2c (hyper) ─► pipeline::handle
-//!   snapshot   one Arc<Snapshot> for the whole request
-//!   vhost      route table of the listener port, by :authority
-//!   route      first matching HTTP rule (route::VirtualHost::find_route)
-//!   cors/fault preflight answered, delay/abort injected
-//!   action     redirect | direct response | forward (+ mirrors)
-//!   upstream   cluster → load balancer → pooled connection, timeout, retries
-//!   response   header rules, access log line when the body ends
+//! accept ─ TLS? (server by SNI: terminate, or pass through by tls routes; tcp routes)
+//!        ─ HTTP/1.1 or h2 ─► pipeline::handle
+//!   start        one Arc<Snapshot> for the whole request; request id, access record, span
+//!   accept       Host present, HTTP/1.1+, route table of the port (and TLS server), 421
+//!   normalize    path per meshConfig pathNormalization (400)
+//!   wasm AUTHN   filters of the AUTHN phase
+//!   authenticate RequestAuthentication → identity and claims (401)
+//!   wasm AUTHZ   filters of the AUTHZ phase
+//!   authorize    AuthorizationPolicy CUSTOM → DENY → ALLOW (403)
+//!   wasm STATS   filters of the STATS and unspecified phases
+//!   route        virtual host by :authority, first matching HTTP rule (404 NR)
+//!   cors         preflights answered
+//!   local        body limit (413), fault delay/abort (DI, FI), redirect, direct response
+//!   forward      header rules, cluster → load balancer → pooled connection; timeout, retries, mirrors
+//!   respond      local replies made responses; Wasm response callbacks
+//!   finish       the record completed; access log line and metrics when the body ends
 //! ```
 //!
 //! Configuration is Istio YAML (`config`), compiled into an immutable `Snapshot`

@@ -8,18 +8,19 @@ use bytes::Bytes;
 use http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::{
     body::{boxed, Counting},
+    context::RequestCx,
     local::LocalReply,
     ConnInfo, Forwarded, Proxy,
 };
 use crate::{
     addr_text,
-    error::{ProxyError, ResponseFlags},
+    error::ProxyError,
     route::{Forward, MatchedBlock, Mirror, Route},
-    telemetry::AccessRecord,
     upstream::{self, BoxError, ReplayBody, RequestHead},
 };
 
@@ -41,21 +42,40 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHENTICATE,
 ];
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn forward<B>(
-    proxy: &Proxy,
-    conn: &ConnInfo,
+impl RequestCx<'_> {
+    /// Forwards a routed request; Wasm filters that asked for the request body see it
+    /// on its way.
+    pub(super) async fn forward(
+        &mut self,
+        route: &Route,
+        fwd: &Forward,
+        matched: MatchedBlock<'_>,
+        req: Request<Incoming>,
+    ) -> Result<Forwarded, LocalReply> {
+        match &self.wasm {
+            Some(w) if !w.is_empty() && !req.body().is_end_stream() => {
+                let req = req.map(|b| w.request_body(b));
+                send(self, route, fwd, matched, req).await
+            }
+            _ => send(self, route, fwd, matched, req).await,
+        }
+    }
+}
+
+/// The destination, the upstream request head, mirrors, the call, the response head.
+async fn send<B>(
+    cx: &mut RequestCx<'_>,
     route: &Route,
     fwd: &Forward,
     matched: MatchedBlock<'_>,
     mut req: Request<B>,
-    record: &mut AccessRecord,
-    mut flags: ResponseFlags,
 ) -> Result<Forwarded, LocalReply>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let (proxy, conn, mut flags) = (cx.proxy, cx.conn, cx.flags);
+    let record = &mut cx.record;
     let Some(dest) = fwd.choose() else {
         return Err(LocalReply::error(&ProxyError::NoRoute {
             authority: String::new(),
