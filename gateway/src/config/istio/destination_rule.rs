@@ -26,6 +26,57 @@ pub struct DestinationRule {
     pub workload_selector: Option<MatchLabelsSelector>,
 }
 
+impl DestinationRule {
+    /// Policy blocks read but not enforced yet, as `(field, what)`: reported, never
+    /// silently accepted.
+    pub fn not_enforced(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut policies = vec![("spec.trafficPolicy".to_string(), self.traffic_policy.as_ref())];
+        policies.extend(
+            self.subsets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("spec.subsets[{i}].trafficPolicy"), s.traffic_policy.as_ref())),
+        );
+        for (field, tp) in policies {
+            let Some(tp) = tp else { continue };
+            let mut unapplied = Vec::new();
+            let pools = tp
+                .connection_pool
+                .iter()
+                .chain(tp.port_level_settings.iter().filter_map(|p| p.connection_pool.as_ref()));
+            let partly = |p: &ConnectionPoolSettings| {
+                p.tcp.as_ref().is_some_and(|t| t.max_connection_duration.is_some())
+                    || p.http.as_ref().is_some_and(|h| {
+                        h.h2_upgrade_policy.is_some()
+                            || h.use_client_protocol.is_some()
+                            || h.max_concurrent_streams.is_some()
+                    })
+            };
+            if pools.clone().any(partly) {
+                unapplied.push(
+                    "connectionPool maxConnectionDuration, h2UpgradePolicy, useClientProtocol, maxConcurrentStreams",
+                );
+            }
+            let lb =
+                tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
+            let bad_header = |c: &ConsistentHashLb| {
+                c.http_header_name.as_ref().is_some_and(|h| http::HeaderName::try_from(h.as_str()).is_err())
+            };
+            if lb.clone().filter_map(|l| l.consistent_hash.as_ref()).any(bad_header) {
+                unapplied.push("consistentHash.httpHeaderName is not a valid header name");
+            }
+            if tp.tunnel.is_some() || tp.proxy_protocol.is_some() || tp.retry_budget.is_some() {
+                unapplied.push("tunnel/proxyProtocol/retryBudget");
+            }
+            if !unapplied.is_empty() {
+                out.push((field, format!("not enforced yet: {}", unapplied.join(", "))));
+            }
+        }
+        out
+    }
+}
+
 /// A named subset.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

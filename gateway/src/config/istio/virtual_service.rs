@@ -31,6 +31,27 @@ pub struct VirtualService {
     pub export_to: Vec<String>,
 }
 
+impl VirtualService {
+    /// What Istio's validation refuses in one VirtualService on its own, as
+    /// `(field, message)`: no rules, gateways without hosts, a host listed twice.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        if self.http.is_empty() && self.tls.is_empty() && self.tcp.is_empty() {
+            errs.push(("spec".to_string(), "at least one of http, tls and tcp must be set".to_string()));
+        }
+        if self.hosts.is_empty() && !self.gateways.is_empty() {
+            errs.push(("spec.hosts".to_string(), "hosts are required".to_string()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            if !seen.insert(h.to_ascii_lowercase()) {
+                errs.push((format!("spec.hosts[{i}]"), format!("duplicate host {h:?}")));
+            }
+        }
+        errs
+    }
+}
+
 /// One HTTP rule.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -7,6 +7,7 @@ use std::{
     net::IpAddr,
 };
 
+use super::Report;
 use crate::config::{istio::ServerTlsSettings, Bootstrap, Diagnostic, Origin, Resource, ResourceRef, Spec};
 
 /// What a Gateway server does with a connection.
@@ -104,7 +105,7 @@ fn kind_of(protocol: &str, tls: Option<&ServerTlsSettings>) -> Result<ServerKind
 pub(super) fn gateway_servers(
     resources: &[Resource],
     bootstrap: &Bootstrap,
-    diags: &mut Vec<Diagnostic>,
+    report: &mut Report,
 ) -> BTreeMap<u16, PortServers> {
     let mut ports: BTreeMap<u16, PortServers> = BTreeMap::new();
     for r in resources {
@@ -119,13 +120,13 @@ pub(super) fn gateway_servers(
             let kind = match kind_of(&protocol, server.tls.as_ref()) {
                 Ok(k) => k,
                 Err(msg) => {
-                    diags.push(Diagnostic::warning(&r.origin, &r.id, format!("{field}.tls"), msg));
+                    report.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, format!("{field}.tls"), msg));
                     continue;
                 }
             };
             let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
                 let msg = format!("port {} is not a valid port", server.port.number);
-                diags.push(Diagnostic::error(&r.origin, &r.id, format!("{field}.port.number"), msg));
+                report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, format!("{field}.port.number"), msg));
                 continue;
             };
             let bind = match server.bind.as_deref().map(str::parse::<IpAddr>) {
@@ -133,12 +134,12 @@ pub(super) fn gateway_servers(
                 Some(Ok(ip)) => ip,
                 Some(Err(_)) => {
                     let msg = format!("bind {:?} is not an IP address", server.bind.as_deref().unwrap_or_default());
-                    diags.push(Diagnostic::error(&r.origin, &r.id, format!("{field}.bind"), msg));
+                    report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, format!("{field}.bind"), msg));
                     continue;
                 }
             };
             if server.hosts.is_empty() {
-                diags.push(Diagnostic::error(
+                report.diagnostics.push(Diagnostic::error(
                     &r.origin,
                     &r.id,
                     format!("{field}.hosts"),
@@ -158,7 +159,7 @@ pub(super) fn gateway_servers(
             let entry = ports.entry(port).or_insert_with(|| PortServers { bind, servers: Vec::new() });
             if entry.servers.first().is_some_and(|first| first.kind.family() != kind.family()) {
                 let msg = format!("port {port} already serves another protocol family; server skipped");
-                diags.push(Diagnostic::warning(&r.origin, &r.id, format!("{field}.port"), msg));
+                report.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, format!("{field}.port"), msg));
                 continue;
             }
             entry.servers.push(ServerBinding {

@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use super::{binding::ServerBinding, registry::Registry, routes};
+use super::{binding::ServerBinding, routes::Destinations};
 use crate::{
     config::{
         istio::{RouteDestination, VirtualService},
-        Bootstrap, Diagnostic, Resource,
+        Bootstrap, Resource,
     },
     route::{host_matches, L4Route},
 };
@@ -25,9 +25,7 @@ pub(super) struct Source<'a> {
 /// Compiles L4 rules for servers, resolving destinations through the registry.
 pub(super) struct Compiler<'a, 'r, 'c> {
     pub sources: &'a [Source<'a>],
-    pub registry: &'r mut Registry<'c>,
-    pub bootstrap: &'a Bootstrap,
-    pub refs: &'r mut Vec<Diagnostic>,
+    pub dests: Destinations<'r, 'c>,
 }
 
 impl Compiler<'_, '_, '_> {
@@ -40,7 +38,7 @@ impl Compiler<'_, '_, '_> {
                 for m in rule
                     .matches
                     .iter()
-                    .filter(|m| config_time_ok(m.port, &m.gateways, src, port, &[server], self.bootstrap))
+                    .filter(|m| config_time_ok(m.port, &m.gateways, src, port, &[server], self.dests.bootstrap))
                 {
                     let sni_hosts: Vec<String> = m
                         .sni_hosts
@@ -75,7 +73,7 @@ impl Compiler<'_, '_, '_> {
                     || rule
                         .matches
                         .iter()
-                        .any(|m| config_time_ok(m.port, &m.gateways, src, port, servers, self.bootstrap));
+                        .any(|m| config_time_ok(m.port, &m.gateways, src, port, servers, self.dests.bootstrap));
                 if applies {
                     let destinations = self.destinations(src.resource, &rule.route, port, &field);
                     out.push(L4Route { name: name(src.resource), sni_hosts: Vec::new(), port: None, destinations });
@@ -103,7 +101,7 @@ impl Compiler<'_, '_, '_> {
                     Some(w) => u32::try_from(w).unwrap_or(0),
                 };
                 let f = format!("{field}.route[{k}].destination");
-                let target = routes::target(&d.destination, r, port, self.registry, self.bootstrap, self.refs, f);
+                let target = self.dests.target(&d.destination, r, port, f);
                 (weight > 0).then_some((target, weight))
             })
             .collect()

@@ -4,9 +4,9 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use super::{registry::Registry, routes};
+use super::{registry::Registry, routes, Report};
 use crate::{
-    config::{Bootstrap, Diagnostic, Resource, ResourceRef, Spec},
+    config::{Bootstrap, Resource, Spec},
     route::{
         Action, DirectResponse, Forward, HeaderRules, Route, RouteTable, Target, VirtualHost, WeightedDestination,
     },
@@ -18,24 +18,27 @@ use crate::{
 /// egress scope: what it hides is not routed.
 pub(super) fn route_table(
     resources: &[Resource],
-    rejected: &[ResourceRef],
+    report: &mut Report,
     bootstrap: &Bootstrap,
     registry: &mut Registry,
-    refs: &mut Vec<Diagnostic>,
     visible: &dyn Fn(&str, &str) -> bool,
 ) -> RouteTable {
     let mut table = RouteTable::default();
     let mut claimed = HashSet::new();
-    for r in resources.iter().filter(|r| !rejected.contains(&r.id)) {
+    for r in resources {
         let Spec::VirtualService(vs) = &r.spec else {
             continue;
         };
+        if report.rejected.contains(&r.id) {
+            continue;
+        }
         if !(vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
             continue;
         }
         let no_gateway = |_: &str| false;
         let cx = routes::PortContext { port: 0, gateways_on_port: &no_gateway, mesh: true };
-        let Ok(rules) = routes::compile_http(r, vs, &cx, registry, bootstrap, refs) else {
+        let mut dests = routes::Destinations { registry: &mut *registry, bootstrap, report: &mut *report };
+        let Ok(rules) = routes::compile_http(r, vs, &cx, &mut dests) else {
             continue;
         };
         for host in vs.hosts.iter().map(|h| bootstrap.fqdn(h, &r.id.namespace)) {

@@ -9,7 +9,7 @@ use std::{
 
 use http::HeaderName;
 
-use super::peer_authn::PeerPolicies;
+use super::{peer_authn::PeerPolicies, Report};
 use crate::snapshot::sidecar::MtlsMode;
 use crate::{
     config::{
@@ -17,7 +17,7 @@ use crate::{
             ConsistentHashLb, DestinationRule, PortTrafficPolicy, ServiceEntry, ServicePort, SimpleLb, TrafficPolicy,
             WorkloadEntry,
         },
-        Bootstrap, Diagnostic, Resource, ResourceRef, Spec,
+        Bootstrap, Diagnostic, Resource, Spec,
     },
     snapshot::Caches,
     telemetry::{DestinationLabels, Prehashed},
@@ -64,8 +64,7 @@ impl<'a> Registry<'a> {
         bootstrap: &Bootstrap,
         caches: &'a Caches,
         peer: &'a PeerPolicies<'a>,
-        diags: &mut Vec<Diagnostic>,
-        rejected: &mut Vec<ResourceRef>,
+        report: &mut Report,
     ) -> Self {
         let (certs, identity) = (&caches.certs, caches.identity.as_ref());
         let workload_entries: Vec<(&str, &WorkloadEntry)> = resources
@@ -92,13 +91,13 @@ impl<'a> Registry<'a> {
                 Spec::DestinationRule(dr) => match check_tls(dr, certs, identity.is_some()) {
                     Ok(warnings) => {
                         for (field, w) in warnings {
-                            diags.push(Diagnostic::warning(&r.origin, &r.id, field, w));
+                            report.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, field, w));
                         }
                         rules.push(Rule { host: bootstrap.fqdn(&dr.host, &r.id.namespace), spec: dr.clone() })
                     }
                     Err((field, e)) => {
-                        diags.push(Diagnostic::error(&r.origin, &r.id, field, e));
-                        rejected.push(r.id.clone());
+                        report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, field, e));
+                        report.rejected.push(r.id.clone());
                     }
                 },
                 _ => {}

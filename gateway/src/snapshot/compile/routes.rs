@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use bytes::Bytes;
 
-use super::{binding::resolve_gateway_ref, registry::Registry};
+use super::{binding::resolve_gateway_ref, registry::Registry, Report};
 use crate::{
     config::{
         istio::{Destination, HttpMatchRequest, HttpRoute, VirtualService},
@@ -29,15 +29,21 @@ pub(super) struct PortContext<'a> {
     pub mesh: bool,
 }
 
+/// Where rule destinations are resolved: the registry, and the report that names the
+/// destinations that do not exist (their routes answer 503 NC).
+pub(super) struct Destinations<'x, 'c> {
+    pub(super) registry: &'x mut Registry<'c>,
+    pub(super) bootstrap: &'x Bootstrap,
+    pub(super) report: &'x mut Report,
+}
+
 /// Compiles every HTTP rule. Errors reject the VirtualService; unresolved
-/// destinations are reported in `refs` and answer 503 NC.
+/// destinations are reported as references and answer 503 NC.
 pub(super) fn compile_http(
     r: &Resource,
     vs: &VirtualService,
     cx: &PortContext<'_>,
-    registry: &mut Registry,
-    bootstrap: &Bootstrap,
-    refs: &mut Vec<Diagnostic>,
+    dests: &mut Destinations<'_, '_>,
 ) -> Result<Vec<Arc<Route>>, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let mut routes = Vec::new();
@@ -46,7 +52,7 @@ pub(super) fn compile_http(
         let mut err = |f: String, m: String| errors.push(Diagnostic::error(&r.origin, &r.id, f, m));
         let mut blocks = Vec::new();
         for (j, m) in rule.matches.iter().enumerate() {
-            if !applies_here(m, r, cx, bootstrap) {
+            if !applies_here(m, r, cx, dests.bootstrap) {
                 continue;
             }
             match compile_block(m) {
@@ -59,7 +65,7 @@ pub(super) fn compile_http(
         }
         let name: Arc<str> =
             rule.name.clone().unwrap_or_else(|| format!("{}.{}.{i}", r.id.name, r.id.namespace)).into();
-        match compile_rule(rule, name, blocks, r, cx.port, registry, bootstrap, refs, &field) {
+        match compile_rule(rule, name, blocks, r, cx.port, dests, &field) {
             Ok(route) => routes.push(Arc::new(route)),
             Err((f, msg)) => err(format!("{field}{f}"), msg),
         }
@@ -132,16 +138,13 @@ fn compile_block(m: &HttpMatchRequest) -> Result<MatchBlock, FieldError> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn compile_rule(
     rule: &HttpRoute,
     name: Arc<str>,
     matches: Vec<MatchBlock>,
     r: &Resource,
     port: u16,
-    registry: &mut Registry,
-    bootstrap: &Bootstrap,
-    refs: &mut Vec<Diagnostic>,
+    dests: &mut Destinations<'_, '_>,
     field: &str,
 ) -> Result<Route, FieldError> {
     let actions =
@@ -152,7 +155,7 @@ fn compile_rule(
     if rule.delegate.is_some() {
         return Err((".delegate".into(), "delegate is not supported yet".into()));
     }
-    let mut resolve = |d: &Destination, f: String| target(d, r, port, registry, bootstrap, refs, f);
+    let mut resolve = |d: &Destination, f: String| dests.target(d, r, port, f);
     let action = if let Some(redirect) = &rule.redirect {
         if rule.rewrite.is_some() || rule.fault.is_some() {
             return Err((".redirect".into(), "redirect cannot be combined with rewrite or fault".into()));
@@ -241,28 +244,23 @@ fn compile_rule(
     })
 }
 
-/// Resolves a destination; an unknown host or subset is reported and answers 503 NC.
-pub(super) fn target(
-    d: &Destination,
-    r: &Resource,
-    port: u16,
-    registry: &mut Registry,
-    bootstrap: &Bootstrap,
-    refs: &mut Vec<Diagnostic>,
-    field: String,
-) -> Target {
-    let host = bootstrap.fqdn(&d.host, &r.id.namespace);
-    let dest_port = match d.port {
-        Some(p) => u16::try_from(p.number).unwrap_or(0),
-        None => registry.default_port(&host, port),
-    };
-    resolve(registry, &host, dest_port, d.subset.as_deref()).unwrap_or_else(|(target, why)| {
-        // At validation time (port 0) a service with several ports has no default.
-        if !(port == 0 && d.port.is_none() && registry.has_service(&host) && why.contains("has no port")) {
-            refs.push(Diagnostic::error(&r.origin, &r.id, field, why));
-        }
-        target
-    })
+impl Destinations<'_, '_> {
+    /// Resolves a destination of `r` (`field`) for a listener on `port`; an unknown
+    /// host or subset is reported and answers 503 NC.
+    pub(super) fn target(&mut self, d: &Destination, r: &Resource, port: u16, field: String) -> Target {
+        let host = self.bootstrap.fqdn(&d.host, &r.id.namespace);
+        let dest_port = match d.port {
+            Some(p) => u16::try_from(p.number).unwrap_or(0),
+            None => self.registry.default_port(&host, port),
+        };
+        resolve(self.registry, &host, dest_port, d.subset.as_deref()).unwrap_or_else(|(target, why)| {
+            // At validation time (port 0) a service with several ports has no default.
+            if !(port == 0 && d.port.is_none() && self.registry.has_service(&host) && why.contains("has no port")) {
+                self.report.references.push(Diagnostic::error(&r.origin, &r.id, field, why));
+            }
+            target
+        })
+    }
 }
 
 /// The cluster of `(host, port, subset)`, or a target without cluster and the reason.

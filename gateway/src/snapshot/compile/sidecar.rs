@@ -3,9 +3,9 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use super::{mesh, peer_authn::PeerPolicies, registry::Registry, routes};
+use super::{mesh, peer_authn::PeerPolicies, registry::Registry, routes, Report};
 use crate::{
-    config::{istio::ServicePort, Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, SidecarSettings, Spec},
+    config::{istio::ServicePort, Bootstrap, Diagnostic, MeshConfig, Resource, SidecarSettings, Spec},
     route::{L4Route, RouteTable, Target, VirtualHost},
     snapshot::sidecar::{AppProtocol, InboundPlan, OutboundPlan, OutboundService},
     telemetry::{DestinationLabels, Prehashed},
@@ -24,20 +24,14 @@ pub(super) struct Context<'a> {
 }
 
 /// Compiles both listeners' plans.
-pub(super) fn plans(
-    cx: &Context<'_>,
-    registry: &mut Registry,
-    rejected: &[ResourceRef],
-    diags: &mut Vec<Diagnostic>,
-    refs: &mut Vec<Diagnostic>,
-) -> (OutboundPlan, InboundPlan) {
+pub(super) fn plans(cx: &Context<'_>, registry: &mut Registry, report: &mut Report) -> (OutboundPlan, InboundPlan) {
     let (mtls, shadowed) = cx.peer.effective(&cx.bootstrap.namespace, &cx.bootstrap.labels);
     for r in shadowed {
         let msg = "another PeerAuthentication already applies at this level; the first one wins";
-        diags.push(Diagnostic::warning(&r.origin, &r.id, "spec", msg));
+        report.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, "spec", msg));
     }
-    let scope = Scope::of(cx, diags);
-    let outbound = outbound(cx.resources, rejected, cx.mesh, cx.bootstrap, &scope, registry, refs);
+    let scope = Scope::of(cx, &mut report.diagnostics);
+    let outbound = outbound(cx, &scope, registry, report);
     let own = own_labels(cx.bootstrap, cx.settings);
     let app = Arc::new(
         Cluster::new("InboundPassthroughCluster".into(), Protocol::Http1, LbPolicy::Random, vec![], vec![])
@@ -188,19 +182,12 @@ impl Scope {
     }
 }
 
-fn outbound(
-    resources: &[Resource],
-    rejected: &[ResourceRef],
-    mesh_config: &MeshConfig,
-    bootstrap: &Bootstrap,
-    scope: &Scope,
-    registry: &mut Registry,
-    refs: &mut Vec<Diagnostic>,
-) -> OutboundPlan {
+fn outbound(cx: &Context<'_>, scope: &Scope, registry: &mut Registry, report: &mut Report) -> OutboundPlan {
+    let (resources, bootstrap, mesh_config) = (cx.resources, cx.bootstrap, cx.mesh);
     let visible = |host: &str, namespace: &str| scope.visible(host, namespace);
-    let mut table = mesh::route_table(resources, rejected, bootstrap, registry, refs, &visible);
+    let mut table = mesh::route_table(resources, report, bootstrap, registry, &visible);
     let mut services = HashMap::new();
-    for r in resources.iter().filter(|r| !rejected.contains(&r.id)) {
+    for r in resources.iter().filter(|r| !report.rejected.contains(&r.id)) {
         let Spec::ServiceEntry(se) = &r.spec else { continue };
         if !super::exported_to(&se.export_to, &r.id.namespace, &bootstrap.namespace) {
             continue;

@@ -1,8 +1,21 @@
 //! Telemetry resources → what this gateway traces, counts and logs. Istio's
 //! inheritance: the root namespace, then the gateway's namespace, then a selector
-//! matching the gateway; each level overrides only the fields it sets.
+//! matching the gateway; each level overrides only the fields it sets. Also the
+//! access log the mesh config asks for.
 
-use crate::config::{istio::Telemetry, Bootstrap, Diagnostic, MeshConfig, Resource, Spec};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::Report;
+use crate::{
+    config::{istio::Telemetry, Bootstrap, Diagnostic, MeshConfig, Resource, Spec},
+    telemetry::{
+        log_format::{TextFormat, ISTIO_TEXT},
+        LogFormat,
+    },
+};
 
 /// The settings the applicable Telemetry resources make.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -24,7 +37,7 @@ pub(super) fn overrides(
     resources: &[Resource],
     mesh: &MeshConfig,
     bootstrap: &Bootstrap,
-    diags: &mut Vec<Diagnostic>,
+    report: &mut Report,
 ) -> Overrides {
     let level = |r: &Resource, t: &Telemetry| -> Option<u8> {
         let selected =
@@ -49,7 +62,7 @@ pub(super) fn overrides(
     let mut out = Overrides::default();
     for (_, r, t) in applicable {
         if !t.target_refs.is_empty() || t.target_ref.is_some() {
-            diags.push(Diagnostic::warning(
+            report.diagnostics.push(Diagnostic::warning(
                 &r.origin,
                 &r.id,
                 "spec.targetRefs",
@@ -75,7 +88,7 @@ pub(super) fn overrides(
                 });
                 match (o.disabled, all) {
                     (Some(d), true) => out.metrics_disabled = d,
-                    (Some(_), false) => diags.push(Diagnostic::warning(
+                    (Some(_), false) => report.diagnostics.push(Diagnostic::warning(
                         &r.origin,
                         &r.id,
                         format!("spec.metrics[{i}].overrides[{j}].match"),
@@ -90,4 +103,59 @@ pub(super) fn overrides(
         }
     }
     out
+}
+
+/// The access log: its format (mesh config `accessLogEncoding`, `accessLogFormat`; off
+/// when a Telemetry resource or `accessLogFile: ""` turns it off) and its file.
+pub(super) fn access_log(
+    mesh: Option<(&Resource, &MeshConfig)>,
+    overrides: &Overrides,
+    report: &mut Report,
+) -> (Arc<LogFormat>, Option<PathBuf>) {
+    let file = mesh.and_then(|(r, m)| match access_log_file(m) {
+        Ok(file) => file,
+        Err(e) => {
+            report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.accessLogFile", e));
+            None
+        }
+    });
+    let format = match mesh.map(|(r, m)| (r, access_log_format(m))) {
+        _ if overrides.access_log_disabled => LogFormat::Off,
+        None => LogFormat::Json,
+        Some((_, Ok(f))) => f,
+        Some((r, Err(e))) => {
+            report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.accessLogFormat", e));
+            LogFormat::Json
+        }
+    };
+    (Arc::new(format), file)
+}
+
+/// Mesh config `accessLogFile` (`""` turns logs off), `accessLogEncoding`,
+/// `accessLogFormat`; JSON unless TEXT is asked for.
+fn access_log_format(mesh: &MeshConfig) -> Result<LogFormat, String> {
+    if mesh.access_log_file.as_deref() == Some("") {
+        return Ok(LogFormat::Off);
+    }
+    match mesh.access_log_encoding.as_deref().unwrap_or("JSON") {
+        "JSON" => Ok(LogFormat::Json),
+        "TEXT" => TextFormat::parse(mesh.access_log_format.as_deref().unwrap_or(ISTIO_TEXT)).map(LogFormat::Text),
+        other => Err(format!("unknown accessLogEncoding {other:?} (JSON or TEXT)")),
+    }
+}
+
+/// Mesh config `accessLogFile` when it names a file; `/dev/stdout` (and no setting)
+/// keep the gateway's own output.
+fn access_log_file(mesh: &MeshConfig) -> Result<Option<PathBuf>, String> {
+    let Some(file) = mesh.access_log_file.as_deref().filter(|f| !f.is_empty() && *f != "/dev/stdout") else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(file);
+    if !path.is_absolute() {
+        return Err(format!("accessLogFile {file:?} must be an absolute path"));
+    }
+    if !path.parent().is_some_and(Path::is_dir) {
+        return Err(format!("accessLogFile {file:?}: its directory does not exist"));
+    }
+    Ok(Some(path))
 }

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use http::uri::PathAndQuery;
 
-use super::{registry::Registry, telemetry::Overrides};
+use super::{registry::Registry, telemetry::Overrides, Report};
 use crate::{
     config::{Bootstrap, Diagnostic, MeshConfig, Resource},
     snapshot::Caches,
@@ -24,14 +24,14 @@ pub(super) fn compile(
     bootstrap: &Bootstrap,
     registry: &mut Registry<'_>,
     caches: &Caches,
-    diags: &mut Vec<Diagnostic>,
+    report: &mut Report,
 ) -> Option<Arc<Tracer>> {
     let (r, m) = mesh?;
     if m.enable_tracing == Some(false) {
         return None;
     }
     let name = telemetry.tracing_provider.as_ref().or_else(|| m.default_providers.tracing.first())?;
-    let mut error = |field: &str, msg: String| diags.push(Diagnostic::error(&r.origin, &r.id, field, msg));
+    let mut error = |field: &str, msg: String| report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, field, msg));
     let Some(provider) = m.extension_providers.iter().find(|p| &p.name == name) else {
         error("data.mesh.defaultProviders.tracing", format!("no extension provider {name:?}"));
         return None;

@@ -6,9 +6,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::registry::Registry;
+use super::{registry::Registry, Report};
 use crate::{
-    config::{Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, Spec},
+    config::{Bootstrap, Diagnostic, MeshConfig, Resource, Spec},
     upstream::Cluster,
     wasm::{self, Chain, Filter, Runtime},
 };
@@ -19,8 +19,7 @@ pub(super) fn compile(
     mesh: &MeshConfig,
     bootstrap: &Bootstrap,
     runtime: &Arc<Runtime>,
-    diags: &mut Vec<Diagnostic>,
-    rejected: &mut Vec<ResourceRef>,
+    report: &mut Report,
 ) -> Chain {
     let mut filters = Vec::new();
     for r in resources {
@@ -32,7 +31,7 @@ pub(super) fn compile(
             .is_none_or(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
         if !spec.target_refs.is_empty() || spec.target_ref.is_some() {
             let msg = "targetRefs are not supported; use selector";
-            diags.push(Diagnostic::warning(&r.origin, &r.id, "spec.targetRefs", msg));
+            report.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, "spec.targetRefs", msg));
             continue;
         }
         if !in_scope || !selected {
@@ -42,8 +41,8 @@ pub(super) fn compile(
             Ok(p) => p,
             Err(e) => {
                 let (field, message) = e.field_and_message();
-                diags.push(Diagnostic::error(&r.origin, &r.id, field, message));
-                rejected.push(r.id.clone());
+                report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, field, message));
+                report.rejected.push(r.id.clone());
                 continue;
             }
         };
@@ -54,9 +53,9 @@ pub(super) fn compile(
                 let (field, message) = e.field_and_message();
                 let strategy =
                     if fail_open { "FAIL_OPEN: requests skip it" } else { "FAIL_CLOSE: requests are denied" };
-                diags.push(Diagnostic::error(&r.origin, &r.id, field, format!("{message} ({strategy})")));
+                report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, field, format!("{message} ({strategy})")));
                 if !e.is_fetch() {
-                    rejected.push(r.id.clone());
+                    report.rejected.push(r.id.clone());
                 }
                 None
             }
