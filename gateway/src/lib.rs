@@ -37,6 +37,7 @@ pub mod route;
 pub mod security;
 pub mod sidecar;
 pub mod snapshot;
+pub mod source;
 mod supervisor;
 pub mod telemetry;
 pub mod tls;
@@ -53,7 +54,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    config::{Bootstrap, LoadError},
+    config::Bootstrap,
     listener::Listeners,
     pipeline::Proxy,
     snapshot::{Reloader, Snapshot, SnapshotHandle},
@@ -67,7 +68,7 @@ use crate::{
 pub enum StartError {
     /// The config directory could not be read.
     #[error("cannot load configuration")]
-    Load(#[from] LoadError),
+    Load(#[from] source::LoadError),
     /// The config directory cannot be watched.
     #[error("cannot watch the configuration directory")]
     Watch(#[from] notify::Error),
@@ -202,7 +203,7 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
     runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), clusters: Arc::new(handle.clone()) });
     let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), certs, identity, ..Default::default() });
     let _ = caches.tracing.set((proxy.upstreams.clone(), metrics.trace_counters()));
-    let (watcher, changes) = config::watch_dir(&bootstrap.config_dir)?;
+    let (watcher, changes) = source::watch_dir(&bootstrap.config_dir)?;
     let (version_tx, version_rx) = watch::channel(0);
     let (inbound_drain, draining) = watch::channel(false);
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -269,8 +270,8 @@ pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gatewa
 /// are compiled for the workload `bootstrap` describes and again for every workload
 /// a resource selects (its namespace and selector labels), so a policy or Gateway
 /// for another workload is checked too; each problem is reported once.
-pub fn validate(bootstrap: &Bootstrap) -> Result<Vec<config::Diagnostic>, LoadError> {
-    let loaded = config::load_dir(&bootstrap.config_dir, &bootstrap.namespace)?;
+pub fn validate(bootstrap: &Bootstrap) -> Result<Vec<config::Diagnostic>, source::LoadError> {
+    let loaded = source::load_dir(&bootstrap.config_dir, &bootstrap.namespace)?;
     let root = loaded.resources.iter().find_map(|r| match &r.spec {
         config::Spec::MeshConfig(m) => Some(m.root_namespace.clone()),
         _ => None,

@@ -12,9 +12,9 @@ use std::{
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    config::LoadError,
     listener::Listeners,
     snapshot::{Caches, ReloadOutcome, Reloader, SnapshotHandle},
+    source::LoadError,
     telemetry::{metrics::ResourceLabels, AccessLog, Metrics},
     upstream,
 };

@@ -1,35 +1,16 @@
-//! Loading a directory of multi-document YAML into typed resources.
+//! Loading multi-document YAML into typed resources.
 //!
 //! Every `serde_yaml` call in Wicket lives here, so the archived crate can be swapped
 //! for a fork without touching anything else. A document that fails is reported with
 //! its file, line and field path and left out; the others load.
 
-use std::{
-    collections::BTreeSet,
-    io,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{collections::BTreeSet, path::Path, sync::Arc};
 
 use serde::{de::DeserializeOwned, Deserialize};
 
 use super::{
     istio, Diagnostic, Kind, MeshConfig, ObjectMeta, Origin, Resource, ResourceRef, Severity, Spec, Unreadable,
 };
-
-/// The directory itself could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Walking the directory or reading a file failed.
-    #[error("cannot read {path}")]
-    Io {
-        /// The path that failed.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// What one load of a directory produced.
 #[derive(Debug, Default)]
@@ -44,46 +25,23 @@ pub struct Loaded {
     pub digest: u64,
 }
 
-/// Largest config file read (a sanity bound, far above any real one).
-const MAX_CONFIG_FILE: u64 = 64 * 1024 * 1024;
+/// Loads the documents of one YAML text as if read from `file` (for tools, tests
+/// and fuzzing; the gateway reads whole sources with [`load_texts`]).
+pub fn load_text(text: &str, file: &Path, namespace: &str) -> Loaded {
+    load_texts([(Arc::from(file), text)], namespace)
+}
 
-/// Reads every `*.yaml`/`*.yml` file under `dir` (recursively, sorted by path).
-/// `namespace` is given to resources that do not name one.
-pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
-    let mut files = Vec::new();
-    collect_yaml_files(dir, &mut files)?;
-    files.sort();
+/// Loads several YAML texts (files, in order) as one set: a later definition of the
+/// same resource replaces an earlier one, wherever it is. `namespace` is given to
+/// resources that do not name one.
+pub fn load_texts<'t>(texts: impl IntoIterator<Item = (Arc<Path>, &'t str)>, namespace: &str) -> Loaded {
     let mut loaded = Loaded::default();
     let mut warned_kinds = BTreeSet::new();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for file in files {
-        let bytes = super::files::read_bounded(&file, MAX_CONFIG_FILE)
-            .map_err(|source| LoadError::Io { path: file.clone(), source })?;
-        let text = String::from_utf8(bytes).map_err(|e| LoadError::Io {
-            path: file.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
-        std::hash::Hash::hash(&(&file, &text), &mut hasher);
-        let file: Arc<Path> = file.into();
-        for (line, doc) in split_documents(&text) {
+    for (file, text) in texts {
+        for (line, doc) in split_documents(text) {
             let origin = Origin { file: file.clone(), line };
             load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds);
         }
-    }
-    loaded.digest = std::hash::Hasher::finish(&hasher);
-    replace_duplicates(&mut loaded);
-    Ok(loaded)
-}
-
-/// Loads the documents of one YAML text as if read from `file` (for tools and
-/// fuzzing; the gateway reads directories with [`load_dir`]).
-pub fn load_text(text: &str, file: &Path, namespace: &str) -> Loaded {
-    let mut loaded = Loaded::default();
-    let mut warned_kinds = BTreeSet::new();
-    let file: Arc<Path> = file.into();
-    for (line, doc) in split_documents(text) {
-        let origin = Origin { file: file.clone(), line };
-        load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds);
     }
     replace_duplicates(&mut loaded);
     loaded
@@ -106,23 +64,6 @@ fn replace_duplicates(loaded: &mut Loaded) {
             loaded.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, "metadata.name", msg));
         }
     }
-}
-
-fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let io_err = |source| LoadError::Io { path: dir.to_path_buf(), source };
-    for entry in std::fs::read_dir(dir).map_err(io_err)? {
-        let path = entry.map_err(io_err)?.path();
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            collect_yaml_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Splits a YAML stream at `---` lines, returning each document with its 1-based
@@ -398,9 +339,7 @@ mod tests {
     }
 
     fn load_str(yaml: &str) -> Loaded {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
-        load_dir(dir.path(), "default").unwrap()
+        load_text(yaml, Path::new("c.yaml"), "default")
     }
 
     #[test]

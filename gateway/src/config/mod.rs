@@ -10,16 +10,14 @@ pub mod istio;
 mod load;
 mod mesh;
 pub mod probers;
-mod watch;
 
 use std::{collections::BTreeMap, fmt, path::Path, sync::Arc};
 
 pub use bootstrap::{Bootstrap, SidecarSettings};
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::GoDuration;
-pub use load::{load_dir, load_text, LoadError, Loaded};
+pub use load::{load_text, load_texts, Loaded};
 pub use mesh::{ExtAuthzHttp, ExtensionProvider, GatewayTopology, MeshConfig, PathNormalizationConfig, ProxyConfig};
-pub use watch::watch_dir;
 
 /// Where a resource was written: the file and the line its document starts on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{compile, Caches, ResourceState, ResourceStatus, Snapshot};
-use crate::config::{load_dir, Bootstrap, Diagnostic, LoadError, Resource, ResourceRef};
+use crate::{
+    config::{Bootstrap, Diagnostic, Resource, ResourceRef},
+    source::{load_dir, LoadError},
+};
 
 /// What one reload produced.
 #[derive(Debug)]

@@ -1,0 +1,8 @@
+//! Where resources come from. Today a watched directory of YAML files; each source
+//! yields the same `Loaded` set of resources for `snapshot` to compile.
+
+mod dir;
+mod watch;
+
+pub use dir::{load_dir, LoadError};
+pub use watch::watch_dir;
