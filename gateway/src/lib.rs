@@ -102,9 +102,9 @@ pub struct Gateway {
     admin: Option<SocketAddr>,
     version: watch::Receiver<u64>,
     drain: Arc<listener::Drain>,
-    /// A sidecar drains its inbound side only (Istio): this tells the supervisor.
+    /// Tells the supervisor to close the listeners that drain (a sidecar's inbound side).
     inbound_drain: watch::Sender<bool>,
-    sidecar: bool,
+    order: DrainOrder,
     /// Tells the supervisor to close its listeners and end.
     stop: Arc<tokio::sync::Notify>,
     _supervisor: tokio::task::JoinHandle<()>,
@@ -132,7 +132,7 @@ impl Gateway {
     /// application's outbound calls for all of `limit` (`terminationDrainDuration`).
     /// Returns the connections still open when it gave up.
     pub async fn shutdown(mut self, limit: Duration) -> usize {
-        if !self.sidecar {
+        if self.order == DrainOrder::Everything {
             self.close_listeners().await;
             tracing::info!(open = self.drain.open(), ?limit, "draining");
             return self.drain.drain(limit).await;
@@ -165,105 +165,160 @@ impl Drop for Gateway {
     }
 }
 
+/// How a process shuts down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainOrder {
+    /// A gateway: every listener closes, then open connections finish.
+    Everything,
+    /// A sidecar (Istio's): the inbound side drains, the outbound side serves the
+    /// application until the drain time is up.
+    InboundFirst,
+}
+
 /// Starts the gateway, or with `bootstrap.sidecar` the sidecar: identity, first load,
 /// listeners, admin, then a supervisor that reloads on every change of the config
 /// directory.
 pub async fn start(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gateway, StartError> {
-    let metrics = Arc::new(telemetry::Metrics::new());
-    let certs = tls::certs::CertStore::default();
-    let identity = match &bootstrap.identity_dir {
-        Some(dir) => Some(
-            tls::identity::IdentityFiles::in_dir(dir)
-                .and_then(|files| tls::identity::WorkloadIdentity::load(files, &bootstrap.trust_domain, &certs))
-                .map_err(StartError::Identity)?,
-        ),
-        None => None,
-    };
-    let principal = identity.as_ref().and_then(|i| i.spiffe_uri());
-    let unnamed = if bootstrap.sidecar.is_some() { "unknown" } else { "istio-ingressgateway" };
-    let mut telemetry = telemetry::Telemetry::new(
-        access_log.clone(),
-        metrics.clone(),
-        &bootstrap.labels,
-        &bootstrap.namespace,
-        unnamed,
-    );
-    if let Some(principal) = principal {
-        telemetry.set_principal(&principal);
+    match bootstrap.sidecar.clone() {
+        None => start_ingress(bootstrap, access_log).await,
+        Some(settings) => start_sidecar(bootstrap, settings, access_log).await,
     }
-    let handle = SnapshotHandle::default();
-    let drain = Arc::new(listener::Drain::default());
-    let proxy = Arc::new(Proxy {
-        snapshot: handle.clone(),
-        upstreams: Upstreams::with_mark(bootstrap.sidecar.as_ref().and_then(|s| s.mark)),
-        telemetry,
-        max_request_body: bootstrap.max_request_body,
-    });
-    let runtime = wasm::Runtime::new(metrics.wasm_plugins(), bootstrap.wasm_cache_dir.clone());
-    runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), clusters: Arc::new(handle.clone()) });
-    let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), certs, identity, ..Default::default() });
-    let _ = caches.tracing.set((proxy.upstreams.clone(), metrics.trace_counters()));
-    let (watcher, changes) = source::watch_dir(&bootstrap.config_dir)?;
-    let (version_tx, version_rx) = watch::channel(0);
-    let (inbound_drain, draining) = watch::channel(false);
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let sidecar = bootstrap.sidecar.is_some();
-    let status = Arc::new(RwLock::new(supervisor::ReloadStatus::default()));
-    let mut supervisor = Supervisor {
-        reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap.clone(), caches.clone()))),
-        handle: handle.clone(),
-        listeners: Listeners::new(
-            proxy.clone(),
-            if sidecar {
-                sidecar::serve
-            } else {
-                |s, p, port, server| Box::pin(listener::connection(s, p, port, server))
-            },
-            drain.clone(),
-            bootstrap.port_map.clone(),
-            bootstrap.max_connections,
-        ),
-        addrs: Arc::new(RwLock::new(HashMap::new())),
-        version: version_tx,
-        metrics: metrics.clone(),
-        caches,
-        status: status.clone(),
-        access_log,
-        draining,
-        stop: stop.clone(),
-    };
-    supervisor.reload().await?;
-    let admin = match bootstrap.admin {
-        Some(addr) => {
-            let state = admin::AdminState { snapshot: handle.clone(), metrics, status };
-            Some(admin::serve(addr, state).await.map_err(|source| StartError::Admin { addr, source })?)
-        }
-        None => None,
-    };
-    let addrs = supervisor.addrs.clone();
-    if let Some(settings) = bootstrap.sidecar.as_ref().filter(|s| s.probe_port.is_some()) {
-        let addr = SocketAddr::new(bootstrap.bind_ip, settings.probe_port.unwrap_or_default());
-        let open = addrs.clone();
+}
+
+/// The ingress gateway: Gateway listeners served as a gateway serves them.
+async fn start_ingress(bootstrap: Bootstrap, access_log: AccessLog) -> Result<Gateway, StartError> {
+    let core = Core::new(&bootstrap, access_log, "istio-ingressgateway", None)?;
+    let handler: listener::Handler =
+        |stream, peer, port, server| Box::pin(listener::connection(stream, peer, port, server));
+    core.serve(bootstrap, handler, DrainOrder::Everything).await
+}
+
+/// The sidecar: captured outbound and inbound listeners, and the probe listener.
+async fn start_sidecar(
+    bootstrap: Bootstrap,
+    settings: config::SidecarSettings,
+    access_log: AccessLog,
+) -> Result<Gateway, StartError> {
+    let core = Core::new(&bootstrap, access_log, "unknown", settings.mark)?;
+    let upstreams = core.proxy.upstreams.clone();
+    let bind_ip = bootstrap.bind_ip;
+    let gateway = core.serve(bootstrap, sidecar::serve, DrainOrder::InboundFirst).await?;
+    if let Some(port) = settings.probe_port {
+        let addr = SocketAddr::new(bind_ip, port);
+        let open = gateway.addrs.clone();
         let ready = move || open.read().is_ok_and(|a| !a.is_empty());
-        sidecar::probes::serve(addr, settings.probers.clone(), proxy.upstreams.clone(), ready)
+        sidecar::probes::serve(addr, settings.probers, upstreams, ready)
             .await
             .map_err(|source| StartError::Probes { addr, source })?;
     }
-    let task = tokio::spawn(async move {
-        let _watcher = watcher; // dropping it stops the watch
-        supervisor.run(changes).await;
-    });
-    Ok(Gateway {
-        snapshot: handle,
-        addrs,
-        admin,
-        version: version_rx,
-        drain,
-        inbound_drain,
-        sidecar,
-        stop,
-        _supervisor: task,
-    })
+    Ok(gateway)
+}
+
+/// What gateway and sidecar share: metrics, the workload identity, the request path
+/// (`Proxy`), and the caches snapshots are compiled with (certificates, Wasm, JWKS).
+struct Core {
+    metrics: Arc<telemetry::Metrics>,
+    handle: SnapshotHandle,
+    proxy: Arc<Proxy>,
+    caches: Arc<snapshot::Caches>,
+    access_log: AccessLog,
+}
+
+impl Core {
+    /// `unnamed` is the workload name telemetry reports when the labels give none;
+    /// `mark` is the SO_MARK of the proxy's own upstream connections.
+    fn new(bootstrap: &Bootstrap, access_log: AccessLog, unnamed: &str, mark: Option<u32>) -> Result<Self, StartError> {
+        let metrics = Arc::new(telemetry::Metrics::new());
+        let certs = tls::certs::CertStore::default();
+        let identity = match &bootstrap.identity_dir {
+            Some(dir) => Some(
+                tls::identity::IdentityFiles::in_dir(dir)
+                    .and_then(|files| tls::identity::WorkloadIdentity::load(files, &bootstrap.trust_domain, &certs))
+                    .map_err(StartError::Identity)?,
+            ),
+            None => None,
+        };
+        let mut telemetry = telemetry::Telemetry::new(
+            access_log.clone(),
+            metrics.clone(),
+            &bootstrap.labels,
+            &bootstrap.namespace,
+            unnamed,
+        );
+        if let Some(principal) = identity.as_ref().and_then(|i| i.spiffe_uri()) {
+            telemetry.set_principal(&principal);
+        }
+        let handle = SnapshotHandle::default();
+        let proxy = Arc::new(Proxy {
+            snapshot: handle.clone(),
+            upstreams: Upstreams::with_mark(mark),
+            telemetry,
+            max_request_body: bootstrap.max_request_body,
+        });
+        let runtime = wasm::Runtime::new(metrics.wasm_plugins(), bootstrap.wasm_cache_dir.clone());
+        let clusters = Arc::new(handle.clone());
+        runtime.set_dispatcher(wasm::Dispatcher { upstreams: proxy.upstreams.clone(), clusters });
+        let caches = Arc::new(snapshot::Caches { wasm: Arc::new(runtime), certs, identity, ..Default::default() });
+        let _ = caches.tracing.set((proxy.upstreams.clone(), metrics.trace_counters()));
+        Ok(Self { metrics, handle, proxy, caches, access_log })
+    }
+
+    /// Loads the configuration, opens its listeners (each connection served by
+    /// `handler`) and the admin listener, and hands the rest to the supervisor.
+    async fn serve(
+        self,
+        bootstrap: Bootstrap,
+        handler: listener::Handler,
+        order: DrainOrder,
+    ) -> Result<Gateway, StartError> {
+        let Core { metrics, handle, proxy, caches, access_log } = self;
+        let (watcher, changes) = source::watch_dir(&bootstrap.config_dir)?;
+        let (version_tx, version_rx) = watch::channel(0);
+        let (inbound_drain, draining) = watch::channel(false);
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let drain = Arc::new(listener::Drain::default());
+        let status = Arc::new(RwLock::new(supervisor::ReloadStatus::default()));
+        let listeners =
+            Listeners::new(proxy, handler, drain.clone(), bootstrap.port_map.clone(), bootstrap.max_connections);
+        let admin_addr = bootstrap.admin;
+        let mut supervisor = Supervisor {
+            reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap, caches.clone()))),
+            handle: handle.clone(),
+            listeners,
+            addrs: Arc::new(RwLock::new(HashMap::new())),
+            version: version_tx,
+            metrics: metrics.clone(),
+            caches,
+            status: status.clone(),
+            access_log,
+            draining,
+            stop: stop.clone(),
+        };
+        supervisor.reload().await?;
+        let admin = match admin_addr {
+            Some(addr) => {
+                let state = admin::AdminState { snapshot: handle.clone(), metrics, status };
+                Some(admin::serve(addr, state).await.map_err(|source| StartError::Admin { addr, source })?)
+            }
+            None => None,
+        };
+        let addrs = supervisor.addrs.clone();
+        let task = tokio::spawn(async move {
+            let _watcher = watcher; // dropping it stops the watch
+            supervisor.run(changes).await;
+        });
+        Ok(Gateway {
+            snapshot: handle,
+            addrs,
+            admin,
+            version: version_rx,
+            drain,
+            inbound_drain,
+            order,
+            stop,
+            _supervisor: task,
+        })
+    }
 }
 
 /// `wicket validate`: every problem in a config directory, offline. The resources
