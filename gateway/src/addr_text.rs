@@ -9,14 +9,14 @@ use std::{
 };
 
 /// `ip` as `Display` writes it.
-pub fn ip(ip: IpAddr) -> String {
+pub(crate) fn ip(ip: IpAddr) -> String {
     let mut out = String::with_capacity(15);
     push_ip(&mut out, ip);
     out
 }
 
 /// `addr` as `Display` writes it (`1.2.3.4:80`, `[::1]:80`).
-pub fn socket_addr(addr: SocketAddr) -> String {
+pub(crate) fn socket_addr(addr: SocketAddr) -> String {
     let mut out = String::with_capacity(21);
     match addr.ip() {
         IpAddr::V4(_) => push_ip(&mut out, addr.ip()),

@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 use http::StatusCode;
 
 /// Boxed error of request and response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why sending a request upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ impl fmt::Display for ResponseFlags {
 
 /// Which side of the proxy failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The client sent something we cannot serve.
     Downstream,
     /// The upstream failed.
@@ -119,7 +119,7 @@ pub enum Side {
 
 /// Why a request could not be proxied.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// No virtual host or rule matched.
     #[error("no route for {authority}{path}")]
     NoRoute {
@@ -183,7 +183,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Who failed.
-    pub fn side(&self) -> Side {
+    pub(crate) fn side(&self) -> Side {
         match self {
             Self::NoRoute { .. } | Self::ClusterNotFound { .. } => Side::Gateway,
             Self::BadRequest(_) => Side::Downstream,
@@ -192,7 +192,7 @@ impl ProxyError {
     }
 
     /// The status the client sees: the only place that picks it.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -206,7 +206,7 @@ impl ProxyError {
     }
 
     /// The Envoy response flag for the access log.
-    pub fn flag(&self) -> ResponseFlags {
+    pub(crate) fn flag(&self) -> ResponseFlags {
         match self {
             Self::NoRoute { .. } => ResponseFlags::NR,
             Self::ClusterNotFound { .. } => ResponseFlags::NC,
@@ -220,7 +220,7 @@ impl ProxyError {
     }
 
     /// The short body Envoy sends for this failure.
-    pub fn body(&self) -> &'static str {
+    pub(crate) fn body(&self) -> &'static str {
         match self {
             Self::NoRoute { .. } => "",
             Self::ClusterNotFound { .. } | Self::NoHealthyUpstream { .. } => "no healthy upstream",

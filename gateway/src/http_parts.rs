@@ -4,7 +4,7 @@
 use http::HeaderMap;
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-pub fn strip_port(authority: &str) -> &str {
+pub(crate) fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority.find(']').map_or(authority, |i| &authority[..=i]);
     }
@@ -16,7 +16,7 @@ pub fn strip_port(authority: &str) -> &str {
 
 /// The value of the first `name` parameter in a raw query string (no decoding; a bare
 /// `name` has the empty value).
-pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
@@ -24,7 +24,7 @@ pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 /// The value of the first cookie called `name` across every `Cookie` header.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
         c.split(';').find_map(|kv| {
             let (k, v) = kv.trim().split_once('=')?;

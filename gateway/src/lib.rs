@@ -24,24 +24,24 @@
 //! Configuration is Istio YAML (`config`), compiled into an immutable `Snapshot`
 //! (`snapshot`) that a reload swaps atomically.
 
-pub mod addr_text;
-pub mod admin;
+pub(crate) mod addr_text;
+pub(crate) mod admin;
 pub mod config;
 pub mod echo;
-pub mod error;
+pub(crate) mod error;
 pub mod hex;
-pub mod http_parts;
-pub mod listener;
-pub mod pipeline;
+pub(crate) mod http_parts;
+pub(crate) mod listener;
+pub(crate) mod pipeline;
 pub mod route;
 pub mod security;
 pub mod sidecar;
 pub mod snapshot;
-pub mod source;
+pub(crate) mod source;
 mod supervisor;
 pub mod telemetry;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod tls;
+pub(crate) mod upstream;
 pub mod wasm;
 
 use std::{

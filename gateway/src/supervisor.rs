@@ -26,7 +26,7 @@ const CERT_CHECK: Duration = Duration::from_secs(1);
 
 /// What the last reload did, for the admin endpoint.
 #[derive(Debug, Clone, Default)]
-pub struct ReloadStatus {
+pub(crate) struct ReloadStatus {
     /// When the last reload ran.
     pub at: Option<SystemTime>,
     /// Why the last reload failed or rejected resources, if it did.

@@ -24,7 +24,7 @@ use crate::{
 
 /// What the admin endpoints read.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// Live configuration.
     pub snapshot: SnapshotHandle,
     /// The metrics registry.
@@ -36,7 +36,7 @@ pub struct AdminState {
 /// Binds the admin listener and serves it in the background; returns its address.
 /// It starts after the first configuration is loaded and the listeners are bound, so
 /// `/ready` answers 200 as soon as it answers at all.
-pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
+pub(crate) async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let state = Arc::new(state);

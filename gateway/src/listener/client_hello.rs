@@ -19,7 +19,7 @@ const MAX_RECORD: usize = 16 * 1024 + 256;
 
 /// What the first ClientHello record says.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ClientHello {
+pub(crate) struct ClientHello {
     /// Server name indication, lower-cased.
     pub sni: Option<String>,
     /// ALPN protocols offered.
@@ -28,7 +28,7 @@ pub struct ClientHello {
 
 /// Why a connection is not a TLS connection we can read.
 #[derive(Debug, thiserror::Error)]
-pub enum HelloError {
+pub(crate) enum HelloError {
     /// The first bytes are not a TLS handshake record (e.g. plaintext HTTP).
     #[error("not a TLS handshake (first byte {0:#04x})")]
     NotTls(u8),
@@ -45,7 +45,10 @@ pub enum HelloError {
 
 /// Reads the first TLS record from `io` (within `deadline`), parses it, and returns
 /// the parse with the raw bytes to replay.
-pub async fn read<R: AsyncRead + Unpin>(io: &mut R, deadline: Duration) -> Result<(ClientHello, Bytes), HelloError> {
+pub(crate) async fn read<R: AsyncRead + Unpin>(
+    io: &mut R,
+    deadline: Duration,
+) -> Result<(ClientHello, Bytes), HelloError> {
     tokio::time::timeout(deadline, read_record(io)).await.map_err(|_| HelloError::Timeout(deadline))?
 }
 
@@ -148,20 +151,20 @@ impl<'a> Reader<'a> {
 }
 
 /// A stream that first yields bytes already read from it.
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: Bytes,
     inner: S,
 }
 
 impl<S> Prefixed<S> {
     /// Replays `prefix`, then reads from `inner`.
-    pub fn new(prefix: Bytes, inner: S) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: S) -> Self {
         Self { prefix, inner }
     }
 
     /// Replays `read` (bytes already taken from this stream), then what this stream
     /// had left to replay, then the rest of the inner stream.
-    pub fn rewound(self, read: Bytes) -> Self {
+    pub(crate) fn rewound(self, read: Bytes) -> Self {
         if self.prefix.is_empty() {
             return Self::new(read, self.inner);
         }

@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 
 /// The drain signal and the count of open connections.
 #[derive(Debug)]
-pub struct Drain {
+pub(crate) struct Drain {
     signal: watch::Sender<bool>,
     open: AtomicUsize,
     closed: Notify,
@@ -28,24 +28,24 @@ impl Default for Drain {
 
 impl Drain {
     /// A receiver that fires when draining starts.
-    pub fn watch(&self) -> watch::Receiver<bool> {
+    pub(crate) fn watch(&self) -> watch::Receiver<bool> {
         self.signal.subscribe()
     }
 
     /// Counts a connection as open until the returned guard drops.
-    pub fn track(self: &Arc<Self>) -> Tracked {
+    pub(crate) fn track(self: &Arc<Self>) -> Tracked {
         self.open.fetch_add(1, Ordering::AcqRel);
         Tracked(self.clone())
     }
 
     /// Open connections.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
     /// Starts draining and waits until every connection closed or `limit` passed.
     /// Returns the connections still open at the end.
-    pub async fn drain(&self, limit: Duration) -> usize {
+    pub(crate) async fn drain(&self, limit: Duration) -> usize {
         self.signal.send_replace(true);
         let wait = async {
             while self.open() > 0 {
@@ -63,7 +63,7 @@ impl Drain {
 
 /// An open connection, counted until dropped.
 #[derive(Debug)]
-pub struct Tracked(Arc<Drain>);
+pub(crate) struct Tracked(Arc<Drain>);
 
 impl Drop for Tracked {
     fn drop(&mut self) {

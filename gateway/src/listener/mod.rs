@@ -3,7 +3,7 @@
 //! by what its port serves in the current snapshot: plaintext HTTP, TLS chosen by SNI
 //! (terminated to HTTP or TCP, or passed through), or opaque TCP.
 
-pub mod client_hello;
+pub(crate) mod client_hello;
 mod drain;
 pub(crate) mod l4;
 mod resets;
@@ -34,7 +34,7 @@ use tokio::{
 use tracing::Instrument;
 
 use self::client_hello::Prefixed;
-pub use self::drain::Drain;
+pub(crate) use self::drain::Drain;
 use crate::{
     pipeline::{self, ConnInfo, Proxy},
     snapshot::{select_chain, ChainAction, FilterChain, ListenerSpec, PortPlan, Snapshot},
@@ -72,7 +72,7 @@ struct Open {
 }
 
 /// The open listeners, keyed by bind address and port as written.
-pub struct Listeners {
+pub(crate) struct Listeners {
     proxy: Arc<Proxy>,
     handler: Handler,
     drain: Arc<Drain>,
@@ -99,7 +99,7 @@ impl Listeners {
     /// Istio drains a sidecar's inbound side only: every listener that drains closes
     /// (and stays closed across reloads), and the outbound one, which does not, keeps
     /// the application able to call out while it finishes its work.
-    pub fn close_for_drain(&mut self) {
+    pub(crate) fn close_for_drain(&mut self) {
         self.draining = true;
         self.open.retain(|(_, port), open| {
             let keep = !open.drains;
@@ -112,7 +112,7 @@ impl Listeners {
     }
 
     /// Closes every listener and waits until none accepts any more.
-    pub async fn close_all(&mut self) {
+    pub(crate) async fn close_all(&mut self) {
         for (_, open) in self.open.drain() {
             open.task.abort();
             let _ = open.task.await;
@@ -121,7 +121,7 @@ impl Listeners {
 
     /// Opens the listeners `specs` has and we lack, closes those it no longer has.
     /// Returns the ports that could not be bound, with why.
-    pub async fn reconcile(&mut self, specs: &[ListenerSpec]) -> Vec<(u16, io::Error)> {
+    pub(crate) async fn reconcile(&mut self, specs: &[ListenerSpec]) -> Vec<(u16, io::Error)> {
         let wanted: HashMap<(IpAddr, u16), &ListenerSpec> =
             specs.iter().filter(|s| !self.draining || !s.drains).map(|s| ((s.bind, s.port), s)).collect();
         self.open.retain(|key, open| {
@@ -162,7 +162,7 @@ impl Listeners {
     }
 
     /// Bound address of each open listener, by the port written in the Gateway.
-    pub fn addrs(&self) -> HashMap<u16, SocketAddr> {
+    pub(crate) fn addrs(&self) -> HashMap<u16, SocketAddr> {
         self.open.iter().map(|((_, port), o)| (*port, o.local)).collect()
     }
 }

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use crate::upstream::{BoxError, UpstreamBody};
 
 /// The body of every response the gateway sends.
-pub type ResponseBody = UpstreamBody;
+pub(crate) type ResponseBody = UpstreamBody;
 
 /// A full body from bytes.
 pub(super) fn full(bytes: impl Into<Bytes>) -> ResponseBody {

@@ -6,7 +6,7 @@ use crate::telemetry::{metrics::Reporter, Prehashed, SourceLabels};
 
 /// The connection a request arrived on.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// Client address.
     pub peer: SocketAddr,
     /// The listener's port as written (it picks the route table).
@@ -33,7 +33,7 @@ pub struct ConnInfo {
 
 /// Which way a connection's traffic flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Into the mesh through the ingress gateway (Istio reports it as `source`).
     Gateway,
     /// From the local application out (sidecar outbound; `reporter="source"`).
@@ -44,7 +44,7 @@ pub enum Direction {
 
 impl ConnInfo {
     /// A plaintext connection accepted on a gateway listener.
-    pub fn plain(peer: SocketAddr, port: u16) -> Self {
+    pub(crate) fn plain(peer: SocketAddr, port: u16) -> Self {
         Self {
             peer,
             listener_port: port,
@@ -61,14 +61,17 @@ impl ConnInfo {
 
     /// The peer's identity as AuthorizationPolicy `principals` name it: its SPIFFE URI
     /// without the scheme (`cluster.local/ns/default/sa/sleep`).
-    pub fn peer_principal(&self) -> Option<&str> {
+    pub(crate) fn peer_principal(&self) -> Option<&str> {
         let uri = self.peer_cert.as_ref()?.uris.first()?;
         Some(uri.strip_prefix("spiffe://").unwrap_or(uri))
     }
 
     /// Istio's `reporter` and `source_*` labels for this connection: inbound, the
     /// destination reports and the source is the peer; otherwise this workload.
-    pub fn reporter_and_source(&self, own: &Arc<Prehashed<SourceLabels>>) -> (Reporter, Arc<Prehashed<SourceLabels>>) {
+    pub(crate) fn reporter_and_source(
+        &self,
+        own: &Arc<Prehashed<SourceLabels>>,
+    ) -> (Reporter, Arc<Prehashed<SourceLabels>>) {
         match self.direction {
             Direction::Inbound => {
                 let spiffe = self.peer_cert.as_ref().and_then(|p| p.uris.first()).map(String::as_str);
@@ -79,12 +82,12 @@ impl ConnInfo {
     }
 
     /// What WasmPlugin `match[]` selects on: direction and destination port.
-    pub fn traffic(&self) -> crate::wasm::Traffic {
+    pub(crate) fn traffic(&self) -> crate::wasm::Traffic {
         crate::wasm::Traffic { server: self.direction == Direction::Inbound, port: self.port }
     }
 
     /// A fresh connection id.
-    pub fn next_id() -> u64 {
+    pub(crate) fn next_id() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }

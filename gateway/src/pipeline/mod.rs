@@ -15,8 +15,8 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-pub use body::ResponseBody;
-pub use conn::{ConnInfo, Direction};
+pub(crate) use body::ResponseBody;
+pub(crate) use conn::{ConnInfo, Direction};
 use context::{request_authority, RequestCx};
 use local::LocalReply;
 
@@ -32,7 +32,7 @@ use crate::{
 /// What every request needs from the process: the live snapshot, the upstream
 /// clients and the access log.
 #[derive(Clone)]
-pub struct Proxy {
+pub(crate) struct Proxy {
     /// Live configuration.
     pub snapshot: SnapshotHandle,
     /// Pooled upstream clients.
@@ -44,7 +44,7 @@ pub struct Proxy {
 }
 
 /// Handles one request end to end; never fails (failures become responses).
-pub async fn handle(
+pub(crate) async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,

@@ -29,7 +29,7 @@ const MAX_CONFIG_FILE: u64 = 64 * 1024 * 1024;
 
 /// Reads every YAML file under `dir` (recursively, hidden entries skipped, sorted by
 /// path). `namespace` is given to resources that do not name one.
-pub fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
+pub(crate) fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
     let mut files = Vec::new();
     collect_yaml_files(dir, &mut files)?;
     files.sort();

@@ -4,5 +4,5 @@
 mod dir;
 mod watch;
 
-pub use dir::{load_dir, LoadError};
-pub use watch::watch_dir;
+pub(crate) use dir::{load_dir, LoadError};
+pub(crate) use watch::watch_dir;

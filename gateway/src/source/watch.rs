@@ -10,7 +10,7 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Watches `dir` recursively. Each burst of file changes yields one `()` on the
 /// returned channel. The watcher stops when the returned handle is dropped.
-pub fn watch_dir(dir: &Path) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+pub(crate) fn watch_dir(dir: &Path) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {

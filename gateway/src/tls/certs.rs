@@ -60,7 +60,7 @@ fn invalid(path: &Path, what: impl Into<String>) -> CertError {
 }
 
 /// Reads every certificate of a PEM file.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let bytes = crate::config::files::read_bounded(path, MAX_PEM)
         .map_err(|source| CertError::Read { path: path.to_path_buf(), source })?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
@@ -76,7 +76,9 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
 }
 
 /// Reads every CRL of a PEM file (`caCrl`).
-pub fn read_crls(path: &Path) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, CertError> {
+pub(crate) fn read_crls(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, CertError> {
     let bytes = crate::config::files::read_bounded(path, MAX_PEM)
         .map_err(|source| CertError::Read { path: path.to_path_buf(), source })?;
     let crls = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&bytes)
@@ -105,7 +107,7 @@ fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), CertErro
 }
 
 /// Loads a certificate chain and its private key, checking that they match.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
+pub(crate) fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
     let certs = read_certs(cert)?;
     let key_bytes = crate::config::files::read_bounded(key, MAX_PEM)
         .map_err(|source| CertError::Read { path: key.to_path_buf(), source })?;

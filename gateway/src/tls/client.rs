@@ -123,7 +123,7 @@ impl UpstreamTls {
 }
 
 /// A client config trusting the system roots (JWKS fetches and the like).
-pub fn system_client_config() -> Arc<ClientConfig> {
+pub(crate) fn system_client_config() -> Arc<ClientConfig> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {

@@ -61,7 +61,7 @@ impl IdentityFiles {
 }
 
 /// A SPIFFE identity `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
-pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+pub(crate) fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 

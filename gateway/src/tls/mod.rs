@@ -4,12 +4,12 @@
 //! the rustls verifiers (`verify`), and the bounded server handshake every listener
 //! runs (`handshake`). Above `config`, below everything that opens connections.
 
-pub mod certs;
+pub(crate) mod certs;
 mod client;
 pub(crate) mod handshake;
-pub mod identity;
-pub mod peer;
-pub mod server;
+pub(crate) mod identity;
+pub(crate) mod peer;
+pub(crate) mod server;
 mod verify;
 
-pub use client::{system_client_config, UpstreamTls};
+pub(crate) use client::{system_client_config, UpstreamTls};

@@ -12,13 +12,11 @@ use crate::config::istio::ServerTlsSettings;
 
 /// What the gateway knows of a client that presented a verified certificate.
 #[derive(Debug)]
-pub struct PeerCert {
+pub(crate) struct PeerCert {
     /// Envoy's `x-forwarded-client-cert` value (SANITIZE_SET with Istio's details).
     pub xfcc: HeaderValue,
     /// URI SANs (SPIFFE identities).
     pub uris: Vec<String>,
-    /// DNS SANs.
-    pub dns: Vec<String>,
 }
 
 /// Client certificate pinning of a terminating server.
@@ -50,7 +48,7 @@ pub(crate) fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
 
 impl PeerCert {
     /// Reads the leaf certificate a client presented (already verified by rustls).
-    pub fn from_leaf(leaf: &CertificateDer<'_>) -> Option<Self> {
+    pub(crate) fn from_leaf(leaf: &CertificateDer<'_>) -> Option<Self> {
         let cert = parse(leaf)?;
         let (uris, dns) = sans(&cert);
         let subject = cert.subject().to_string().replace('"', "\\\"");
@@ -61,7 +59,7 @@ impl PeerCert {
         for d in &dns {
             xfcc.push_str(&format!(";DNS={d}"));
         }
-        Some(Self { xfcc: HeaderValue::from_str(&xfcc).ok()?, uris, dns })
+        Some(Self { xfcc: HeaderValue::from_str(&xfcc).ok()?, uris })
     }
 }
 

@@ -25,7 +25,7 @@ use crate::config::istio::ServerTlsSettings;
 /// Where `credentialName` secrets live, laid out like Kubernetes TLS secrets:
 /// `<dir>/<namespace>/<name>/{tls.crt,tls.key,ca.crt}`.
 #[derive(Debug, Clone)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// Root directory.
     pub dir: PathBuf,
     /// Namespace the gateway reads secrets from (its own).
@@ -42,7 +42,7 @@ pub struct TlsTermination {
 }
 
 /// A compiled TLS server plus the problems worth a warning.
-pub struct CompiledTls {
+pub(crate) struct CompiledTls {
     /// The termination settings.
     pub tls: TlsTermination,
     /// Non-fatal problems (e.g. cipher names rustls does not implement).
@@ -96,7 +96,7 @@ fn version(name: &str) -> Result<u8, String> {
 
 /// Builds the config of a terminating server. `alpn` is offered in order
 /// (`h2`, `http/1.1` for HTTPS; none for TLS-terminated TCP).
-pub fn server_config(
+pub(crate) fn server_config(
     s: &ServerTlsSettings,
     creds: &Credentials,
     store: &CertStore,

@@ -24,7 +24,7 @@ use crate::{
 
 /// A request body that can be sent again when it was small enough to keep.
 #[derive(Debug)]
-pub enum ReplayBody {
+pub(crate) enum ReplayBody {
     /// No body.
     Empty,
     /// A buffered body, replayable.
@@ -47,12 +47,12 @@ impl ReplayBody {
     }
 
     /// True when the body can be sent again (for retries and mirrors).
-    pub fn replayable(&self) -> bool {
+    pub(crate) fn replayable(&self) -> bool {
         !matches!(self, Self::Stream(_))
     }
 
     /// A copy of the body for a mirror, when replayable.
-    pub fn copy(&self) -> Option<Self> {
+    pub(crate) fn copy(&self) -> Option<Self> {
         match self {
             Self::Empty => Some(Self::Empty),
             Self::Full(b) => Some(Self::Full(b.clone())),
@@ -63,7 +63,7 @@ impl ReplayBody {
 
 /// The request head sent to every attempt.
 #[derive(Debug)]
-pub struct RequestHead {
+pub(crate) struct RequestHead {
     /// Method.
     pub method: Method,
     /// Path and query as sent upstream (after rewrites).
@@ -81,27 +81,25 @@ pub struct RequestHead {
 impl RequestHead {
     /// A request of the gateway's own (a callout, an export): no hash key, no
     /// original destination, HTTP/1 downstream.
-    pub fn new(method: Method, path_and_query: PathAndQuery, headers: HeaderMap) -> Self {
+    pub(crate) fn new(method: Method, path_and_query: PathAndQuery, headers: HeaderMap) -> Self {
         Self { method, path_and_query, headers, hash_key: None, original_dst: None, downstream_h2: false }
     }
 }
 
 /// A response from an upstream and how it was obtained.
 #[derive(Debug)]
-pub struct CallOutcome {
+pub(crate) struct CallOutcome {
     /// The response.
     pub response: Response<Incoming>,
     /// The endpoint that answered; keeps it counted as busy until dropped.
     pub endpoint: EndpointGuard,
-    /// Attempts made.
-    pub attempts: u32,
     /// URX when retries ran out on a retriable response.
     pub flags: ResponseFlags,
 }
 
 /// A failed call: the error, attempts made, and flags such as URX.
 #[derive(Debug)]
-pub struct CallFailure {
+pub(crate) struct CallFailure {
     /// What failed.
     pub error: ProxyError,
     /// The last endpoint tried.
@@ -124,7 +122,7 @@ pub struct Attempt {
 }
 
 /// Sends `head` + `body` to `cluster` with the route's timeout and retry policy.
-pub async fn call(
+pub(crate) async fn call(
     upstreams: &Upstreams,
     cluster: &Arc<Cluster>,
     head: RequestHead,
@@ -212,7 +210,7 @@ pub async fn call(
             Ok(Ok(response)) => {
                 let retriable = retry.retries_response(response.status(), response.headers());
                 if !(can_retry && retriable) {
-                    return Ok(CallOutcome { response, endpoint: guard, attempts: attempt, flags: urx(retriable) });
+                    return Ok(CallOutcome { response, endpoint: guard, flags: urx(retriable) });
                 }
                 None
             }

@@ -31,16 +31,16 @@ use crate::{
 };
 
 /// The body type sent upstream and back downstream.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Default upstream connect timeout (Istio mesh `connectTimeout`).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle HTTP/1.1 connections kept per endpoint after a burst.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// How long an idle pooled connection is kept when the DestinationRule says nothing.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A connection's identity: endpoint, TLS settings (0 for plaintext) and SNI.
 type ConnKey = (SocketAddr, u64, Option<ServerName<'static>>);
@@ -258,7 +258,7 @@ async fn connect(
 }
 
 /// Opens a TCP connection (no delay) within `timeout`, with `SO_MARK` `mark` if set.
-pub async fn connect_tcp(
+pub(crate) async fn connect_tcp(
     addr: SocketAddr,
     timeout: Duration,
     mark: Option<u32>,

@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The endpoint label Istio sets on workloads that run a sidecar (`istio`).
-pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+pub(crate) const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 /// The protocol spoken to the endpoints, from the service port's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,17 +92,17 @@ impl Endpoint {
 
 /// Counts a request as in flight on an endpoint until dropped.
 #[derive(Debug)]
-pub struct EndpointGuard(Arc<Endpoint>);
+pub(crate) struct EndpointGuard(Arc<Endpoint>);
 
 impl EndpointGuard {
     /// Marks a request in flight on `ep`.
-    pub fn new(ep: Arc<Endpoint>) -> Self {
+    pub(crate) fn new(ep: Arc<Endpoint>) -> Self {
         ep.active.fetch_add(1, Ordering::Relaxed);
         Self(ep)
     }
 
     /// The endpoint.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
     }
 }

@@ -22,7 +22,7 @@ pub struct DnsTarget {
 /// Resolves every DNS target of `cluster` and installs the addresses found. When a
 /// lookup fails the previous endpoints are kept. An address resolved again keeps its
 /// endpoint, and with it its requests in flight and outlier state.
-pub async fn refresh_dns(cluster: &Arc<Cluster>) {
+pub(crate) async fn refresh_dns(cluster: &Arc<Cluster>) {
     if cluster.dns.is_empty() {
         return;
     }
