@@ -5,7 +5,7 @@
 mod bootstrap;
 mod diagnostic;
 mod duration;
-pub mod files;
+pub(crate) mod files;
 pub mod istio;
 mod load;
 mod mesh;

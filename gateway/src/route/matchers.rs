@@ -58,7 +58,7 @@ impl StringMatcher {
 }
 
 /// Compiles an RE2 pattern so that it must match the whole value.
-pub fn full_match_regex(pattern: &str) -> Result<Regex, String> {
+pub(crate) fn full_match_regex(pattern: &str) -> Result<Regex, String> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
 }
 

@@ -8,7 +8,7 @@ mod fault;
 mod header_ops;
 mod index;
 mod l4;
-pub mod matchers;
+pub(crate) mod matchers;
 mod redirect;
 mod rewrite;
 mod table;

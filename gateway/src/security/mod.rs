@@ -3,10 +3,10 @@
 //! external authorizers). Compiled into the snapshot; nothing here blocks. The
 //! verified client certificate comes from `tls`.
 
-pub mod authz;
-pub mod ext_authz;
-pub mod jwks;
-pub mod jwt;
+pub(crate) mod authz;
+pub(crate) mod ext_authz;
+pub(crate) mod jwks;
+pub(crate) mod jwt;
 pub mod normalize;
 
 use std::net::IpAddr;

@@ -5,10 +5,10 @@ pub mod ca;
 pub mod capture;
 pub(crate) mod inbound;
 pub mod inject;
-pub mod original_dst;
+pub(crate) mod original_dst;
 pub(crate) mod outbound;
-pub mod probes;
-pub mod sniff;
+pub(crate) mod probes;
+pub(crate) mod sniff;
 pub mod webhook;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 /// The original destination of a connection redirected by the `nat` table; for a
 /// connection that was not redirected, its own local address.
-pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     let socket = socket2::SockRef::from(stream);
     let local = stream.local_addr()?;
     // A dual-stack listener sees IPv4 connections as IPv4-mapped IPv6 addresses; their

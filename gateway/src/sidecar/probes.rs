@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Serves the probe listener on `addr`; `ready` says whether the sidecar is ready.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     probers: Probers,
     upstreams: Upstreams,

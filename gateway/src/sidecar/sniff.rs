@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// What a connection starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sniffed {
+pub(crate) enum Sniffed {
     /// A TLS handshake record.
     Tls,
     /// HTTP/1.x or HTTP/2 with prior knowledge.
@@ -49,7 +49,7 @@ fn classify(buf: &[u8]) -> Option<Sniffed> {
 
 /// Reads the first bytes of `io` (waiting at most `wait` for a client that speaks
 /// first) and says what they start; the bytes read come back for replay.
-pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S, wait: Duration) -> std::io::Result<(Sniffed, Bytes)> {
+pub(crate) async fn sniff<S: AsyncRead + Unpin>(io: &mut S, wait: Duration) -> std::io::Result<(Sniffed, Bytes)> {
     let mut buf = BytesMut::with_capacity(64);
     let deadline = tokio::time::Instant::now() + wait;
     loop {

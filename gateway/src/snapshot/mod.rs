@@ -3,7 +3,7 @@
 
 mod compile;
 mod reload;
-pub mod sidecar;
+pub(crate) mod sidecar;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::SystemTime};
 

@@ -142,7 +142,7 @@ impl EncodeLabelSet for TcpLabels {
 
 /// `{cluster, response_code_class}` of the gateway's own upstream counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct ClusterLabels {
+pub(crate) struct ClusterLabels {
     /// Cluster name.
     pub cluster: Arc<str>,
     /// `2xx` ... `5xx`, or the flag of a failure (`UF`, `UT`, ...).
@@ -151,14 +151,14 @@ pub struct ClusterLabels {
 
 /// `{port}` of listener gauges.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct ListenerLabels {
+pub(crate) struct ListenerLabels {
     /// Gateway server port.
     pub port: u16,
 }
 
 /// `{result}` of config reloads.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct ReloadLabels {
+pub(crate) struct ReloadLabels {
     /// `success` or `failure`.
     pub result: &'static str,
 }
@@ -377,7 +377,7 @@ impl Metrics {
 }
 
 /// Class of an HTTP status for the upstream counters.
-pub fn status_class(status: u16) -> &'static str {
+pub(crate) fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
         200..=299 => "2xx",

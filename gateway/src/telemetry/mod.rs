@@ -3,12 +3,12 @@
 
 mod access_log;
 mod json;
-pub mod labels;
-pub mod log_format;
+pub(crate) mod labels;
+pub(crate) mod log_format;
 pub mod log_level;
-pub mod metrics;
-pub mod otlp;
-pub mod trace;
+pub(crate) mod metrics;
+pub(crate) mod otlp;
+pub(crate) mod trace;
 
 use std::sync::Arc;
 

@@ -80,7 +80,7 @@ fn span(s: &SpanData) -> Vec<u8> {
 }
 
 /// `ExportTraceServiceRequest { ResourceSpans { Resource, ScopeSpans { scope, spans } } }`.
-pub fn encode(service: &str, spans: &[SpanData]) -> Vec<u8> {
+pub(crate) fn encode(service: &str, spans: &[SpanData]) -> Vec<u8> {
     let mut resource = Vec::new();
     key_value(&mut resource, 1, "service.name", service);
     key_value(&mut resource, 1, "telemetry.sdk.name", "wicket");
@@ -102,7 +102,7 @@ pub fn encode(service: &str, spans: &[SpanData]) -> Vec<u8> {
 
 /// Where spans go.
 #[derive(Clone)]
-pub struct Collector {
+pub(crate) struct Collector {
     /// Upstream clients.
     pub upstreams: Upstreams,
     /// The collector's cluster.
@@ -117,7 +117,7 @@ pub struct Collector {
 
 /// Starts the export task; it ends once every sender is gone and the queue is
 /// drained (a reload that replaces the tracer retires the old task this way).
-pub fn spawn(collector: Collector, service: String, counters: TraceCounters) -> Option<mpsc::Sender<SpanData>> {
+pub(crate) fn spawn(collector: Collector, service: String, counters: TraceCounters) -> Option<mpsc::Sender<SpanData>> {
     let rt = tokio::runtime::Handle::try_current().ok()?;
     let (tx, mut rx) = mpsc::channel::<SpanData>(QUEUE);
     rt.spawn(async move {

@@ -27,13 +27,13 @@ pub struct TraceCounters {
 }
 
 /// A 16-byte trace id.
-pub type TraceId = [u8; 16];
+pub(crate) type TraceId = [u8; 16];
 /// An 8-byte span id.
-pub type SpanId = [u8; 8];
+pub(crate) type SpanId = [u8; 8];
 
 /// The caller's trace context, from `traceparent` or B3.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     /// Trace id (64-bit B3 ids are left-padded with zeros).
     pub trace_id: TraceId,
     /// The caller's span: our parent.
@@ -48,7 +48,7 @@ pub struct Incoming {
 
 /// A propagation format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// W3C `traceparent`.
     W3c,
     /// `x-b3-*` headers.
@@ -78,7 +78,7 @@ fn sampled_flag(v: &str) -> Option<bool> {
 }
 
 /// Reads the caller's context: `traceparent` first, then `b3`, then `x-b3-*`.
-pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
+pub(crate) fn extract(headers: &HeaderMap) -> Option<Incoming> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(tp) = get("traceparent") {
         let parts: Vec<&str> = tp.split('-').collect();
