@@ -19,6 +19,10 @@ use super::{
     outlier::{self, Health, Outcome, OutlierPolicy},
 };
 use crate::{
+    config::{
+        istio::{ConnectionPoolSettings, TcpKeepalive},
+        GoDuration,
+    },
     telemetry::labels::{DestinationLabels, Prehashed},
     tls::UpstreamTls,
 };
@@ -36,6 +40,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The protocol of a service port (`HTTP2`, `GRPC`, `GRPC-WEB`: HTTP/2 with prior
+    /// knowledge; anything else HTTP/1.1).
+    pub(crate) fn of_port(protocol: &str) -> Self {
+        match protocol.to_ascii_uppercase().as_str() {
+            "HTTP2" | "GRPC" | "GRPC-WEB" => Protocol::Http2,
+            _ => Protocol::Http1,
+        }
+    }
+
     /// ALPN offered when TLS carries this protocol to an endpoint.
     pub fn alpn(self) -> &'static [&'static [u8]] {
         match self {
@@ -184,6 +197,44 @@ pub struct Breakers {
     connections: Option<Arc<Semaphore>>,
     max_pending: usize,
     pending: AtomicUsize,
+}
+
+impl PoolSettings {
+    /// DestinationRule `connectionPool` over `defaults` (the mesh config's): connect
+    /// and idle timeouts (zero means unset), TCP keepalive, `maxRequestsPerConnection`.
+    pub(crate) fn compile(pool: Option<&ConnectionPoolSettings>, defaults: &PoolSettings) -> Self {
+        let tcp = pool.and_then(|p| p.tcp.as_ref());
+        let http = pool.and_then(|p| p.http.as_ref());
+        let nonzero = |d: Option<GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
+        Self {
+            connect_timeout: nonzero(tcp.and_then(|t| t.connect_timeout)).unwrap_or(defaults.connect_timeout),
+            idle_timeout: nonzero(http.and_then(|h| h.idle_timeout).or(tcp.and_then(|t| t.idle_timeout)))
+                .unwrap_or(defaults.idle_timeout),
+            keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(Self::keepalive).or(defaults.keepalive),
+            max_requests: http.and_then(|h| h.max_requests_per_connection).filter(|n| *n > 0),
+        }
+    }
+
+    /// TCP keepalive settings: probe time (Istio's default is the OS's, 2 hours on
+    /// Linux) and interval.
+    pub(crate) fn keepalive(k: &TcpKeepalive) -> (Duration, Option<Duration>) {
+        let nonzero = |d: Option<GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
+        (nonzero(k.time).unwrap_or(Duration::from_secs(7200)), nonzero(k.interval))
+    }
+}
+
+impl Breakers {
+    /// DestinationRule `connectionPool` limits: `http2MaxRequests`, `maxRetries`,
+    /// `tcp.maxConnections`, `http1MaxPendingRequests` (unset: unlimited, as Istio).
+    pub(crate) fn compile(pool: Option<&ConnectionPoolSettings>) -> Self {
+        let tcp = pool.and_then(|p| p.tcp.as_ref());
+        let http = pool.and_then(|p| p.http.as_ref());
+        Self::new(
+            http.and_then(|h| h.http2_max_requests).unwrap_or(u32::MAX),
+            http.and_then(|h| h.max_retries).unwrap_or(u32::MAX),
+        )
+        .with_connections(tcp.and_then(|t| t.max_connections), http.and_then(|h| h.http1_max_pending_requests))
+    }
 }
 
 impl Default for Breakers {
@@ -429,5 +480,55 @@ impl Cluster {
             }
             _ => self.lb.pick(eps, key).cloned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(yaml: &str) -> ConnectionPoolSettings {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn pool_settings_take_the_destination_rule_over_the_mesh_defaults() {
+        const IDLE: Duration = super::super::client::IDLE_TIMEOUT;
+        let defaults = PoolSettings { connect_timeout: Duration::from_secs(3), ..PoolSettings::default() };
+        let cases = [
+            ("{}", Duration::from_secs(3), IDLE, None),
+            ("{tcp: {connectTimeout: 250ms}}", Duration::from_millis(250), IDLE, None),
+            // Zero is unset, as in Envoy.
+            ("{tcp: {connectTimeout: 0s, idleTimeout: 5s}}", Duration::from_secs(3), Duration::from_secs(5), None),
+            // HTTP's idle timeout wins over TCP's.
+            ("{tcp: {idleTimeout: 5s}, http: {idleTimeout: 7s}}", Duration::from_secs(3), Duration::from_secs(7), None),
+            ("{http: {maxRequestsPerConnection: 1}}", Duration::from_secs(3), IDLE, Some(1)),
+            ("{http: {maxRequestsPerConnection: 0}}", Duration::from_secs(3), IDLE, None),
+        ];
+        for (yaml, connect, idle, max_requests) in cases {
+            let got = PoolSettings::compile(Some(&pool(yaml)), &defaults);
+            assert_eq!(
+                (got.connect_timeout, got.idle_timeout, got.max_requests),
+                (connect, idle, max_requests),
+                "{yaml}"
+            );
+        }
+        let keepalive = PoolSettings::compile(Some(&pool("{tcp: {tcpKeepalive: {interval: 30s}}}")), &defaults);
+        assert_eq!(keepalive.keepalive, Some((Duration::from_secs(7200), Some(Duration::from_secs(30)))));
+    }
+
+    #[test]
+    fn breakers_are_unlimited_unless_the_pool_says_otherwise() {
+        let open = Breakers::compile(None);
+        assert_eq!(
+            (open.max_requests, open.max_retries, open.max_pending),
+            (u32::MAX as usize, u32::MAX as usize, usize::MAX)
+        );
+        assert!(open.connections.is_none());
+        let limited = Breakers::compile(Some(&pool(
+            "{tcp: {maxConnections: 2}, http: {http2MaxRequests: 10, maxRetries: 1, http1MaxPendingRequests: 3}}",
+        )));
+        assert_eq!((limited.max_requests, limited.max_retries, limited.max_pending), (10, 1, 3));
+        assert_eq!(limited.connections.as_ref().map(|s| s.available_permits()), Some(2));
     }
 }

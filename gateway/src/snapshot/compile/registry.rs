@@ -114,7 +114,7 @@ impl<'a> Registry<'a> {
             if let Some(t) = m.connect_timeout.map(|t| t.0).filter(|t| !t.is_zero()) {
                 defaults.connect_timeout = t;
             }
-            defaults.keepalive = m.tcp_keepalive.as_ref().map(keepalive);
+            defaults.keepalive = m.tcp_keepalive.as_ref().map(PoolSettings::keepalive);
         }
         let domain_suffix = bootstrap.domain_suffix.clone();
         Self { services, rules, clusters: HashMap::new(), certs, identity, auto_mtls, peer, domain_suffix, defaults }
@@ -194,33 +194,10 @@ impl<'a> Registry<'a> {
         };
         let top = rules.first().and_then(|r| r.traffic_policy.as_ref());
         let lb = lb_policy(top, subset_policy, port);
-        let protocol = match svc_port.protocol.to_ascii_uppercase().as_str() {
-            "HTTP2" | "GRPC" | "GRPC-WEB" => Protocol::Http2,
-            _ => Protocol::Http1,
-        };
+        let protocol = Protocol::of_port(&svc_port.protocol);
         let pool = block(top, subset_policy, port, |t| t.connection_pool.clone(), |p| p.connection_pool.clone());
-        let tcp = pool.as_ref().and_then(|p| p.tcp.clone());
-        let http = pool.and_then(|p| p.http);
-        let nonzero = |d: Option<crate::config::GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
-        let defaults = self.defaults;
-        let keepalive = tcp.as_ref().and_then(|t| t.tcp_keepalive.as_ref()).map(keepalive).or(defaults.keepalive);
-        let pool = PoolSettings {
-            connect_timeout: nonzero(tcp.as_ref().and_then(|t| t.connect_timeout)).unwrap_or(defaults.connect_timeout),
-            idle_timeout: nonzero(
-                http.as_ref().and_then(|h| h.idle_timeout).or(tcp.as_ref().and_then(|t| t.idle_timeout)),
-            )
-            .unwrap_or(defaults.idle_timeout),
-            keepalive,
-            max_requests: http.as_ref().and_then(|h| h.max_requests_per_connection).filter(|n| *n > 0),
-        };
-        let breakers = Breakers::new(
-            http.as_ref().and_then(|h| h.http2_max_requests).unwrap_or(u32::MAX),
-            http.as_ref().and_then(|h| h.max_retries).unwrap_or(u32::MAX),
-        )
-        .with_connections(
-            tcp.as_ref().and_then(|t| t.max_connections),
-            http.as_ref().and_then(|h| h.http1_max_pending_requests),
-        );
+        let breakers = Breakers::compile(pool.as_ref());
+        let pool = PoolSettings::compile(pool.as_ref(), &self.defaults);
         let tls_block = block(top, subset_policy, port, |t| t.tls.clone(), |p| p.tls.clone());
         let mesh_tls = |sans: Vec<String>| {
             let sni = format!("outbound_.{port}_.{}_.{host}", subset.unwrap_or_default());
@@ -433,11 +410,4 @@ fn check_tls(
         UpstreamTls::compile(&settings, Protocol::Http1.alpn(), certs).map_err(|e| (field, e))?;
     }
     Ok(warnings)
-}
-
-/// TCP keepalive settings: probe time (Istio's default is the OS's, 2 hours on Linux)
-/// and interval.
-fn keepalive(k: &crate::config::istio::TcpKeepalive) -> (std::time::Duration, Option<std::time::Duration>) {
-    let nonzero = |d: Option<crate::config::GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
-    (nonzero(k.time).unwrap_or(std::time::Duration::from_secs(7200)), nonzero(k.interval))
 }
