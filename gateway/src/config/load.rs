@@ -378,6 +378,28 @@ mod tests {
     }
 
     #[test]
+    fn an_enum_value_istio_does_not_know_is_an_error_naming_the_values() {
+        let loaded = load_str(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec:
+  host: a.test
+  trafficPolicy:
+    tls:
+      mode: simple
+",
+        );
+        assert!(loaded.resources.is_empty());
+        let text = loaded.diagnostics[0].to_string();
+        assert!(text.contains("c.yaml:8: DestinationRule/default/d: spec.trafficPolicy.tls.mode"), "{text}");
+        assert!(text.contains("expected one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL"), "{text}");
+        // Protobuf numbers are Istio's too.
+        let numbered = load_str("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a.test, trafficPolicy: {tls: {mode: 1}}}\n");
+        assert!(numbered.diagnostics.is_empty(), "{:?}", numbered.diagnostics);
+    }
+
+    #[test]
     fn malformed_yaml_is_an_error_with_a_line() {
         let loaded = load_str("apiVersion: v1\nkind: [\n");
         assert!(loaded.diagnostics[0].is_error());

@@ -3,6 +3,42 @@
 
 use serde::Deserialize;
 
+istio_enum! {
+    /// Mesh config `accessLogEncoding`.
+    pub enum AccessLogEncoding {
+        /// Envoy's text format.
+        Text = ("TEXT", 0),
+        /// One JSON object per line.
+        Json = ("JSON", 1),
+    }
+}
+
+istio_enum! {
+    /// `outboundTrafficPolicy.mode`.
+    pub enum OutboundTrafficMode {
+        /// Only registry services are reachable.
+        RegistryOnly = ("REGISTRY_ONLY", 0),
+        /// Unknown destinations are passed through.
+        AllowAny = ("ALLOW_ANY", 1),
+    }
+}
+
+istio_enum! {
+    /// `pathNormalization.normalization`.
+    pub enum NormalizationType {
+        /// The proxy's default.
+        Default = ("DEFAULT", 0),
+        /// No normalization.
+        None = ("NONE", 1),
+        /// RFC 3986 normalization, backslashes as slashes.
+        Base = ("BASE", 2),
+        /// BASE, and `//` merged.
+        MergeSlashes = ("MERGE_SLASHES", 3),
+        /// MERGE_SLASHES after decoding `%2F`, `%5C`.
+        DecodeAndMergeSlashes = ("DECODE_AND_MERGE_SLASHES", 4),
+    }
+}
+
 /// The parts of MeshConfig Wicket applies.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,7 +61,7 @@ pub struct MeshConfig {
     /// Where access logs go: unset means stdout (Wicket's default), `""` turns them off.
     pub access_log_file: Option<String>,
     /// `JSON` (Wicket's default) or `TEXT`.
-    pub access_log_encoding: Option<String>,
+    pub access_log_encoding: Option<AccessLogEncoding>,
     /// Envoy format string for TEXT logs (`%START_TIME%`, `%REQ(X-REQUEST-ID)%`, ...).
     pub access_log_format: Option<String>,
     /// Turns tracing off when `false` (default on, given a provider).
@@ -49,7 +85,7 @@ pub struct MeshConfig {
 #[serde(rename_all = "camelCase")]
 pub struct OutboundTrafficPolicy {
     /// `ALLOW_ANY` (default: passed through) or `REGISTRY_ONLY` (refused).
-    pub mode: Option<String>,
+    pub mode: Option<OutboundTrafficMode>,
 }
 
 /// `defaultProviders`.
@@ -162,7 +198,7 @@ fn default_trust_domain() -> String {
 pub struct PathNormalizationConfig {
     /// NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES; unset (or DEFAULT):
     /// MERGE_SLASHES at a gateway, BASE (Istio's default) in a sidecar.
-    pub normalization: Option<String>,
+    pub normalization: Option<NormalizationType>,
 }
 
 /// `defaultConfig` (ProxyConfig).

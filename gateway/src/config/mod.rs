@@ -2,6 +2,9 @@
 //! multi-document YAML, with `file:line` diagnostics. Nothing here knows about the
 //! runtime; `snapshot::compile` turns these into runtime structures.
 
+#[macro_use]
+mod enums;
+
 mod bootstrap;
 mod diagnostic;
 mod duration;
@@ -17,7 +20,10 @@ pub use bootstrap::{Bootstrap, SidecarSettings};
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::GoDuration;
 pub use load::{load_text, load_texts, Loaded};
-pub use mesh::{ExtAuthzHttp, ExtensionProvider, GatewayTopology, MeshConfig, PathNormalizationConfig, ProxyConfig};
+pub use mesh::{
+    AccessLogEncoding, ExtAuthzHttp, ExtensionProvider, GatewayTopology, MeshConfig, NormalizationType,
+    OutboundTrafficMode, PathNormalizationConfig, ProxyConfig,
+};
 
 /// Where a resource was written: the file and the line its document starts on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use http::{header, HeaderMap, HeaderValue, Method};
 
 use super::matchers::StringMatcher;
-use crate::config::istio::CorsPolicy;
+use crate::config::istio::{CorsPolicy, UnmatchedPreflights};
 
 /// A compiled CORS policy.
 #[derive(Debug, Clone)]
@@ -32,11 +32,7 @@ impl Cors {
             let s = v.join(",");
             HeaderValue::from_str(&s).map(Some).map_err(|_| format!("invalid header value {s:?}"))
         };
-        let forward = match c.unmatched_preflights.as_deref() {
-            None | Some("FORWARD") | Some("UNSPECIFIED") => true,
-            Some("IGNORE") => false,
-            Some(other) => return Err(format!("unknown unmatchedPreflights {other:?}")),
-        };
+        let forward = c.unmatched_preflights != Some(UnmatchedPreflights::Ignore);
         Ok(Self {
             origins,
             allow_methods: join(&c.allow_methods)?,

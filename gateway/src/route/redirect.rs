@@ -3,7 +3,7 @@
 use http::StatusCode;
 
 use super::{matchers::StringMatcher, MatchedBlock};
-use crate::config::istio::HttpRedirect;
+use crate::config::istio::{HttpRedirect, RedirectPortSelection};
 
 /// How the redirect changes the path.
 #[derive(Debug, Clone)]
@@ -77,11 +77,10 @@ impl Redirect {
                 return Err(format!("scheme {s:?} must be http or https"));
             }
         }
-        let port = match (r.port, r.derive_port.as_deref()) {
+        let port = match (r.port, r.derive_port) {
             (Some(p), _) => RedirectPort::Explicit(u16::try_from(p).map_err(|_| format!("port {p} is out of range"))?),
-            (None, Some("FROM_REQUEST_PORT")) => RedirectPort::RequestPort,
-            (None, Some("FROM_PROTOCOL_DEFAULT")) => RedirectPort::ProtocolDefault,
-            (None, Some(other)) => return Err(format!("unknown derivePort {other:?}")),
+            (None, Some(RedirectPortSelection::FromRequestPort)) => RedirectPort::RequestPort,
+            (None, Some(RedirectPortSelection::FromProtocolDefault)) => RedirectPort::ProtocolDefault,
             (None, None) => RedirectPort::Keep,
         };
         if matches!(path, RedirectPath::Keep)
@@ -169,7 +168,7 @@ mod tests {
         assert_eq!(https.location(&input("b:80", "http"), None), "https://b/old/x?a=1");
         let from_req = HttpRedirect {
             scheme: Some("https".into()),
-            derive_port: Some("FROM_REQUEST_PORT".into()),
+            derive_port: Some(RedirectPortSelection::FromRequestPort),
             ..Default::default()
         };
         let r = Redirect::compile(&from_req).unwrap();

@@ -2,6 +2,8 @@
 //! upstream all see the same normalized path, so `/admin/../x`, `/%61dmin` or
 //! `//admin` cannot slip past a rule written for `/admin`.
 
+use crate::config::NormalizationType;
+
 /// Istio's normalization modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Normalization {
@@ -30,14 +32,13 @@ pub enum PathError {
 impl Normalization {
     /// Parses the mesh config value; unset and `DEFAULT` give `default` (Istio's is
     /// BASE; a gateway at the edge uses MERGE_SLASHES, Envoy's edge recommendation).
-    pub fn parse(value: Option<&str>, default: Self) -> Result<Self, String> {
+    pub fn from_config(value: Option<NormalizationType>, default: Self) -> Self {
         match value {
-            None | Some("DEFAULT") => Ok(default),
-            Some("BASE") => Ok(Self::Base),
-            Some("NONE") => Ok(Self::None),
-            Some("MERGE_SLASHES") => Ok(Self::MergeSlashes),
-            Some("DECODE_AND_MERGE_SLASHES") => Ok(Self::DecodeAndMergeSlashes),
-            Some(other) => Err(format!("unknown pathNormalization {other:?}")),
+            None | Some(NormalizationType::Default) => default,
+            Some(NormalizationType::Base) => Self::Base,
+            Some(NormalizationType::None) => Self::None,
+            Some(NormalizationType::MergeSlashes) => Self::MergeSlashes,
+            Some(NormalizationType::DecodeAndMergeSlashes) => Self::DecodeAndMergeSlashes,
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::{
-        istio::ClientTlsSettings,
+        istio::{ClientTlsMode, ClientTlsSettings},
         probers::{Prober, Probers},
     },
     tls::{certs::CertStore, UpstreamTls},
@@ -33,7 +33,7 @@ pub(crate) async fn serve(
     let local = listener.local_addr()?;
     // HTTPS probes check the application's answer, not its certificate (as kubelet).
     let insecure =
-        ClientTlsSettings { mode: Some("SIMPLE".into()), insecure_skip_verify: Some(true), ..Default::default() };
+        ClientTlsSettings { mode: Some(ClientTlsMode::Simple), insecure_skip_verify: Some(true), ..Default::default() };
     let tls =
         UpstreamTls::compile(&insecure, Protocol::Http1.alpn(), &CertStore::default()).ok().flatten().map(Arc::new);
     let state = Arc::new((probers, upstreams, tls, ready));

@@ -24,7 +24,7 @@ use super::{
     peer::sans,
     verify::{ServerCheck, Verifier},
 };
-use crate::config::istio::ClientTlsSettings;
+use crate::config::istio::{ClientTlsMode, ClientTlsSettings};
 
 /// TLS towards one cluster's endpoints.
 #[derive(Debug)]
@@ -41,14 +41,13 @@ impl UpstreamTls {
     /// Compiles TLS settings offering `alpn` (the cluster's protocol); `Ok(None)` for
     /// `DISABLE` (plaintext).
     pub fn compile(s: &ClientTlsSettings, alpn: &[&[u8]], certs: &CertStore) -> Result<Option<Self>, String> {
-        let mode = s.mode.as_deref().unwrap_or("DISABLE");
+        let mode = s.mode.unwrap_or(ClientTlsMode::Disable);
         match mode {
-            "DISABLE" => return Ok(None),
-            "SIMPLE" | "MUTUAL" => {}
+            ClientTlsMode::Disable => return Ok(None),
+            ClientTlsMode::Simple | ClientTlsMode::Mutual => {}
             // Built by `mesh` where a workload identity exists; without one, traffic is
             // plaintext (compile warns).
-            "ISTIO_MUTUAL" => return Ok(None),
-            other => return Err(format!("unknown tls mode {other:?}")),
+            ClientTlsMode::IstioMutual => return Ok(None),
         }
         if s.credential_name.is_some() {
             return Err("credentialName for upstream TLS is not supported yet; use file paths".into());
@@ -84,11 +83,13 @@ impl UpstreamTls {
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut config = match (mode, &s.client_certificate, &s.private_key) {
-            ("MUTUAL", Some(cert), Some(key)) => {
+            (ClientTlsMode::Mutual, Some(cert), Some(key)) => {
                 let pair = certs.get(cert.as_ref(), key.as_ref()).map_err(|e| e.describe())?;
                 builder.with_client_cert_resolver(pair)
             }
-            ("MUTUAL", _, _) => return Err("tls mode MUTUAL needs clientCertificate and privateKey".into()),
+            (ClientTlsMode::Mutual, _, _) => {
+                return Err("tls mode MUTUAL needs clientCertificate and privateKey".into())
+            }
             _ => builder.with_no_client_auth(),
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

@@ -20,7 +20,7 @@ use super::{
     peer::PeerPolicy,
     verify::{ClientCheck, Verifier},
 };
-use crate::config::istio::ServerTlsSettings;
+use crate::config::istio::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 
 /// Where `credentialName` secrets live, laid out like Kubernetes TLS secrets:
 /// `<dir>/<namespace>/<name>/{tls.crt,tls.key,ca.crt}`.
@@ -83,14 +83,14 @@ const LEGACY_SUITES: [&str; 12] = [
     "AES128-SHA256",
 ];
 
-fn version(name: &str) -> Result<u8, String> {
-    match name {
-        "TLS_AUTO" => Ok(0),
-        "TLSV1_0" => Ok(10),
-        "TLSV1_1" => Ok(11),
-        "TLSV1_2" => Ok(12),
-        "TLSV1_3" => Ok(13),
-        other => Err(format!("unknown TLS version {other:?} (TLS_AUTO, TLSV1_0..TLSV1_3)")),
+/// A protocol version as `1x` (12 for TLS 1.2); 0 for TLS_AUTO.
+fn version(v: Option<TlsProtocol>) -> u8 {
+    match v.unwrap_or(TlsProtocol::TlsAuto) {
+        TlsProtocol::TlsAuto => 0,
+        TlsProtocol::TlsV1_0 => 10,
+        TlsProtocol::TlsV1_1 => 11,
+        TlsProtocol::TlsV1_2 => 12,
+        TlsProtocol::TlsV1_3 => 13,
     }
 }
 
@@ -103,7 +103,7 @@ pub(crate) fn server_config(
     alpn: &[&[u8]],
 ) -> Result<CompiledTls, String> {
     let mut warnings = Vec::new();
-    let mode = s.mode.as_deref().unwrap_or("PASSTHROUGH");
+    let mode = s.mode.unwrap_or(ServerTlsMode::Passthrough);
     let secret = |name: &str| {
         let dir = creds.dir.join(&creds.namespace).join(name);
         let pick =
@@ -154,8 +154,7 @@ pub(crate) fn server_config(
         }
         provider.cipher_suites = chosen;
     }
-    let min = version(s.min_protocol_version.as_deref().unwrap_or("TLS_AUTO"))?;
-    let max = version(s.max_protocol_version.as_deref().unwrap_or("TLS_AUTO"))?;
+    let (min, max) = (version(s.min_protocol_version), version(s.max_protocol_version));
     if matches!(min, 10 | 11) {
         warnings.push("TLS 1.0 and 1.1 are not supported by rustls; TLS 1.2 is the minimum".into());
     }
@@ -178,8 +177,8 @@ pub(crate) fn server_config(
         .with_protocol_versions(&versions)
         .map_err(|e| format!("TLS settings are inconsistent: {e}"))?;
     let builder = match mode {
-        "SIMPLE" => builder.with_no_client_auth(),
-        "MUTUAL" | "OPTIONAL_MUTUAL" => {
+        ServerTlsMode::Simple => builder.with_no_client_auth(),
+        ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
             let ca = ca.ok_or_else(|| format!("mode {mode} needs caCertificates (or ca.crt in the credential)"))?;
             let mut roots = RootCertStore::empty();
             for c in read_certs(&ca).map_err(|e| e.describe())? {
@@ -188,7 +187,8 @@ pub(crate) fn server_config(
             let crls = s.ca_crl.as_ref().map(|p| read_crls(p.as_ref())).transpose().map_err(|e| e.describe())?;
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
                 .with_crls(crls.unwrap_or_default());
-            let verifier = if mode == "OPTIONAL_MUTUAL" { verifier.allow_unauthenticated() } else { verifier };
+            let verifier =
+                if mode == ServerTlsMode::OptionalMutual { verifier.allow_unauthenticated() } else { verifier };
             let verifier = verifier.build().map_err(|e| format!("client verification: {e}"))?;
             if s.insecure_skip_verify.unwrap_or(false) {
                 builder.with_client_cert_verifier(Verifier::new(LetThrough(verifier), &provider))

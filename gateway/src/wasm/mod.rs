@@ -32,7 +32,7 @@ pub use plugin::{Chain, Filter, Phase, Plugin, PluginInfo, Selector, Traffic};
 pub use runtime::Runtime;
 pub use stream::{Filtered, WasmStream};
 
-use crate::config::istio::WasmPlugin;
+use crate::config::istio::{EnvValueSource, FailStrategy, PluginPhase, PluginType, WasmPlugin, WorkloadMode};
 
 /// Why a WasmPlugin cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -73,38 +73,25 @@ impl LoadError {
 /// Where the plugin sits and how it fails, without loading the module.
 pub fn placement(spec: &WasmPlugin) -> Result<(Phase, bool, Vec<Selector>), LoadError> {
     let field = |field, message: String| LoadError::Field { field, message };
-    let phase = match spec.phase.as_deref() {
-        None | Some("UNSPECIFIED_PHASE") => Phase::Unspecified,
-        Some("AUTHN") => Phase::Authn,
-        Some("AUTHZ") => Phase::Authz,
-        Some("STATS") => Phase::Stats,
-        Some(p) => {
-            return Err(field("spec.phase", format!("unknown phase {p:?} (AUTHN, AUTHZ, STATS, UNSPECIFIED_PHASE)")))
-        }
+    let phase = match spec.phase.unwrap_or(PluginPhase::UnspecifiedPhase) {
+        PluginPhase::UnspecifiedPhase => Phase::Unspecified,
+        PluginPhase::Authn => Phase::Authn,
+        PluginPhase::Authz => Phase::Authz,
+        PluginPhase::Stats => Phase::Stats,
     };
-    let fail_open = match spec.fail_strategy.as_deref() {
-        None | Some("FAIL_CLOSE") | Some("FAIL_RELOAD") => false,
-        Some("FAIL_OPEN") => true,
-        Some(s) => {
-            return Err(field("spec.failStrategy", format!("unknown {s:?} (FAIL_CLOSE, FAIL_OPEN, FAIL_RELOAD)")))
-        }
-    };
-    match spec.plugin_type.as_deref() {
-        None | Some("HTTP") | Some("UNSPECIFIED_PLUGIN_TYPE") => {}
-        Some("NETWORK") => return Err(field("spec.type", "NETWORK plugins are not supported; use HTTP".into())),
-        Some(t) => return Err(field("spec.type", format!("unknown type {t:?}"))),
+    // FAIL_RELOAD fails the stream like FAIL_CLOSE; the broken VM is replaced either way.
+    let fail_open = spec.fail_strategy == Some(FailStrategy::FailOpen);
+    if spec.plugin_type == Some(PluginType::Network) {
+        return Err(field("spec.type", "NETWORK plugins are not supported; use HTTP".into()));
     }
     let mut selectors = Vec::new();
-    for (i, m) in spec.matches.iter().enumerate() {
+    for m in &spec.matches {
         // A gateway is a client; a sidecar is the client of what its workload calls and
         // the server of what its workload receives.
-        let (client, server) = match m.mode.as_deref() {
-            None | Some("CLIENT_AND_SERVER") | Some("UNDEFINED") => (true, true),
-            Some("CLIENT") => (true, false),
-            Some("SERVER") => (false, true),
-            Some(other) => {
-                return Err(LoadError::Field { field: "spec.match", message: format!("[{i}].mode: unknown {other:?}") })
-            }
+        let (client, server) = match m.mode.unwrap_or(WorkloadMode::Undefined) {
+            WorkloadMode::Undefined | WorkloadMode::ClientAndServer => (true, true),
+            WorkloadMode::Client => (true, false),
+            WorkloadMode::Server => (false, true),
         };
         let ports = m
             .ports
@@ -153,9 +140,9 @@ pub fn load(
     };
     let mut env = Vec::new();
     for e in spec.vm_config.iter().flat_map(|v| &v.env) {
-        match e.value_from.as_deref() {
-            None | Some("INLINE") => env.push((e.name.clone(), e.value.clone().unwrap_or_default())),
-            Some("HOST") => {
+        match e.value_from.unwrap_or(EnvValueSource::Inline) {
+            EnvValueSource::Inline => env.push((e.name.clone(), e.value.clone().unwrap_or_default())),
+            EnvValueSource::Host => {
                 if e.value.is_some() {
                     return Err(LoadError::Field {
                         field: "spec.vmConfig.env",
@@ -165,12 +152,6 @@ pub fn load(
                 if let Ok(v) = std::env::var(&e.name) {
                     env.push((e.name.clone(), v));
                 }
-            }
-            Some(other) => {
-                return Err(LoadError::Field {
-                    field: "spec.vmConfig.env",
-                    message: format!("{}: unknown valueFrom {other:?} (INLINE, HOST)", e.name),
-                })
             }
         }
     }

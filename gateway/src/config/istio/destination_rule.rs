@@ -7,6 +7,20 @@ use serde::Deserialize;
 use super::{MatchLabelsSelector, Percent, PortSelector};
 use crate::config::GoDuration;
 
+istio_enum! {
+    /// DestinationRule `tls.mode`.
+    pub enum ClientTlsMode {
+        /// Plaintext.
+        Disable = ("DISABLE", 0),
+        /// TLS, the server verified.
+        Simple = ("SIMPLE", 1),
+        /// TLS with a client certificate.
+        Mutual = ("MUTUAL", 2),
+        /// Istio's mutual TLS with the workload identity.
+        IstioMutual = ("ISTIO_MUTUAL", 3),
+    }
+}
+
 /// DestinationRule spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -365,8 +379,8 @@ pub struct OutlierDetection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientTlsSettings {
-    /// DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL.
-    pub mode: Option<String>,
+    /// DISABLE (the default), SIMPLE, MUTUAL, ISTIO_MUTUAL.
+    pub mode: Option<ClientTlsMode>,
     /// Client certificate file.
     pub client_certificate: Option<String>,
     /// Client key file.

@@ -4,6 +4,40 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+istio_enum! {
+    /// Gateway server `tls.mode`.
+    pub enum ServerTlsMode {
+        /// Pass the connection through by SNI.
+        Passthrough = ("PASSTHROUGH", 0),
+        /// Terminate TLS.
+        Simple = ("SIMPLE", 1),
+        /// Terminate, requiring a client certificate.
+        Mutual = ("MUTUAL", 2),
+        /// Pass through by Istio's SNI (east-west gateways).
+        AutoPassthrough = ("AUTO_PASSTHROUGH", 3),
+        /// Terminate Istio's mutual TLS.
+        IstioMutual = ("ISTIO_MUTUAL", 4),
+        /// Terminate, verifying a client certificate when one is sent.
+        OptionalMutual = ("OPTIONAL_MUTUAL", 5),
+    }
+}
+
+istio_enum! {
+    /// Gateway server `tls.minProtocolVersion` / `maxProtocolVersion`.
+    pub enum TlsProtocol {
+        /// The proxy's choice.
+        TlsAuto = ("TLS_AUTO", 0),
+        /// TLS 1.0.
+        TlsV1_0 = ("TLSV1_0", 1),
+        /// TLS 1.1.
+        TlsV1_1 = ("TLSV1_1", 2),
+        /// TLS 1.2.
+        TlsV1_2 = ("TLSV1_2", 3),
+        /// TLS 1.3.
+        TlsV1_3 = ("TLSV1_3", 4),
+    }
+}
+
 /// Gateway spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -58,7 +92,7 @@ pub struct ServerTlsSettings {
     #[serde(default)]
     pub https_redirect: bool,
     /// PASSTHROUGH (zero value), SIMPLE, MUTUAL, OPTIONAL_MUTUAL, AUTO_PASSTHROUGH, ISTIO_MUTUAL.
-    pub mode: Option<String>,
+    pub mode: Option<ServerTlsMode>,
     /// Server certificate PEM file.
     pub server_certificate: Option<String>,
     /// Private key PEM file.
@@ -84,9 +118,9 @@ pub struct ServerTlsSettings {
     #[serde(default)]
     pub verify_certificate_hash: Vec<String>,
     /// Lowest TLS version.
-    pub min_protocol_version: Option<String>,
+    pub min_protocol_version: Option<TlsProtocol>,
     /// Highest TLS version.
-    pub max_protocol_version: Option<String>,
+    pub max_protocol_version: Option<TlsProtocol>,
     /// Allowed cipher suites (OpenSSL names).
     #[serde(default)]
     pub cipher_suites: Vec<String>,

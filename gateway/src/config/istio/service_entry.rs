@@ -6,6 +6,32 @@ use serde::Deserialize;
 
 use super::WorkloadSelector;
 
+istio_enum! {
+    /// ServiceEntry `location`.
+    pub enum Location {
+        /// Outside the mesh.
+        MeshExternal = ("MESH_EXTERNAL", 0),
+        /// Inside the mesh.
+        MeshInternal = ("MESH_INTERNAL", 1),
+    }
+}
+
+istio_enum! {
+    /// ServiceEntry `resolution`.
+    pub enum Resolution {
+        /// The connection's original destination.
+        None = ("NONE", 0),
+        /// The endpoints' addresses.
+        Static = ("STATIC", 1),
+        /// Endpoint names resolved by DNS, every address used.
+        Dns = ("DNS", 2),
+        /// Endpoint names resolved by DNS, the first address used.
+        DnsRoundRobin = ("DNS_ROUND_ROBIN", 3),
+        /// Wildcard hosts resolved per request.
+        DynamicDns = ("DYNAMIC_DNS", 4),
+    }
+}
+
 /// ServiceEntry spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -20,9 +46,9 @@ pub struct ServiceEntry {
     #[serde(default)]
     pub ports: Vec<ServicePort>,
     /// MESH_EXTERNAL or MESH_INTERNAL.
-    pub location: Option<String>,
+    pub location: Option<Location>,
     /// NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS.
-    pub resolution: Option<String>,
+    pub resolution: Option<Resolution>,
     /// Inline endpoints.
     #[serde(default)]
     pub endpoints: Vec<WorkloadEntry>,

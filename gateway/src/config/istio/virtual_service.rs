@@ -7,6 +7,28 @@ use serde::Deserialize;
 use super::{Destination, Percent, StringMatch};
 use crate::config::GoDuration;
 
+istio_enum! {
+    /// HTTPRedirect `derivePort`.
+    pub enum RedirectPortSelection {
+        /// 80 for http, 443 for https.
+        FromProtocolDefault = ("FROM_PROTOCOL_DEFAULT", 0),
+        /// The port the request came in on.
+        FromRequestPort = ("FROM_REQUEST_PORT", 1),
+    }
+}
+
+istio_enum! {
+    /// CorsPolicy `unmatchedPreflights`.
+    pub enum UnmatchedPreflights {
+        /// Forward (the default).
+        Unspecified = ("UNSPECIFIED", 0),
+        /// Forward to the upstream.
+        Forward = ("FORWARD", 1),
+        /// Answer 200 without CORS headers.
+        Ignore = ("IGNORE", 2),
+    }
+}
+
 /// VirtualService spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -158,7 +180,7 @@ pub struct HttpRedirect {
     /// Explicit port.
     pub port: Option<u32>,
     /// FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT.
-    pub derive_port: Option<String>,
+    pub derive_port: Option<RedirectPortSelection>,
     /// `http` or `https`.
     pub scheme: Option<String>,
     /// 301 (default), 302, 303, 307, 308.
@@ -309,7 +331,7 @@ pub struct CorsPolicy {
     /// `Access-Control-Allow-Credentials`.
     pub allow_credentials: Option<bool>,
     /// FORWARD (default) or IGNORE.
-    pub unmatched_preflights: Option<String>,
+    pub unmatched_preflights: Option<UnmatchedPreflights>,
 }
 
 /// Request and response header operations.

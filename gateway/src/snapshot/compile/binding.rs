@@ -8,7 +8,10 @@ use std::{
 };
 
 use super::Report;
-use crate::config::{istio::ServerTlsSettings, Bootstrap, Diagnostic, Origin, Resource, ResourceRef, Spec};
+use crate::config::{
+    istio::{ServerTlsMode, ServerTlsSettings},
+    Bootstrap, Diagnostic, Origin, Resource, ResourceRef, Spec,
+};
 
 /// What a Gateway server does with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,16 +88,16 @@ impl PortServers {
 
 /// Classifies a server; `Err` carries a warning for servers that are skipped.
 fn kind_of(protocol: &str, tls: Option<&ServerTlsSettings>) -> Result<ServerKind, String> {
-    let mode = tls.and_then(|t| t.mode.as_deref()).unwrap_or("PASSTHROUGH");
+    use ServerTlsMode::*;
+    let mode = tls.and_then(|t| t.mode).unwrap_or(Passthrough);
     match protocol {
         "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Ok(ServerKind::Http),
         "HTTPS" | "TLS" if tls.is_none() => Err(format!("{protocol} servers need a tls block")),
         "HTTPS" | "TLS" => match mode {
-            "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if protocol == "HTTPS" => Ok(ServerKind::Https),
-            "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" => Ok(ServerKind::TlsTcp),
-            "PASSTHROUGH" => Ok(ServerKind::Passthrough),
-            "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" => Err(format!("tls mode {mode} is not served yet; server skipped")),
-            other => Err(format!("unknown tls mode {other:?}; server skipped")),
+            Simple | Mutual | OptionalMutual if protocol == "HTTPS" => Ok(ServerKind::Https),
+            Simple | Mutual | OptionalMutual => Ok(ServerKind::TlsTcp),
+            Passthrough => Ok(ServerKind::Passthrough),
+            AutoPassthrough | IstioMutual => Err(format!("tls mode {mode} is not served yet; server skipped")),
         },
         _ => Ok(ServerKind::Tcp),
     }

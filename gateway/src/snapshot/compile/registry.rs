@@ -14,8 +14,8 @@ use crate::snapshot::sidecar::MtlsMode;
 use crate::{
     config::{
         istio::{
-            ConsistentHashLb, DestinationRule, PortTrafficPolicy, ServiceEntry, ServicePort, SimpleLb, TrafficPolicy,
-            WorkloadEntry,
+            ClientTlsMode, ConsistentHashLb, DestinationRule, PortTrafficPolicy, Resolution, ServiceEntry, ServicePort,
+            SimpleLb, TrafficPolicy, WorkloadEntry,
         },
         Bootstrap, Diagnostic, Resource, Spec,
     },
@@ -204,7 +204,7 @@ impl<'a> Registry<'a> {
             self.identity.map(|id| UpstreamTls::mesh(id, protocol.mesh_alpn(), &sni, sans).map(Arc::new)).transpose()
         };
         let (tls, auto_mtls) = match tls_block {
-            Some(s) if s.mode.as_deref() == Some("ISTIO_MUTUAL") => (mesh_tls(s.subject_alt_names.clone())?, None),
+            Some(s) if s.mode == Some(ClientTlsMode::IstioMutual) => (mesh_tls(s.subject_alt_names.clone())?, None),
             Some(settings) => (UpstreamTls::compile(&settings, protocol.alpn(), self.certs)?.map(Arc::new), None),
             // Istio auto mTLS: only when the DestinationRule says nothing about TLS.
             None if self.auto_mtls => (None, mesh_tls(Vec::new())?),
@@ -277,7 +277,7 @@ impl<'a> Registry<'a> {
 }
 
 fn service_of(se: &ServiceEntry, host: &str, namespace: &str, workload_entries: &[(&str, &WorkloadEntry)]) -> Service {
-    let dns = matches!(se.resolution.as_deref(), Some("DNS" | "DNS_ROUND_ROBIN"));
+    let dns = matches!(se.resolution, Some(Resolution::Dns | Resolution::DnsRoundRobin));
     let mut endpoints = se.endpoints.clone();
     if let Some(sel) = &se.workload_selector {
         endpoints.extend(
@@ -400,7 +400,7 @@ fn check_tls(
     }
     let mut warnings = Vec::new();
     for (field, settings) in blocks {
-        if settings.mode.as_deref() == Some("ISTIO_MUTUAL") {
+        if settings.mode == Some(ClientTlsMode::IstioMutual) {
             if !has_identity {
                 let why = "ISTIO_MUTUAL needs a workload identity (--identity-dir); traffic is plaintext";
                 warnings.push((field, why.into()));

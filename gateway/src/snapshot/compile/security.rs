@@ -40,11 +40,8 @@ pub(super) fn compile(
     // says otherwise, a gateway merges slashes; a sidecar keeps Istio's BASE.
     let default = if bootstrap.sidecar.is_some() { Normalization::Base } else { Normalization::MergeSlashes };
     let mut normalization = default;
-    if let Some((r, m)) = mesh {
-        match Normalization::parse(m.path_normalization.normalization.as_deref(), default) {
-            Ok(n) => normalization = n,
-            Err(e) => diags.push(Diagnostic::error(&r.origin, &r.id, "data.mesh.pathNormalization.normalization", e)),
-        }
+    if let Some((_, m)) = mesh {
+        normalization = Normalization::from_config(m.path_normalization.normalization, default);
     }
     let default_mesh = MeshConfig::default();
     let mesh = mesh.map_or(&default_mesh, |(_, m)| m);

@@ -5,7 +5,9 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use super::{mesh, peer_authn::PeerPolicies, registry::Registry, routes, Report};
 use crate::{
-    config::{istio::ServicePort, Bootstrap, Diagnostic, MeshConfig, Resource, SidecarSettings, Spec},
+    config::{
+        istio::ServicePort, Bootstrap, Diagnostic, MeshConfig, OutboundTrafficMode, Resource, SidecarSettings, Spec,
+    },
     route::{L4Route, RouteTable, Target, VirtualHost},
     snapshot::sidecar::{AppProtocol, InboundPlan, OutboundPlan, OutboundService},
     telemetry::{DestinationLabels, Prehashed},
@@ -98,7 +100,7 @@ struct Scope {
     /// Sidecar's namespace and `egress[].hosts` (`None`: no Sidecar, or one without egress).
     egress: Option<(String, Vec<(String, String)>)>,
     /// `outboundTrafficPolicy.mode`, when the Sidecar sets it.
-    mode: Option<String>,
+    mode: Option<OutboundTrafficMode>,
     /// `ingress[]`: port → where the application listens.
     endpoints: HashMap<u16, SocketAddr>,
 }
@@ -162,7 +164,7 @@ impl Scope {
             }
         }
         let egress = (!hosts.is_empty()).then(|| (r.id.namespace.clone(), hosts));
-        let mode = s.outbound_traffic_policy.as_ref().and_then(|p| p.mode.clone());
+        let mode = s.outbound_traffic_policy.as_ref().and_then(|p| p.mode);
         Self { egress, mode, endpoints }
     }
 
@@ -213,8 +215,8 @@ fn outbound(cx: &Context<'_>, scope: &Scope, registry: &mut Registry, report: &m
             }
         }
     }
-    let mode = scope.mode.as_deref().or(mesh_config.outbound_traffic_policy.mode.as_deref());
-    let allow_any = mode != Some("REGISTRY_ONLY");
+    let mode = scope.mode.or(mesh_config.outbound_traffic_policy.mode);
+    let allow_any = mode != Some(OutboundTrafficMode::RegistryOnly);
     let passthrough = Arc::new(
         Cluster::new("PassthroughCluster".into(), Protocol::Http1, LbPolicy::Random, vec![], vec![]).original_dst(),
     );

@@ -10,7 +10,7 @@ use std::{
 
 use super::Report;
 use crate::{
-    config::{istio::Telemetry, Bootstrap, Diagnostic, MeshConfig, Resource, Spec},
+    config::{istio::Telemetry, AccessLogEncoding, Bootstrap, Diagnostic, MeshConfig, Resource, Spec},
     telemetry::{
         log_format::{TextFormat, ISTIO_TEXT},
         LogFormat,
@@ -137,10 +137,11 @@ fn access_log_format(mesh: &MeshConfig) -> Result<LogFormat, String> {
     if mesh.access_log_file.as_deref() == Some("") {
         return Ok(LogFormat::Off);
     }
-    match mesh.access_log_encoding.as_deref().unwrap_or("JSON") {
-        "JSON" => Ok(LogFormat::Json),
-        "TEXT" => TextFormat::parse(mesh.access_log_format.as_deref().unwrap_or(ISTIO_TEXT)).map(LogFormat::Text),
-        other => Err(format!("unknown accessLogEncoding {other:?} (JSON or TEXT)")),
+    match mesh.access_log_encoding.unwrap_or(AccessLogEncoding::Json) {
+        AccessLogEncoding::Json => Ok(LogFormat::Json),
+        AccessLogEncoding::Text => {
+            TextFormat::parse(mesh.access_log_format.as_deref().unwrap_or(ISTIO_TEXT)).map(LogFormat::Text)
+        }
     }
 }
 
