@@ -169,3 +169,36 @@ fn inject_reads_stdin_and_passes_other_kinds_through_with_a_warning() {
     );
     assert!(stdout.contains("name: istio-proxy") && stdout.contains("image: wicket:dev"), "{stdout}");
 }
+
+/// `validate` names every field it reads but does not apply, with its path.
+#[test]
+fn validate_reports_fields_that_are_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dr.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        simple: LEAST_REQUEST
+        localityLbSetting: {enabled: true}
+",
+    )
+    .unwrap();
+    let out = wicket(&["validate", dir.path().to_str().unwrap()]);
+    let stdout = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "warnings only: {stdout}");
+    assert!(
+        stdout.contains(
+            "dr.yaml:1: DestinationRule/default/reviews: spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting: \
+             warning: not applied: locality load balancing is not implemented"
+        ),
+        "{stdout}"
+    );
+}

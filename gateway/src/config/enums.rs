@@ -11,6 +11,7 @@ macro_rules! istio_enum {
     }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[allow(clippy::enum_variant_names)] // the variants are Istio's names
         $vis enum $name {
             $($(#[$vmeta])* $variant),+
         }

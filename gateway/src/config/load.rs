@@ -9,7 +9,8 @@ use std::{collections::BTreeSet, path::Path, sync::Arc};
 use serde::{de::DeserializeOwned, Deserialize};
 
 use super::{
-    istio, Diagnostic, Kind, MeshConfig, ObjectMeta, Origin, Resource, ResourceRef, Severity, Spec, Unreadable,
+    istio, not_applied, Diagnostic, Kind, MeshConfig, ObjectMeta, Origin, Resource, ResourceRef, Severity, Spec,
+    Unreadable,
 };
 
 /// What one load of a directory produced.
@@ -199,7 +200,14 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         Kind::Sidecar => parse_spec::<istio::Sidecar>(doc).map(Spec::Sidecar),
     };
     match spec {
-        Ok(spec) => loaded.resources.push(Resource { id, origin, meta, spec }),
+        Ok(spec) => {
+            if let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(doc) {
+                for (field, why) in not_applied::report(kind_id, &value) {
+                    loaded.diagnostics.push(Diagnostic::warning(&origin, &id, field, format!("not applied: {why}")));
+                }
+            }
+            loaded.resources.push(Resource { id, origin, meta, spec })
+        }
         Err(SpecError { line, field, message }) => {
             let at = Origin { file: origin.file.clone(), line: line.map_or(origin.line, |l| origin.line + l - 1) };
             loaded.diagnostics.push(Diagnostic::error(&at, &id, field, message));

@@ -9,9 +9,10 @@ mod bootstrap;
 mod diagnostic;
 mod duration;
 pub(crate) mod files;
-pub mod istio;
+pub(crate) mod istio;
 mod load;
 mod mesh;
+pub(crate) mod not_applied;
 pub mod probers;
 
 use std::{collections::BTreeMap, fmt, path::Path, sync::Arc};
@@ -126,7 +127,7 @@ pub struct ObjectMeta {
 // A config holds hundreds of resources at most: boxing the larger specs buys nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub enum Spec {
+pub(crate) enum Spec {
     /// Gateway spec.
     Gateway(istio::Gateway),
     /// VirtualService spec.
@@ -199,5 +200,5 @@ pub struct Resource {
     /// Labels and annotations.
     pub meta: ObjectMeta,
     /// The typed spec.
-    pub spec: Spec,
+    pub(crate) spec: Spec,
 }

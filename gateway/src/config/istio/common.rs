@@ -36,7 +36,7 @@ pub struct PortSelector {
 /// Istio `Destination`: a registry host, an optional subset and port.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Destination {
+pub(crate) struct Destination {
     /// Registry host (short names are expanded with the resource's namespace).
     pub host: String,
     /// Subset name defined by a DestinationRule.
@@ -48,7 +48,7 @@ pub struct Destination {
 /// Istio `WorkloadSelector` as used by ServiceEntry (`labels`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadSelector {
+pub(crate) struct WorkloadSelector {
     /// Labels the selected workloads must carry.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::config::not_applied::NotApplied;
+
 use super::{MatchLabelsSelector, Percent, PortSelector};
 use crate::config::GoDuration;
 
@@ -24,7 +26,7 @@ istio_enum! {
 /// DestinationRule spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DestinationRule {
+pub(crate) struct DestinationRule {
     /// Registry host.
     #[serde(default)]
     pub host: String,
@@ -41,10 +43,9 @@ pub struct DestinationRule {
 }
 
 impl DestinationRule {
-    /// Policy blocks read but not enforced yet, as `(field, what)`: reported, never
-    /// silently accepted.
-    pub fn not_enforced(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
+    /// Consistent-hash header names that are not header names, as `(field, why)`:
+    /// such a policy hashes nothing (every request lands anywhere).
+    pub(crate) fn unusable_hash_headers(&self) -> Vec<(String, String)> {
         let mut policies = vec![("spec.trafficPolicy".to_string(), self.traffic_policy.as_ref())];
         policies.extend(
             self.subsets
@@ -52,39 +53,22 @@ impl DestinationRule {
                 .enumerate()
                 .map(|(i, s)| (format!("spec.subsets[{i}].trafficPolicy"), s.traffic_policy.as_ref())),
         );
+        let mut out = Vec::new();
         for (field, tp) in policies {
             let Some(tp) = tp else { continue };
-            let mut unapplied = Vec::new();
-            let pools = tp
-                .connection_pool
-                .iter()
-                .chain(tp.port_level_settings.iter().filter_map(|p| p.connection_pool.as_ref()));
-            let partly = |p: &ConnectionPoolSettings| {
-                p.tcp.as_ref().is_some_and(|t| t.max_connection_duration.is_some())
-                    || p.http.as_ref().is_some_and(|h| {
-                        h.h2_upgrade_policy.is_some()
-                            || h.use_client_protocol.is_some()
-                            || h.max_concurrent_streams.is_some()
-                    })
-            };
-            if pools.clone().any(partly) {
-                unapplied.push(
-                    "connectionPool maxConnectionDuration, h2UpgradePolicy, useClientProtocol, maxConcurrentStreams",
-                );
-            }
-            let lb =
-                tp.load_balancer.iter().chain(tp.port_level_settings.iter().filter_map(|p| p.load_balancer.as_ref()));
-            let bad_header = |c: &ConsistentHashLb| {
-                c.http_header_name.as_ref().is_some_and(|h| http::HeaderName::try_from(h.as_str()).is_err())
-            };
-            if lb.clone().filter_map(|l| l.consistent_hash.as_ref()).any(bad_header) {
-                unapplied.push("consistentHash.httpHeaderName is not a valid header name");
-            }
-            if tp.tunnel.is_some() || tp.proxy_protocol.is_some() || tp.retry_budget.is_some() {
-                unapplied.push("tunnel/proxyProtocol/retryBudget");
-            }
-            if !unapplied.is_empty() {
-                out.push((field, format!("not enforced yet: {}", unapplied.join(", "))));
+            let mut blocks = vec![(format!("{field}.loadBalancer"), tp.load_balancer.as_ref())];
+            blocks.extend(
+                tp.port_level_settings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("{field}.portLevelSettings[{i}].loadBalancer"), p.load_balancer.as_ref())),
+            );
+            for (field, lb) in blocks {
+                let name = lb.and_then(|l| l.consistent_hash.as_ref()).and_then(|c| c.http_header_name.as_ref());
+                if let Some(name) = name.filter(|h| http::HeaderName::try_from(h.as_str()).is_err()) {
+                    let why = format!("{name:?} is not a valid header name; requests are not hashed by it");
+                    out.push((format!("{field}.consistentHash.httpHeaderName"), why));
+                }
             }
         }
         out
@@ -94,7 +78,7 @@ impl DestinationRule {
 /// A named subset.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Subset {
+pub(crate) struct Subset {
     /// Subset name.
     pub name: String,
     /// Endpoint labels the subset selects.
@@ -107,7 +91,7 @@ pub struct Subset {
 /// Istio `TrafficPolicy`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TrafficPolicy {
+pub(crate) struct TrafficPolicy {
     /// Load balancing.
     pub load_balancer: Option<LoadBalancerSettings>,
     /// Connection pool limits.
@@ -120,17 +104,23 @@ pub struct TrafficPolicy {
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     /// HTTP CONNECT/POST tunnel.
-    pub tunnel: Option<TunnelSettings>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub tunnel: NotApplied<Option<TunnelSettings>>,
     /// PROXY protocol to upstream.
-    pub proxy_protocol: Option<ProxyProtocol>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub proxy_protocol: NotApplied<Option<ProxyProtocol>>,
     /// Retry budget.
-    pub retry_budget: Option<RetryBudget>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub retry_budget: NotApplied<Option<RetryBudget>>,
 }
 
 /// Per-port policy.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PortTrafficPolicy {
+pub(crate) struct PortTrafficPolicy {
     /// Port the policy applies to.
     pub port: Option<PortSelector>,
     /// Load balancing.
@@ -146,7 +136,7 @@ pub struct PortTrafficPolicy {
 /// Simple load-balancing algorithms.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum SimpleLb {
+pub(crate) enum SimpleLb {
     /// Istio's default (least request).
     Unspecified,
     /// Deprecated alias of LEAST_REQUEST.
@@ -164,23 +154,29 @@ pub enum SimpleLb {
 /// Istio `LoadBalancerSettings`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LoadBalancerSettings {
+pub(crate) struct LoadBalancerSettings {
     /// Simple algorithm.
     pub simple: Option<SimpleLb>,
     /// Consistent hashing.
     pub consistent_hash: Option<ConsistentHashLb>,
     /// Locality settings.
-    pub locality_lb_setting: Option<LocalityLbSetting>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub locality_lb_setting: NotApplied<Option<LocalityLbSetting>>,
     /// Slow start.
-    pub warmup_duration_secs: Option<GoDuration>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub warmup_duration_secs: NotApplied<Option<GoDuration>>,
     /// Slow start.
-    pub warmup: Option<Warmup>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub warmup: NotApplied<Option<Warmup>>,
 }
 
 /// Consistent hashing settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConsistentHashLb {
+pub(crate) struct ConsistentHashLb {
     /// Hash on a header.
     pub http_header_name: Option<String>,
     /// Hash on a cookie.
@@ -190,17 +186,23 @@ pub struct ConsistentHashLb {
     /// Hash on a query parameter.
     pub http_query_parameter_name: Option<String>,
     /// Ring hash settings.
-    pub ring_hash: Option<RingHash>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub ring_hash: NotApplied<Option<RingHash>>,
     /// Maglev settings.
-    pub maglev: Option<Maglev>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub maglev: NotApplied<Option<Maglev>>,
     /// Deprecated ring size.
-    pub minimum_ring_size: Option<u64>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub minimum_ring_size: NotApplied<Option<u64>>,
 }
 
 /// Cookie to hash on.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpCookie {
+pub(crate) struct HttpCookie {
     /// Cookie name.
     pub name: String,
     /// Cookie path.
@@ -208,14 +210,16 @@ pub struct HttpCookie {
     /// Lifetime of a generated cookie.
     pub ttl: Option<GoDuration>,
     /// Extra cookie attributes.
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub attributes: Vec<CookieAttribute>,
+    pub attributes: NotApplied<Vec<CookieAttribute>>,
 }
 
 /// Extra cookie attribute.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CookieAttribute {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct CookieAttribute {
     /// Attribute name.
     pub name: String,
     /// Attribute value.
@@ -225,7 +229,8 @@ pub struct CookieAttribute {
 /// Ring hash settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RingHash {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct RingHash {
     /// Minimum ring size.
     pub minimum_ring_size: Option<u64>,
 }
@@ -233,7 +238,8 @@ pub struct RingHash {
 /// Maglev settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Maglev {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct Maglev {
     /// Table size (prime).
     pub table_size: Option<u64>,
 }
@@ -241,7 +247,8 @@ pub struct Maglev {
 /// Locality load balancing.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityLbSetting {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct LocalityLbSetting {
     /// Weighted distribution.
     #[serde(default)]
     pub distribute: Vec<LocalityDistribute>,
@@ -258,7 +265,8 @@ pub struct LocalityLbSetting {
 /// Locality weight distribution.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityDistribute {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct LocalityDistribute {
     /// Origin locality.
     pub from: String,
     /// Destination localities and weights.
@@ -269,7 +277,8 @@ pub struct LocalityDistribute {
 /// Locality failover.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LocalityFailover {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct LocalityFailover {
     /// Origin region.
     pub from: String,
     /// Failover region.
@@ -279,7 +288,8 @@ pub struct LocalityFailover {
 /// Slow start.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Warmup {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct Warmup {
     /// Warmup duration.
     pub duration: Option<GoDuration>,
     /// Minimum percent of traffic.
@@ -291,7 +301,7 @@ pub struct Warmup {
 /// Istio `ConnectionPoolSettings`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConnectionPoolSettings {
+pub(crate) struct ConnectionPoolSettings {
     /// TCP settings.
     pub tcp: Option<TcpSettings>,
     /// HTTP settings.
@@ -301,7 +311,7 @@ pub struct ConnectionPoolSettings {
 /// TCP pool settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpSettings {
+pub(crate) struct TcpSettings {
     /// Max connections.
     pub max_connections: Option<u32>,
     /// Connect timeout.
@@ -309,7 +319,9 @@ pub struct TcpSettings {
     /// Keepalive.
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// Max connection age.
-    pub max_connection_duration: Option<GoDuration>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub max_connection_duration: NotApplied<Option<GoDuration>>,
     /// Idle timeout.
     pub idle_timeout: Option<GoDuration>,
 }
@@ -319,7 +331,9 @@ pub struct TcpSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpKeepalive {
     /// Probes.
-    pub probes: Option<u32>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub(crate) probes: NotApplied<Option<u32>>,
     /// Idle time before probing.
     pub time: Option<GoDuration>,
     /// Probe interval.
@@ -329,7 +343,7 @@ pub struct TcpKeepalive {
 /// HTTP pool settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpSettings {
+pub(crate) struct HttpSettings {
     /// Pending request queue.
     #[serde(rename = "http1MaxPendingRequests")]
     pub http1_max_pending_requests: Option<u32>,
@@ -343,11 +357,17 @@ pub struct HttpSettings {
     /// Upstream idle timeout.
     pub idle_timeout: Option<GoDuration>,
     /// DEFAULT, DO_NOT_UPGRADE, UPGRADE.
-    pub h2_upgrade_policy: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub h2_upgrade_policy: NotApplied<Option<String>>,
     /// Keep the client's protocol.
-    pub use_client_protocol: Option<bool>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub use_client_protocol: NotApplied<Option<bool>>,
     /// HTTP/2 concurrent streams.
-    pub max_concurrent_streams: Option<u32>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub max_concurrent_streams: NotApplied<Option<u32>>,
 }
 
 /// Istio `OutlierDetection`.
@@ -403,7 +423,8 @@ pub struct ClientTlsSettings {
 /// Tunnel settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TunnelSettings {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct TunnelSettings {
     /// CONNECT or POST.
     pub protocol: Option<String>,
     /// Target host.
@@ -415,7 +436,8 @@ pub struct TunnelSettings {
 /// PROXY protocol settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ProxyProtocol {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct ProxyProtocol {
     /// V1 or V2.
     pub version: Option<String>,
 }
@@ -423,7 +445,8 @@ pub struct ProxyProtocol {
 /// Retry budget.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RetryBudget {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct RetryBudget {
     /// Percent of active requests.
     pub percent: Option<Percent>,
     /// Minimum concurrent retries.

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::config::not_applied::NotApplied;
+
 istio_enum! {
     /// Gateway server `tls.mode`.
     pub enum ServerTlsMode {
@@ -41,7 +43,7 @@ istio_enum! {
 /// Gateway spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Gateway {
+pub(crate) struct Gateway {
     /// Labels of the proxies this Gateway applies to; empty means every gateway.
     #[serde(default)]
     pub selector: BTreeMap<String, String>,
@@ -53,7 +55,7 @@ pub struct Gateway {
 /// One server of a Gateway.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Server {
+pub(crate) struct Server {
     /// Port, name and protocol.
     pub port: ServerPort,
     /// `[namespace/]dnsName` hosts exposed on this server.
@@ -64,24 +66,31 @@ pub struct Server {
     /// TLS settings (and `httpsRedirect` on plaintext servers).
     pub tls: Option<ServerTlsSettings>,
     /// Sidecar-only default endpoint.
-    pub default_endpoint: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub default_endpoint: NotApplied<Option<String>>,
     /// Optional unique server name.
-    pub name: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub name: NotApplied<Option<String>>,
 }
 
 /// Istio `Port` as used by Gateway servers.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServerPort {
+pub(crate) struct ServerPort {
     /// Port number as written.
     pub number: u32,
     /// Protocol name (HTTP, HTTPS, HTTP2, GRPC, TCP, TLS, ...).
     pub protocol: String,
     /// Label, unique per Gateway.
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub name: String,
+    pub name: NotApplied<String>,
     /// Deprecated target port.
-    pub target_port: Option<u32>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub target_port: NotApplied<Option<u32>>,
 }
 
 /// Istio `ServerTLSSettings`.

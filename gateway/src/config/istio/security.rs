@@ -8,7 +8,7 @@ use crate::config::GoDuration;
 /// RequestAuthentication spec: JWT rules for the selected workloads.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RequestAuthentication {
+pub(crate) struct RequestAuthentication {
     /// Workloads it applies to (same namespace; root namespace: all).
     pub selector: Option<MatchLabelsSelector>,
     /// Kubernetes Gateway API targets (not supported at this gateway).
@@ -41,7 +41,7 @@ pub struct PolicyTargetReference {
 /// One JWT issuer's rule.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct JwtRule {
+pub(crate) struct JwtRule {
     /// Required `iss`.
     #[serde(default)]
     pub issuer: String,
@@ -74,14 +74,12 @@ pub struct JwtRule {
     /// Extra claims split on spaces for authorization.
     #[serde(default)]
     pub space_delimited_claims: Vec<String>,
-    /// OPTIONAL (classic behaviour) or REQUIRED.
-    pub presence: Option<String>,
 }
 
 /// A header location of a token.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct JwtHeader {
+pub(crate) struct JwtHeader {
     /// Header name.
     pub name: String,
     /// Prefix before the token (e.g. `Bearer `).
@@ -92,7 +90,7 @@ pub struct JwtHeader {
 /// `outputClaimToHeaders` entry.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ClaimToHeader {
+pub(crate) struct ClaimToHeader {
     /// Header to set.
     pub header: String,
     /// Claim to copy (`a.b.c` for nested claims).
@@ -255,7 +253,7 @@ pub struct Condition {
 /// PeerAuthentication spec: which mutual TLS the selected workloads accept inbound.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PeerAuthentication {
+pub(crate) struct PeerAuthentication {
     /// Workloads it applies to (none: the whole namespace, or the mesh in the root namespace).
     pub selector: Option<MatchLabelsSelector>,
     /// The mode for every port.
@@ -268,7 +266,7 @@ pub struct PeerAuthentication {
 /// `mtls` of a PeerAuthentication.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PeerMtls {
+pub(crate) struct PeerMtls {
     /// `UNSET`, `DISABLE`, `PERMISSIVE` or `STRICT`.
     pub mode: Option<String>,
 }

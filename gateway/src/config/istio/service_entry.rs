@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::config::not_applied::NotApplied;
+
 use super::WorkloadSelector;
 
 istio_enum! {
     /// ServiceEntry `location`.
-    pub enum Location {
+    pub(crate) enum Location {
         /// Outside the mesh.
         MeshExternal = ("MESH_EXTERNAL", 0),
         /// Inside the mesh.
@@ -18,7 +20,7 @@ istio_enum! {
 
 istio_enum! {
     /// ServiceEntry `resolution`.
-    pub enum Resolution {
+    pub(crate) enum Resolution {
         /// The connection's original destination.
         None = ("NONE", 0),
         /// The endpoints' addresses.
@@ -35,7 +37,7 @@ istio_enum! {
 /// ServiceEntry spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServiceEntry {
+pub(crate) struct ServiceEntry {
     /// Hosts of the service (FQDN or `*.suffix`).
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -46,7 +48,9 @@ pub struct ServiceEntry {
     #[serde(default)]
     pub ports: Vec<ServicePort>,
     /// MESH_EXTERNAL or MESH_INTERNAL.
-    pub location: Option<Location>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub location: NotApplied<Option<Location>>,
     /// NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS.
     pub resolution: Option<Resolution>,
     /// Inline endpoints.
@@ -58,14 +62,15 @@ pub struct ServiceEntry {
     #[serde(default)]
     pub export_to: Vec<String>,
     /// SANs to verify on upstream certificates.
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub subject_alt_names: Vec<String>,
+    pub subject_alt_names: NotApplied<Vec<String>>,
 }
 
 /// A port of a ServiceEntry.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServicePort {
+pub(crate) struct ServicePort {
     /// Service port number.
     pub number: u32,
     /// Protocol, case-insensitive (HTTP, HTTP2, GRPC, TCP, TLS, HTTPS, ...).
@@ -81,7 +86,7 @@ pub struct ServicePort {
 /// WorkloadEntry spec, standalone or inline in a ServiceEntry.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadEntry {
+pub(crate) struct WorkloadEntry {
     /// IP, DNS name or `unix://` socket.
     #[serde(default)]
     pub address: String,
@@ -92,11 +97,17 @@ pub struct WorkloadEntry {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Network name.
-    pub network: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub network: NotApplied<Option<String>>,
     /// `region/zone/subzone`.
-    pub locality: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub locality: NotApplied<Option<String>>,
     /// Relative load-balancing weight.
-    pub weight: Option<u32>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub weight: NotApplied<Option<u32>>,
     /// Workload identity.
     pub service_account: Option<String>,
 }

@@ -7,7 +7,7 @@ use super::{ServicePort, WorkloadSelector};
 /// Sidecar spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Sidecar {
+pub(crate) struct Sidecar {
     /// Workloads it applies to (none: the namespace's default, or the mesh's in the root namespace).
     pub workload_selector: Option<WorkloadSelector>,
     /// Services and configuration the sidecar's outbound side sees.
@@ -25,7 +25,7 @@ pub struct Sidecar {
 /// `egress[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EgressListener {
+pub(crate) struct EgressListener {
     /// `namespace/dnsName` entries (`*`, `.`, `~` namespaces; `*` and `*.suffix` names).
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -40,7 +40,7 @@ pub struct EgressListener {
 /// `ingress[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct IngressListener {
+pub(crate) struct IngressListener {
     /// The port traffic arrives on (Istio's `Port`, as in ServiceEntry).
     pub port: ServicePort,
     /// Where it goes: `127.0.0.1:PORT` or `0.0.0.0:PORT` (the application's address).

@@ -2,13 +2,15 @@
 
 use serde::Deserialize;
 
+use crate::config::not_applied::NotApplied;
+
 use super::{MatchLabelsSelector, PolicyTargetReference};
 
 /// Telemetry spec. The most specific one applies: selector in the gateway's
 /// namespace, then namespace-wide, then the root namespace.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     /// Workloads it applies to.
     pub selector: Option<MatchLabelsSelector>,
     /// Gateway API targets (not supported at this gateway).
@@ -30,7 +32,7 @@ pub struct Telemetry {
 /// A provider named in the mesh config's `extensionProviders`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ProviderRef {
+pub(crate) struct ProviderRef {
     /// Provider name.
     pub name: String,
 }
@@ -38,7 +40,7 @@ pub struct ProviderRef {
 /// `tracing[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TracingSpec {
+pub(crate) struct TracingSpec {
     /// Tracing provider (the first one is used).
     #[serde(default)]
     pub providers: Vec<ProviderRef>,
@@ -47,53 +49,67 @@ pub struct TracingSpec {
     /// Propagate trace context but export nothing.
     pub disable_span_reporting: Option<bool>,
     /// Extra span tags (not applied by Wicket).
-    pub custom_tags: Option<serde_json::Value>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub custom_tags: NotApplied<Option<serde_json::Value>>,
     /// Traffic mode match (a gateway is CLIENT).
-    #[serde(rename = "match")]
-    pub mode: Option<serde_json::Value>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default, rename = "match")]
+    pub match_: NotApplied<Option<serde_json::Value>>,
     /// Sample by request id (not applied by Wicket).
-    pub use_request_id_for_trace_sampling: Option<bool>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub use_request_id_for_trace_sampling: NotApplied<Option<bool>>,
 }
 
 /// `metrics[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MetricsSpec {
+pub(crate) struct MetricsSpec {
     /// Metrics providers (`prometheus`).
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub providers: Vec<ProviderRef>,
+    pub providers: NotApplied<Vec<ProviderRef>>,
     /// Per-metric overrides; Wicket applies `disabled` for all metrics.
     #[serde(default)]
     pub overrides: Vec<MetricsOverride>,
     /// Reporting interval (Prometheus is scraped: not applicable).
-    pub reporting_interval: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub reporting_interval: NotApplied<Option<String>>,
 }
 
 /// `metrics[].overrides[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MetricsOverride {
+pub(crate) struct MetricsOverride {
     /// Which metrics and mode; absent = all.
     #[serde(rename = "match")]
     pub selector: Option<serde_json::Value>,
     /// Turns the matched metrics off.
     pub disabled: Option<bool>,
     /// Tag changes (not applied by Wicket).
-    pub tag_overrides: Option<serde_json::Value>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub tag_overrides: NotApplied<Option<serde_json::Value>>,
 }
 
 /// `accessLogging[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AccessLoggingSpec {
+pub(crate) struct AccessLoggingSpec {
     /// Logging providers.
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub providers: Vec<ProviderRef>,
+    pub providers: NotApplied<Vec<ProviderRef>>,
     /// Turns access logs off.
     pub disabled: Option<bool>,
     /// Traffic mode match.
-    #[serde(rename = "match")]
-    pub mode: Option<serde_json::Value>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default, rename = "match")]
+    pub match_: NotApplied<Option<serde_json::Value>>,
     /// CEL filter (not applied by Wicket).
-    pub filter: Option<serde_json::Value>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub filter: NotApplied<Option<serde_json::Value>>,
 }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::config::not_applied::NotApplied;
+
 use super::{Destination, Percent, StringMatch};
 use crate::config::GoDuration;
 
@@ -32,7 +34,7 @@ istio_enum! {
 /// VirtualService spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VirtualService {
+pub(crate) struct VirtualService {
     /// Hosts this VirtualService applies to.
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -56,7 +58,7 @@ pub struct VirtualService {
 impl VirtualService {
     /// What Istio's validation refuses in one VirtualService on its own, as
     /// `(field, message)`: no rules, gateways without hosts, a host listed twice.
-    pub fn check(&self) -> Vec<(String, String)> {
+    pub(crate) fn check(&self) -> Vec<(String, String)> {
         let mut errs = Vec::new();
         if self.http.is_empty() && self.tls.is_empty() && self.tcp.is_empty() {
             errs.push(("spec".to_string(), "at least one of http, tls and tcp must be set".to_string()));
@@ -77,7 +79,7 @@ impl VirtualService {
 /// One HTTP rule.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRoute {
+pub(crate) struct HttpRoute {
     /// Name for logs.
     pub name: Option<String>,
     /// OR of match blocks; empty matches everything.
@@ -118,7 +120,7 @@ pub struct HttpRoute {
 /// One match block: an AND of conditions.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpMatchRequest {
+pub(crate) struct HttpMatchRequest {
     /// Name appended to the route name.
     pub name: Option<String>,
     /// Path without query.
@@ -152,13 +154,15 @@ pub struct HttpMatchRequest {
     /// Config-time selector on the proxy's namespace.
     pub source_namespace: Option<String>,
     /// Envoy stats prefix (no effect here).
-    pub stat_prefix: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub stat_prefix: NotApplied<Option<String>>,
 }
 
 /// A weighted HTTP destination.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRouteDestination {
+pub(crate) struct HttpRouteDestination {
     /// Where to send the request.
     pub destination: Destination,
     /// Relative weight.
@@ -190,7 +194,7 @@ pub struct HttpRedirect {
 /// Istio `HTTPDirectResponse`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpDirectResponse {
+pub(crate) struct HttpDirectResponse {
     /// Status code.
     pub status: u32,
     /// Optional body.
@@ -200,7 +204,7 @@ pub struct HttpDirectResponse {
 /// Body of a direct response: a string or base64 bytes.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpBody {
+pub(crate) struct HttpBody {
     /// Text body.
     pub string: Option<String>,
     /// Base64 body.
@@ -210,7 +214,8 @@ pub struct HttpBody {
 /// Delegate reference.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Delegate {
+#[allow(dead_code)] // only validated: the field holding it is not applied
+pub(crate) struct Delegate {
     /// VirtualService name.
     pub name: String,
     /// VirtualService namespace (default: the root's).
@@ -300,7 +305,7 @@ pub struct FaultAbort {
 /// One of several mirrors.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpMirrorPolicy {
+pub(crate) struct HttpMirrorPolicy {
     /// Shadow destination.
     pub destination: Destination,
     /// Share mirrored (absent = 100).
@@ -362,7 +367,7 @@ pub struct HeaderOperations {
 /// A TLS passthrough rule.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsRoute {
+pub(crate) struct TlsRoute {
     /// Match blocks.
     #[serde(default, rename = "match")]
     pub matches: Vec<TlsMatchAttributes>,
@@ -374,29 +379,33 @@ pub struct TlsRoute {
 /// TLS match conditions.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsMatchAttributes {
+pub(crate) struct TlsMatchAttributes {
     /// SNI names.
     #[serde(default)]
     pub sni_hosts: Vec<String>,
     /// Destination subnets.
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub destination_subnets: Vec<String>,
+    pub destination_subnets: NotApplied<Vec<String>>,
     /// Listener port.
     pub port: Option<u32>,
     /// Config-time selector.
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub source_labels: BTreeMap<String, String>,
+    pub source_labels: NotApplied<BTreeMap<String, String>>,
     /// Gateways override.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// Config-time selector.
-    pub source_namespace: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub source_namespace: NotApplied<Option<String>>,
 }
 
 /// A TCP rule.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpRoute {
+pub(crate) struct TcpRoute {
     /// Match blocks.
     #[serde(default, rename = "match")]
     pub matches: Vec<L4MatchAttributes>,
@@ -408,26 +417,30 @@ pub struct TcpRoute {
 /// L4 match conditions.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct L4MatchAttributes {
+pub(crate) struct L4MatchAttributes {
     /// Destination subnets.
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub destination_subnets: Vec<String>,
+    pub destination_subnets: NotApplied<Vec<String>>,
     /// Listener port.
     pub port: Option<u32>,
     /// Config-time selector.
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
-    pub source_labels: BTreeMap<String, String>,
+    pub source_labels: NotApplied<BTreeMap<String, String>>,
     /// Gateways override.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// Config-time selector.
-    pub source_namespace: Option<String>,
+    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
+    #[serde(default)]
+    pub source_namespace: NotApplied<Option<String>>,
 }
 
 /// A weighted L4 destination.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RouteDestination {
+pub(crate) struct RouteDestination {
     /// Where to send the connection.
     pub destination: Destination,
     /// Relative weight.

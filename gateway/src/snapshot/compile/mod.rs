@@ -104,11 +104,11 @@ pub fn compile(resources: &[Resource], bootstrap: &Bootstrap, caches: &Caches) -
     Compiled { snapshot, diagnostics, rejected: report.rejected, fail_closed: report.fail_closed }
 }
 
-/// DestinationRule policy blocks read but not enforced yet are reported.
+/// DestinationRule consistent-hash headers that cannot be hashed on are reported.
 fn check_destination_rules(resources: &[Resource], report: &mut Report) {
     for r in resources {
         if let Spec::DestinationRule(dr) = &r.spec {
-            for (field, msg) in dr.not_enforced() {
+            for (field, msg) in dr.unusable_hash_headers() {
                 report.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, field, msg));
             }
         }

@@ -81,6 +81,13 @@ impl<'a> Registry<'a> {
             match &r.spec {
                 Spec::ServiceEntry(se) if !visible(&se.export_to, &r.id.namespace) => {}
                 Spec::DestinationRule(dr) if !visible(&dr.export_to, &r.id.namespace) => {}
+                // Istio: a rule with a workloadSelector applies only to the workloads it
+                // selects in its own namespace.
+                Spec::DestinationRule(dr)
+                    if dr.workload_selector.as_ref().is_some_and(|s| {
+                        r.id.namespace != bootstrap.namespace
+                            || !s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v))
+                    }) => {}
                 Spec::ServiceEntry(se) => {
                     for host in &se.hosts {
                         let host = bootstrap.fqdn(host, &r.id.namespace);
@@ -410,4 +417,56 @@ fn check_tls(
         UpstreamTls::compile(&settings, Protocol::Http1.alpn(), certs).map_err(|e| (field, e))?;
     }
     Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{config::load_text, snapshot::Caches};
+
+    use super::*;
+
+    /// The diagnostics of a gateway (labels `istio: ingressgateway`) routing to subset
+    /// v1 of a DestinationRule selecting `selector`.
+    fn compile_with_selector(selector: &str) -> Vec<String> {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.test]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews.test
+  workloadSelector: {selector}
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.test]
+  http: [{{route: [{{destination: {{host: reviews.test, subset: v1}}}}]}}]
+"
+        );
+        let loaded = load_text(&text, Path::new("dr.yaml"), "default");
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let bootstrap = Bootstrap { mesh_port: Some(15001), ..Bootstrap::default() };
+        let compiled = crate::snapshot::compile(&loaded.resources, &bootstrap, &Caches::default());
+        compiled.diagnostics.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_destination_rule_applies_only_to_the_workloads_its_selector_picks() {
+        assert_eq!(compile_with_selector("{matchLabels: {istio: ingressgateway}}"), Vec::<String>::new());
+        let other = compile_with_selector("{matchLabels: {app: reviews}}");
+        assert!(other.iter().any(|d| d.contains("no subset \"v1\"")), "{other:?}");
+    }
 }
