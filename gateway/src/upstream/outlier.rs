@@ -233,4 +233,25 @@ mod tests {
         assert!(p.panics(1, 4));
         assert!(!policy("{}").panics(0, 4), "Istio's default 0 never panics");
     }
+
+    /// On a paused clock: an ejection lasts `baseEjectionTime` times the ejections so
+    /// far, and the endpoint is back the moment it ends.
+    #[tokio::test(start_paused = true)]
+    async fn ejections_last_longer_each_time_and_then_end() {
+        let eps = endpoints(2);
+        let p = policy("{consecutive5xxErrors: 1, baseEjectionTime: 10s, maxEjectionPercent: 100}");
+        let step = |d: u64| tokio::time::advance(std::time::Duration::from_millis(d));
+        record(&p, &eps, &eps[0], Outcome::ServerError);
+        assert!(eps[0].health.is_ejected());
+        step(9_990).await;
+        assert!(eps[0].health.is_ejected(), "still within the first 10 s");
+        step(20).await;
+        assert!(!eps[0].health.is_ejected(), "back after 10 s");
+        record(&p, &eps, &eps[0], Outcome::ServerError);
+        assert_eq!(eps[0].health.times_ejected(), 2);
+        step(19_990).await;
+        assert!(eps[0].health.is_ejected(), "the second ejection lasts 20 s");
+        step(20).await;
+        assert!(!eps[0].health.is_ejected());
+    }
 }

@@ -203,4 +203,14 @@ mod tests {
         assert!(p.retries_failure(AttemptFailure::ConnectFailure));
         assert!(!p.retries_response(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()));
     }
+
+    #[test]
+    fn back_off_is_jittered_up_to_a_doubling_bound_capped_at_ten_times_the_base() {
+        let p = RetryPolicy { backoff_base: Duration::from_millis(25), ..policy("5xx") };
+        for (retry, bound) in [(0, 25), (1, 50), (2, 100), (3, 200), (4, 250), (9, 250)] {
+            let waits: Vec<u128> = (0..200).map(|_| p.backoff(retry).as_millis()).collect();
+            assert!(waits.iter().all(|w| *w <= bound), "retry {retry}: {waits:?}");
+            assert!(waits.iter().any(|w| *w > bound / 2), "retry {retry}: jitter spans the range");
+        }
+    }
 }
