@@ -8,7 +8,17 @@ use wicket_tests::{
 };
 
 fn vs(extra: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: api}}\nspec:\n  hosts: [api.test]\n  gateways: [gw]\n  http:\n{extra}  - route: [{{destination: {{host: api}}}}]\n")
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api}}
+spec:
+  hosts: [api.test]
+  gateways: [gw]
+  http:
+{extra}  - route: [{{destination: {{host: api}}}}]
+"
+    )
 }
 
 async fn admin_get(gw: &TestGateway, path: &str) -> client::Resp {

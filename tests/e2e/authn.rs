@@ -156,7 +156,16 @@ async fn claim_based_routing_at_the_gateway() {
 
 fn inline_rules(issuer: &str, jwks_json: &str, extra: &str) -> String {
     format!(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: istio-system}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  jwtRules:\n  - issuer: {issuer}\n    audiences: [shop]\n    jwks: '{jwks_json}'\n{extra}"
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: {issuer}
+    audiences: [shop]
+    jwks: '{jwks_json}'
+{extra}"
     )
 }
 
@@ -220,7 +229,14 @@ async fn a_rotated_jwks_is_fetched_when_an_unknown_kid_arrives() {
     let new = Signer::es256("new");
     let server = JwksServer::start(jwks(&[&old])).await;
     let rules = format!(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: istio-system}}\nspec:\n  jwtRules:\n  - issuer: https://idp.test\n    jwksUri: {}\n",
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: istio-system}}
+spec:
+  jwtRules:
+  - issuer: https://idp.test
+    jwksUri: {}
+",
         server.url
     );
     let gw = TestGateway::start_with(&docs(&[HTTPBIN_GATEWAY, HTTPBIN_ROUTE, &reg, &rules]), |b| {

@@ -8,7 +8,15 @@ use wicket_tests::{
     TestGateway, Upstream,
 };
 
-const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: httpbin, namespace: default}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: httpbin}}]\n";
+const VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: httpbin}}]
+";
 
 /// A gateway running as the `httpbin` workload of namespace `foo` (the samples'
 /// selector), routing everything to a test upstream.
@@ -88,7 +96,15 @@ async fn ip_blocks_see_the_peer_and_remote_ip_blocks_the_trusted_client() {
     assert_eq!(gw.send(spoofed).await.status, StatusCode::FORBIDDEN, "X-Forwarded-For does not change the peer");
 
     // remoteIpBlocks with one trusted proxy in front (mesh config in the istio ConfigMap).
-    let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    defaultConfig:\n      gatewayTopology:\n        numTrustedProxies: 1\n";
+    let mesh = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    defaultConfig:
+      gatewayTopology:
+        numTrustedProxies: 1
+";
     let remote = corpus("docs-authz/authz-ingress-remoteipblocks.yaml");
     let gw = TestGateway::start_with(&docs(&[GATEWAY, &reg, VS, &remote, mesh]), as_ingress).await;
     let with_xff = |xff: &str| {
@@ -107,7 +123,13 @@ async fn ip_blocks_see_the_peer_and_remote_ip_blocks_the_trusted_client() {
 
 #[tokio::test]
 async fn path_tricks_never_bypass_a_deny() {
-    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: ['/admin*']}}]}]\n";
+    let deny = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ['/admin*']}}]}]
+";
     let (gw, up) = workload(&[deny]).await;
     for path in [
         "/admin",
@@ -166,7 +188,13 @@ data:
 #[test]
 fn invalid_policies_are_validate_errors_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: default}\nspec:\n  rules:\n  - when: [{key: 'destination.labels[app]', values: [x]}]\n";
+    let bad = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad, namespace: default}
+spec:
+  rules:
+  - when: [{key: 'destination.labels[app]', values: [x]}]
+";
     std::fs::write(dir.path().join("p.yaml"), bad).unwrap();
     let bootstrap = wicket::config::Bootstrap { config_dir: dir.path().into(), ..Default::default() };
     let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();
@@ -249,9 +277,42 @@ async fn ext_authz_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>
 }
 
 fn ext_authz_setup(authz_port: u16) -> Vec<String> {
-    let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: sample-ext-authz-http\n      envoyExtAuthzHttp:\n        service: ext-authz.foo.svc.cluster.local\n        port: 8000\n        includeRequestHeadersInCheck: [x-ext-authz]\n        headersToUpstreamOnAllow: [x-ext-authz-check-result]\n        headersToDownstreamOnDeny: [x-ext-authz-check-result]\n".to_string();
-    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext-authz, namespace: foo}}\nspec:\n  hosts: [ext-authz.foo.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 8000, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {authz_port}}}}}]\n");
-    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext-authz, namespace: foo}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  action: CUSTOM\n  provider: {name: sample-ext-authz-http}\n  rules: [{to: [{operation: {paths: [/headers]}}]}]\n".to_string();
+    let mesh = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: sample-ext-authz-http
+      envoyExtAuthzHttp:
+        service: ext-authz.foo.svc.cluster.local
+        port: 8000
+        includeRequestHeadersInCheck: [x-ext-authz]
+        headersToUpstreamOnAllow: [x-ext-authz-check-result]
+        headersToDownstreamOnDeny: [x-ext-authz-check-result]
+"
+    .to_string();
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext-authz, namespace: foo}}
+spec:
+  hosts: [ext-authz.foo.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {authz_port}}}}}]
+"
+    );
+    let policy = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: CUSTOM
+  provider: {name: sample-ext-authz-http}
+  rules: [{to: [{operation: {paths: [/headers]}}]}]
+"
+    .to_string();
     vec![mesh, se, policy]
 }
 

@@ -146,7 +146,14 @@ async fn details_catch_all_abort_555_makes_the_second_rule_unreachable() {
 async fn ratings_mysql_uses_a_hyphenated_subset() {
     wicket_tests::require_corpus!();
     let (_ups, reg) = bookinfo().await;
-    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings}\nspec:\n  host: ratings\n  subsets:\n  - {name: v2-mysql, labels: {version: v2-mysql}}\n";
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  subsets:
+  - {name: v2-mysql, labels: {version: v2-mysql}}
+";
     let yaml = docs(&[
         &reg,
         &corpus("destination-rule/destination-rule-all.yaml"),
@@ -247,7 +254,16 @@ fn the_bundled_config_is_valid() {
 #[test]
 fn validate_names_file_line_resource_and_field() {
     let dir = tempfile::tempdir().unwrap();
-    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop, namespace: web}\nspec:\n  hosts: [shop]\n  gateways: [gw]\n  http:\n  - route:\n    - destination: {host: shop, subset: v3}\n";
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: web}
+spec:
+  hosts: [shop]
+  gateways: [gw]
+  http:
+  - route:
+    - destination: {host: shop, subset: v3}
+";
     std::fs::write(dir.path().join("shop.yaml"), vs).unwrap();
     let bootstrap = wicket::config::Bootstrap { config_dir: dir.path().into(), ..Default::default() };
     let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();

@@ -60,7 +60,14 @@ fn namespace_labels_and_pod_opt_ins_decide_like_istio() {
     assert!(!injected(&pod("sidecar.istio.io/inject: 'false'"), Some("enabled")), "a pod may opt out");
     assert!(!injected(&pod("sidecar.istio.io/inject: 'true'"), Some("disabled")), "disabled wins");
 
-    let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {traffic.sidecar.istio.io/excludeOutboundPorts: 'db'}\nspec:\n  containers: [{name: app, image: app}]\n";
+    let bad = "apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  annotations: {traffic.sidecar.istio.io/excludeOutboundPorts: 'db'}
+spec:
+  containers: [{name: app, image: app}]
+";
     let e = inject_text(bad, &config()).unwrap_err().to_string();
     assert!(e.contains("Pod/p") && e.contains("traffic.sidecar.istio.io/excludeOutboundPorts"), "{e}");
     let e = inject_text("kind: [", &config()).unwrap_err().to_string();

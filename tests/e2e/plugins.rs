@@ -14,7 +14,15 @@ use wicket_tests::{
 };
 
 fn base(up: &Upstream) -> String {
-    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api, namespace: default}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: api.default.svc.cluster.local}}]\n";
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: api.default.svc.cluster.local}}]
+";
     docs(&[GATEWAY, &service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(up, "v1")]), vs])
 }
 

@@ -87,7 +87,25 @@ async fn connect_failure_is_503_uf_and_missing_endpoints_503_uh() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let dead = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: dead}}\nspec:\n  hosts: [dead.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: empty}}\nspec:\n  hosts: [empty.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n");
+    let dead = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: dead}}
+spec:
+  hosts: [dead.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: empty}}
+spec:
+  hosts: [empty.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+"
+    );
     let rules = "  - match: [{uri: {prefix: /dead}}]\n    route: [{destination: {host: dead}}]\n  - match: [{uri: {prefix: /empty}}]\n    route: [{destination: {host: empty}}]\n  - match: [{uri: {prefix: /nowhere}}]\n    route: [{destination: {host: nowhere}}]\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &dead, &vs(rules)])).await;
     let r = gw.get("api.test", "/dead").await;
@@ -218,7 +236,20 @@ async fn reset_before_headers_is_retried_on_another_endpoint() {
     })
     .await;
     let good = Upstream::start("good").await;
-    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api}}\nspec:\n  hosts: [api.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {port}}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n", good.addr.port());
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [api.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {port}}}}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}}}
+",
+        good.addr.port()
+    );
     let rules = "  - retries: {attempts: 2, retryOn: reset}\n    route: [{destination: {host: api}}]\n";
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs(rules)])).await;
     for _ in 0..6 {

@@ -17,7 +17,17 @@ use wicket_tests::{
 };
 
 fn vs(name: &str, host: &str, extra: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{host}]\n  gateways: [gw]\n  http:\n  - {extra}route: [{{destination: {{host: api}}}}]\n")
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{host}]
+  gateways: [gw]
+  http:
+  - {extra}route: [{{destination: {{host: api}}}}]
+"
+    )
 }
 
 #[tokio::test]
@@ -64,7 +74,17 @@ async fn listeners_open_and_close_with_gateway_servers() {
     ]);
     let mut gw = TestGateway::start(&base).await;
     assert!(gw.gateway.listener_addr(8080).is_none());
-    let second = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n  - port: {number: 8080, name: http2, protocol: HTTP}\n    hosts: [\"*\"]\n";
+    let second = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+  - port: {number: 8080, name: http2, protocol: HTTP}
+    hosts: [\"*\"]
+";
     std::fs::write(
         gw.dir().join("config.yaml"),
         docs(&[
@@ -117,7 +137,20 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
         } else {
             ""
         };
-        let gateway = format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [a.test]\n    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}\n{extra}");
+        let gateway = format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [\"*\"]
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [a.test]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+{extra}"
+        );
         let route =
             vs("a", "a.test", &format!("headers: {{response: {{set: {{x-generation: \"{generation}\"}}}}}}\n    "));
         docs(&[&gateway, &se, &route])

@@ -12,7 +12,15 @@ use wicket_tests::{
     TestGateway, Upstream,
 };
 
-const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: api}}]\n";
+const VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: api}}]
+";
 
 #[tokio::test]
 async fn shutdown_lets_requests_in_flight_finish_and_closes_idle_connections() {
@@ -98,7 +106,15 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
     let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&bad, "v1"), (&good, "v1")]);
     // No retries, so every request lands on the endpoint picked first.
     let vs = VS.replace("  - route:", "  - retries: {attempts: 0}\n    route:");
-    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}\n";
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}
+";
     let mut gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, dr])).await;
     let mut failures = 0;
     for _ in 0..6 {
@@ -136,7 +152,15 @@ async fn an_ejected_endpoint_returns_after_base_ejection_time() {
     let good = Upstream::start("good").await;
     let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&bad, "v1"), (&good, "v1")]);
     let vs = VS.replace("  - route:", "  - retries: {attempts: 0}\n    route:");
-    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 1s, maxEjectionPercent: 100}\n";
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 1s, maxEjectionPercent: 100}
+";
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, dr])).await;
     while bad.hits() < 2 {
         gw.get("a.test", "/").await;
@@ -209,7 +233,18 @@ async fn connect_timeout_bounds_connection_attempts() {
             filler.push(s);
         }
     }
-    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: hang}}\nspec:\n  hosts: [api.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]\n", addr.port());
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: hang}}
+spec:
+  hosts: [api.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+",
+        addr.port()
+    );
     // The route allows 5 s (less than the default 10 s connect timeout); the pool gives
     // up on connecting after 100 ms.
     let vs = VS.replace("  - route:", "  - timeout: 5s\n    route:");
@@ -255,7 +290,13 @@ async fn max_connections_queues_up_to_http1_max_pending_requests() {
 async fn max_connections_refuses_tcp_connections_over_the_limit() {
     use tokio::io::AsyncReadExt;
     let port = wicket_tests::upstream::tcp_echo().await;
-    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo}\nspec:\n  host: echo\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}\n";
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}
+";
     let gw = TestGateway::start(&docs(&[&wicket_tests::yaml::tcp_gateway(port), dr])).await;
     let mut held = tokio::net::TcpStream::connect(gw.addr_of(9000)).await.unwrap();
     held.write_all(b"one").await.unwrap();
@@ -309,7 +350,16 @@ async fn connection_pools_reuse_or_not_as_the_destination_rule_says() {
     // idleTimeout closes a connection left idle; keepalive settings are accepted.
     let up = Upstream::start("api").await;
     let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
-    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api\n  trafficPolicy:\n    connectionPool:\n      tcp: {tcpKeepalive: {time: 30s, interval: 5s}}\n      http: {idleTimeout: 200ms}\n";
+    let rule = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    connectionPool:
+      tcp: {tcpKeepalive: {time: 30s, interval: 5s}}
+      http: {idleTimeout: 200ms}
+";
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, rule])).await;
     assert!(gw.gateway.snapshot().diagnostics.is_empty(), "{:?}", gw.gateway.snapshot().diagnostics);
     assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK);

@@ -7,7 +7,16 @@ use wicket_tests::{
 };
 
 fn vs(http: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop, namespace: default}}\nspec:\n  hosts: [\"shop.test\"]\n  gateways: [gw]\n  http:\n{http}")
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: default}}
+spec:
+  hosts: [\"shop.test\"]
+  gateways: [gw]
+  http:
+{http}"
+    )
 }
 
 async fn two_versions() -> (Upstream, Upstream, String) {

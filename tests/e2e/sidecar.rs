@@ -391,7 +391,14 @@ spec: {{mtls: {{mode: STRICT}}}}
 async fn workload_certificates_rotate_without_dropping_connections() {
     // Every request on a connection of its own, so each shows the certificate in use.
     let rule = format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo}}\nspec:\n  host: {ECHO}\n  trafficPolicy: {{connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}}}\n"
+        "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo}}
+spec:
+  host: {ECHO}
+  trafficPolicy: {{connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}}}
+"
     );
     let Some(pods) = two_pods(|b| echo_service(&b.ip.to_string()) + &rule).await else { return };
     let (ca, a_identity) = (pods.ca.clone(), pods.a_identity.clone());
@@ -471,7 +478,14 @@ async fn wasm_plugins_apply_to_client_or_server_traffic_as_their_match_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_mtls_sends_plaintext_to_a_workload_that_disables_mtls() {
-    let disable = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: echo}\nspec:\n  selector: {matchLabels: {app: echo}}\n  portLevelMtls: {8080: {mode: DISABLE}}\n";
+    let disable = "---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: echo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  portLevelMtls: {8080: {mode: DISABLE}}
+";
     let Some(pods) = two_pods(|b| echo_service(&b.ip.to_string()) + disable).await else { return };
     let (status, body) = call(&pods.a, "10.96.0.20:80", ECHO).await.expect("an answer");
     assert_eq!(status, 200, "A's sidecar knows B takes plaintext on 8080: {body}");

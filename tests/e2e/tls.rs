@@ -29,7 +29,17 @@ fn gateway(servers: &[String]) -> String {
 }
 
 fn vs(name: &str, host: &str, dest: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [\"{host}\"]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: {dest}}}}}]\n")
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: [\"{host}\"]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: {dest}}}}}]
+"
+    )
 }
 
 fn simple(dir: &Path, pki: &Pki, stem: &str, names: &[&str]) -> String {
@@ -231,7 +241,17 @@ async fn passthrough_routes_by_sni_to_a_tls_upstream() {
         }
     })
     .await;
-    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: my-nginx}}\nspec:\n  hosts: [my-nginx.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 443, name: https, protocol: HTTPS}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{https: {port}}}}}]\n");
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: my-nginx}}
+spec:
+  hosts: [my-nginx.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{https: {port}}}}}]
+"
+    );
     let corpus = wicket_tests::corpus("docs-ingress/sni-passthrough-nginx.yaml");
     let gw = TestGateway::start(&docs(&[&corpus, &se])).await;
     let (resp, _, leaf) =

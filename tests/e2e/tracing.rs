@@ -14,14 +14,50 @@ use wicket_tests::{
 };
 
 fn base(up: &Upstream) -> String {
-    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api, namespace: default}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - name: main\n    route: [{destination: {host: api.default.svc.cluster.local}}]\n";
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http:
+  - name: main
+    route: [{destination: {host: api.default.svc.cluster.local}}]
+";
     docs(&[GATEWAY, &service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(up, "v1")]), vs])
 }
 
 /// Mesh config naming an OTLP collector at `collector_port` (via a ServiceEntry).
 fn tracing_mesh(collector_port: u16, sampling: f64) -> String {
-    let mesh = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    defaultProviders:\n      tracing: [otel]\n    defaultConfig:\n      tracing:\n        sampling: {sampling}\n    extensionProviders:\n    - name: otel\n      opentelemetry:\n        service: otel-collector.observability.svc.cluster.local\n        port: 4318\n");
-    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: otel, namespace: default}}\nspec:\n  hosts: [otel-collector.observability.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 4318, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {collector_port}}}}}]\n");
+    let mesh = format!(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    defaultProviders:
+      tracing: [otel]
+    defaultConfig:
+      tracing:
+        sampling: {sampling}
+    extensionProviders:
+    - name: otel
+      opentelemetry:
+        service: otel-collector.observability.svc.cluster.local
+        port: 4318
+"
+    );
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: otel, namespace: default}}
+spec:
+  hosts: [otel-collector.observability.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 4318, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {collector_port}}}}}]
+"
+    );
     docs(&[&mesh, &se])
 }
 

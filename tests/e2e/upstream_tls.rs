@@ -9,7 +9,17 @@ use wicket_tests::{
 };
 
 fn vs(dest: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs}}\nspec:\n  hosts: [api.test]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: {dest}}}}}]\n")
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs}}
+spec:
+  hosts: [api.test]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: {dest}}}}}]
+"
+    )
 }
 
 fn dr(tls: &str) -> String {
@@ -110,9 +120,52 @@ async fn port_level_and_subset_settings_replace_the_top_level_block() {
     let tls_up = Upstream::tls("tls", pki.server(&["backend.internal"])).await;
     let plain_up = Upstream::start("plain").await;
     let ca = pki.write_ca(dir.path(), "ca");
-    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: backend}}\nspec:\n  hosts: [backend.default.svc.cluster.local]\n  resolution: STATIC\n  ports:\n  - {{number: 443, name: https, protocol: HTTPS}}\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{https: {}, http: {}}}, labels: {{version: v1}}}}\n", tls_up.addr.port(), plain_up.addr.port());
-    let rule = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr}}\nspec:\n  host: backend\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: {ca}, sni: backend.internal}}\n    portLevelSettings:\n    - port: {{number: 80}}\n      loadBalancer: {{simple: ROUND_ROBIN}}\n  subsets:\n  - name: plain\n    labels: {{version: v1}}\n    trafficPolicy: {{tls: {{mode: DISABLE}}}}\n");
-    let routes = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec:\n  hosts: [api.test]\n  gateways: [gw]\n  http:\n  - match: [{uri: {prefix: /tls}}]\n    route: [{destination: {host: backend, port: {number: 443}}}]\n  - match: [{uri: {prefix: /port80}}]\n    route: [{destination: {host: backend, port: {number: 80}}}]\n  - route: [{destination: {host: backend, subset: plain, port: {number: 80}}}]\n";
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend}}
+spec:
+  hosts: [backend.default.svc.cluster.local]
+  resolution: STATIC
+  ports:
+  - {{number: 443, name: https, protocol: HTTPS}}
+  - {{number: 80, name: http, protocol: HTTP}}
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{https: {}, http: {}}}, labels: {{version: v1}}}}
+",
+        tls_up.addr.port(),
+        plain_up.addr.port()
+    );
+    let rule = format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: dr}}
+spec:
+  host: backend
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}, sni: backend.internal}}
+    portLevelSettings:
+    - port: {{number: 80}}
+      loadBalancer: {{simple: ROUND_ROBIN}}
+  subsets:
+  - name: plain
+    labels: {{version: v1}}
+    trafficPolicy: {{tls: {{mode: DISABLE}}}}
+"
+    );
+    let routes = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs}
+spec:
+  hosts: [api.test]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /tls}}]
+    route: [{destination: {host: backend, port: {number: 443}}}]
+  - match: [{uri: {prefix: /port80}}]
+    route: [{destination: {host: backend, port: {number: 80}}}]
+  - route: [{destination: {host: backend, subset: plain, port: {number: 80}}}]
+";
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, &rule, routes])).await;
     assert_eq!(gw.get("api.test", "/tls").await.body, "tls");
     // The port-80 entry has no tls block: it resets tls to the default (plaintext).

@@ -14,13 +14,34 @@ use wicket_tests::{
 };
 
 fn vs(host: &str, dest: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{host}, namespace: default}}\nspec:\n  hosts: [{host}]\n  gateways: [gw]\n  http:\n  - route: [{{destination: {{host: {dest}}}}}]\n")
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs-{host}, namespace: default}}
+spec:
+  hosts: [{host}]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: {dest}}}}}]
+"
+    )
 }
 
 #[tokio::test]
 async fn dns_resolution_finds_localhost() {
     let up = Upstream::start("dns").await;
-    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: dns}}\nspec:\n  hosts: [dns.example]\n  resolution: DNS\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: localhost, ports: {{http: {}}}}}]\n", up.addr.port());
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: dns}}
+spec:
+  hosts: [dns.example]
+  resolution: DNS
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: localhost, ports: {{http: {}}}}}]
+",
+        up.addr.port()
+    );
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs("d.test", "dns.example")])).await;
     // localhost may resolve to ::1 first, where nothing listens: the default retry
     // policy retries connect failures on another endpoint.
@@ -32,9 +53,27 @@ async fn workload_selector_picks_workload_entries_by_label() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let we = |name: &str, up: &Upstream, app: &str| {
-        format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {}}}\n  labels: {{app: {app}}}\n", up.addr.port())
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}}}
+spec:
+  address: 127.0.0.1
+  ports: {{http: {}}}
+  labels: {{app: {app}}}
+",
+            up.addr.port()
+        )
     };
-    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: sel}\nspec:\n  hosts: [sel.example]\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  workloadSelector: {labels: {app: shop}}\n";
+    let se = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: sel}
+spec:
+  hosts: [sel.example]
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: shop}}
+";
     let gw = TestGateway::start(&docs(&[
         GATEWAY,
         se,
@@ -94,7 +133,15 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
         }),
     ];
     for (hash, set_key) in keyed {
-        let dr = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: sticky}}\nspec:\n  host: api\n  trafficPolicy: {{loadBalancer: {{consistentHash: {hash}}}}}\n");
+        let dr = format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: sticky}}
+spec:
+  host: api
+  trafficPolicy: {{loadBalancer: {{consistentHash: {hash}}}}}
+"
+        );
         let gw = TestGateway::start(&docs(&[GATEWAY, &se, &dr, &vs("h.test", "api")])).await;
         let mut used = std::collections::BTreeSet::new();
         for key in 0..20 {
@@ -114,7 +161,13 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
 #[tokio::test]
 async fn a_cookie_with_a_ttl_is_generated_and_pins_the_client() {
     let (_ups, se) = three_endpoints().await;
-    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: sticky}\nspec:\n  host: api\n  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 60s}}}}\n";
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: sticky}
+spec:
+  host: api
+  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 60s}}}}
+";
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, dr, &vs("h.test", "api")])).await;
     for _ in 0..10 {
         let first = gw.get("h.test", "/").await;
@@ -134,7 +187,16 @@ async fn a_cookie_with_a_ttl_is_generated_and_pins_the_client() {
 #[tokio::test]
 async fn a_resource_not_exported_to_the_gateway_namespace_is_invisible() {
     let up = Upstream::start("api").await;
-    let hidden = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: hidden, namespace: other}\nspec:\n  hosts: [h.test]\n  gateways: [default/gw]\n  exportTo: [\".\"]\n  http:\n  - route: [{destination: {host: api.default.svc.cluster.local}}]\n";
+    let hidden = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hidden, namespace: other}
+spec:
+  hosts: [h.test]
+  gateways: [default/gw]
+  exportTo: [\".\"]
+  http:
+  - route: [{destination: {host: api.default.svc.cluster.local}}]
+";
     let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
     let gw = TestGateway::start(&docs(&[GATEWAY, &se, hidden])).await;
     assert_eq!(gw.get("h.test", "/").await.status, StatusCode::NOT_FOUND);
@@ -148,8 +210,25 @@ async fn virtual_services_sharing_a_host_merge_with_catch_alls_last() {
         &service_entry("a.default.svc.cluster.local", 80, "HTTP", &[(&a, "v1")]),
         &service_entry("b.default.svc.cluster.local", 80, "HTTP", &[(&b, "v1")]),
     ]);
-    let first = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: first}\nspec:\n  hosts: [m.test]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: a}}]\n";
-    let second = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: second}\nspec:\n  hosts: [m.test]\n  gateways: [gw]\n  http:\n  - match: [{uri: {prefix: /b}}]\n    route: [{destination: {host: b}}]\n";
+    let first = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: first}
+spec:
+  hosts: [m.test]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: a}}]
+";
+    let second = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: second}
+spec:
+  hosts: [m.test]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /b}}]
+    route: [{destination: {host: b}}]
+";
     let gw = TestGateway::start(&docs(&[GATEWAY, &reg, first, second])).await;
     assert_eq!(gw.get("m.test", "/b/x").await.body, "b");
     assert_eq!(gw.get("m.test", "/other").await.body, "a");
@@ -163,8 +242,30 @@ async fn match_port_and_gateways_select_blocks_at_config_time() {
         &service_entry("a.default.svc.cluster.local", 80, "HTTP", &[(&a, "v1")]),
         &service_entry("b.default.svc.cluster.local", 80, "HTTP", &[(&b, "v1")]),
     ]);
-    let two_ports = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n  - port: {number: 8080, name: alt, protocol: HTTP}\n    hosts: [\"*\"]\n";
-    let rules = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: p}\nspec:\n  hosts: [p.test]\n  gateways: [gw]\n  http:\n  - match: [{port: 8080}]\n    route: [{destination: {host: b}}]\n  - match: [{gateways: [mesh]}]\n    route: [{destination: {host: b}}]\n  - route: [{destination: {host: a}}]\n";
+    let two_ports = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+  - port: {number: 8080, name: alt, protocol: HTTP}
+    hosts: [\"*\"]
+";
+    let rules = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: p}
+spec:
+  hosts: [p.test]
+  gateways: [gw]
+  http:
+  - match: [{port: 8080}]
+    route: [{destination: {host: b}}]
+  - match: [{gateways: [mesh]}]
+    route: [{destination: {host: b}}]
+  - route: [{destination: {host: a}}]
+";
     let gw = TestGateway::start(&docs(&[two_ports, &reg, rules])).await;
     assert_eq!(gw.get("p.test", "/").await.body, "a");
     let alt = wicket_tests::client::send(gw.addr_of(8080), wicket_tests::client::get("p.test", "/")).await;
@@ -180,7 +281,17 @@ async fn an_upstream_reset_mid_response_ends_that_stream_alone() {
     })
     .await;
     let ok = Upstream::start("ok").await;
-    let se = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: cut}}\nspec:\n  hosts: [cut.example]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n");
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cut}}
+spec:
+  hosts: [cut.example]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+"
+    );
     let reg = docs(&[&se, &service_entry("ok.default.svc.cluster.local", 80, "HTTP", &[(&ok, "v1")])]);
     let gw = TestGateway::start(&docs(&[GATEWAY, &reg, &vs("cut.test", "cut.example"), &vs("ok.test", "ok")])).await;
 

@@ -15,7 +15,15 @@ use wicket_tests::{
 
 /// Gateway `gw`, ServiceEntry `api` → `up`, and a catch-all route to it.
 fn base(up: &Upstream) -> String {
-    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api, namespace: default}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n  - route: [{destination: {host: api.default.svc.cluster.local}}]\n";
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: api.default.svc.cluster.local}}]
+";
     docs(&[GATEWAY, &service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(up, "v1")]), vs])
 }
 
@@ -228,11 +236,33 @@ async fn phases_and_priorities_sit_around_jwt_and_authorization_as_in_istio() {
     let up = Upstream::start("api").await;
     let signer = Signer::es256("k1");
     let jwt = format!(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  jwtRules:\n  - issuer: https://idp.test\n    jwks: '{}'\n    outputPayloadToHeader: x-jwt-payload\n",
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  jwtRules:
+  - issuer: https://idp.test
+    jwks: '{}'
+    outputPayloadToHeader: x-jwt-payload
+",
         jwks(&[&signer])
     );
-    let require = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: require-jwt, namespace: default}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n";
-    let block = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: block, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - when: [{key: 'request.headers[x-block]', values: [\"*\"]}]\n";
+    let require = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: default}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {requestPrincipals: [\"*\"]}}]
+";
+    let block = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: 'request.headers[x-block]', values: [\"*\"]}]
+";
     let plugins = [
         // Written out of order on purpose: the chain order comes from phase and priority.
         filter("last", r#"{"tag": "unspecified"}"#, ""),
@@ -540,7 +570,18 @@ async fn reloads_swap_plugins_without_failing_requests_and_keep_the_last_good_mo
     std::fs::copy(conformance(), &module).unwrap();
     let with = |version: &str, url: &str| {
         let config = format!(r#"{{"response_set": [["x-version", "{version}"]]}}"#);
-        docs(&[&base(&up), &format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: swap, namespace: default}}\nspec:\n  url: {url}\n  pluginConfig: {config}\n")])
+        docs(&[
+            &base(&up),
+            &format!(
+                "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: swap, namespace: default}}
+spec:
+  url: {url}
+  pluginConfig: {config}
+"
+            ),
+        ])
     };
     std::fs::write(dir.path().join("config.yaml"), with("a", "filter.wasm")).unwrap();
     let mut gw = TestGateway::start_in(dir).await;
@@ -661,7 +702,16 @@ async fn a_remote_module_loads_offline_when_its_sha256_is_cached() {
             .await;
     assert_eq!(local.send(get("/")).await.header("x-cached"), Some("1"));
     let remote = |sha: &str| {
-        format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: remote, namespace: default}}\nspec:\n  url: oci://registry.example/conformance:1\n  sha256: {sha}\n  pluginConfig: {{response_add: [[x-cached, remote]]}}\n")
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: remote, namespace: default}}
+spec:
+  url: oci://registry.example/conformance:1
+  sha256: {sha}
+  pluginConfig: {{response_add: [[x-cached, remote]]}}
+"
+        )
     };
     let gw = TestGateway::start(&docs(&[&base(&up), &remote(&sha)])).await;
     assert_eq!(gw.send(get("/")).await.header("x-cached"), Some("remote"));

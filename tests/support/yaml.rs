@@ -18,7 +18,16 @@ spec:
 /// one endpoint per upstream carrying `version: <label>`.
 pub fn service_entry(host: &str, port: u16, protocol: &str, endpoints: &[(&Upstream, &str)]) -> String {
     let mut out = format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se-{}, namespace: default}}\nspec:\n  hosts: [{host}]\n  resolution: STATIC\n  ports:\n  - {{number: {port}, name: http, protocol: {protocol}}}\n  endpoints:\n",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: se-{}, namespace: default}}
+spec:
+  hosts: [{host}]
+  resolution: STATIC
+  ports:
+  - {{number: {port}, name: http, protocol: {protocol}}}
+  endpoints:
+",
         host.replace('.', "-")
     );
     for (u, version) in endpoints {
@@ -49,5 +58,34 @@ pub fn docs(parts: &[&str]) -> String {
 
 /// A Gateway with a TCP server on port 9000 routed to `echo` at `127.0.0.1:upstream_port`.
 pub fn tcp_gateway(upstream_port: u16) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 9000, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo}}\nspec:\n  hosts: [echo.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{{number: 9000, name: tcp, protocol: TCP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {upstream_port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  tcp:\n  - match: [{{port: 9000}}]\n    route: [{{destination: {{host: echo, port: {{number: 9000}}}}}}]\n")
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9000, name: tcp, protocol: TCP}}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo}}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 9000, name: tcp, protocol: TCP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {upstream_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  tcp:
+  - match: [{{port: 9000}}]
+    route: [{{destination: {{host: echo, port: {{number: 9000}}}}}}]
+"
+    )
 }

@@ -353,7 +353,18 @@ mod tests {
     #[test]
     fn unknown_field_names_file_line_and_path() {
         let loaded = load_str(
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [a]\n  http:\n  - retries:\n      attempts: 3\n      retryon: 5xx\n    route: []\n",
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: r
+spec:
+  hosts: [a]
+  http:
+  - retries:
+      attempts: 3
+      retryon: 5xx
+    route: []
+",
         );
         assert!(loaded.resources.is_empty());
         let d = &loaded.diagnostics[0];

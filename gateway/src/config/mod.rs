@@ -1,6 +1,8 @@
-//! The raw world: Istio resources as the user wrote them, loaded from a directory of
-//! multi-document YAML, with `file:line` diagnostics. Nothing here knows about the
-//! runtime; `snapshot::compile` turns these into runtime structures.
+//! The raw world: Istio resources as the user wrote them, parsed from multi-document
+//! YAML with `file:line` diagnostics, the per-resource checks that need nothing else,
+//! and the list of fields parsed but not applied. Nothing here knows about the
+//! runtime; `snapshot::compile` turns these into runtime structures, and `source`
+//! says where the YAML comes from.
 
 #[macro_use]
 mod enums;

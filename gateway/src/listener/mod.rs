@@ -1,7 +1,9 @@
 //! Listeners: the accept loops for the ports the snapshot asks for, reconciled after
 //! every reload (new ports opened, removed ports closed). Each connection is handled
-//! by what its port serves in the current snapshot: plaintext HTTP, TLS chosen by SNI
-//! (terminated to HTTP or TCP, or passed through), or opaque TCP.
+//! by the handler the assembler gave the listeners (`connection` for a gateway, the
+//! sidecar's own for captured ports) according to what its port serves in the
+//! current snapshot: plaintext HTTP, TLS chosen by SNI (terminated to HTTP or TCP, or
+//! passed through), or opaque TCP. TLS itself is `tls`'s.
 
 pub(crate) mod client_hello;
 mod drain;

@@ -1,5 +1,8 @@
 //! Sidecar mode: the same engine inside a pod, serving traffic that iptables captured
-//! (outbound from the app, inbound from peers), with mutual TLS between workloads.
+//! (outbound from the app, inbound from peers), with mutual TLS between workloads;
+//! and the pod tools: capture rules, injection and its webhook, a development CA,
+//! the probe listener. What the two listeners serve is compiled into the snapshot
+//! (`snapshot::sidecar`).
 
 pub mod ca;
 pub mod capture;

@@ -1,5 +1,7 @@
-//! Telemetry: the JSON access log for HTTP requests and TCP connections, and Istio's
-//! Prometheus metrics (traces arrive later with issue #7).
+//! Telemetry: Istio's Prometheus metrics (names, labels and buckets as Istio's), the
+//! access log for HTTP requests and TCP connections (JSON or Envoy's text format),
+//! OpenTelemetry traces, and the run-time log level. `labels` is a leaf the upstream
+//! layer shares.
 
 mod access_log;
 mod json;

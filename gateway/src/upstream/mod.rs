@@ -1,5 +1,5 @@
 //! Upstreams: clusters and their endpoints, load balancing, the pooled HTTP client,
-//! retries and timeouts. The pipeline hands a request to `call` and gets a response
+//! retries and timeouts, outlier detection and circuit breaking, DNS refresh. The pipeline hands a request to `call` and gets a response
 //! or a `ProxyError` that says what failed.
 
 mod call;

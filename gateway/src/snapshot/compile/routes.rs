@@ -297,7 +297,15 @@ mod tests {
 
     use crate::{config::Bootstrap, route::RequestView, snapshot::Caches};
 
-    const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n";
+    const GATEWAY: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+";
 
     /// A small deterministic generator (no seed files, same cases every run).
     struct Lcg(u64);
@@ -339,7 +347,15 @@ mod tests {
                 let matches =
                     if rng.below(30) == 0 { String::new() } else { format!("  - match: [{}]\n  ", blocks.join(", ")) };
                 docs.push(format!(
-                    "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{i:02}}}\nspec:\n  hosts: [\"*\"]\n  gateways: [gw]\n  http:\n{}{}directResponse: {{status: 200}}\n",
+                    "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs-{i:02}}}
+spec:
+  hosts: [\"*\"]
+  gateways: [gw]
+  http:
+{}{}directResponse: {{status: 200}}
+",
                     matches,
                     if matches.is_empty() { "  - " } else { "  " },
                 ));
