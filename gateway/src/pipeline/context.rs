@@ -2,7 +2,7 @@
 //! what the phases learn on the way (the authority, the verified identity, the flags,
 //! the Wasm stream, the access record), and the response phases that close it.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use http::{header, HeaderValue, Request, Response, Version};
 use http_body::Body as _;
@@ -10,10 +10,11 @@ use hyper::body::Incoming;
 
 use super::{body, local::LocalReply, ConnInfo, Direction, Forwarded, Proxy, ResponseBody};
 use crate::{
+    addr_text,
     error::ResponseFlags,
     security::jwt::Identity,
     snapshot::Snapshot,
-    telemetry::{AccessRecord, LogFormat, Logged},
+    telemetry::{AccessRecord, DestinationLabels, LogFormat, Logged, Prehashed},
     wasm::{Phase, StreamInfo, WasmStream},
 };
 
@@ -27,10 +28,30 @@ pub(super) struct RequestCx<'a> {
     pub(super) authority: Option<String>,
     /// The verified JWT identity, once authenticated.
     pub(super) identity: Option<Arc<Identity>>,
-    /// Flags the local actions set on the way (DI).
+    /// Flags the phases set on the way (DI, URX).
     pub(super) flags: ResponseFlags,
+    /// The HTTP rule that matched.
+    pub(super) route_name: Option<Arc<str>>,
+    /// What the forward phase learned.
+    pub(super) upstream: UpstreamFacts,
     pub(super) wasm: Option<WasmStream>,
+    /// The access record: opened at the start, completed by the logging phase.
     pub(super) record: AccessRecord,
+}
+
+/// What the forward phase learned of the upstream, for the log line and metrics.
+#[derive(Default)]
+pub(super) struct UpstreamFacts {
+    /// The cluster chosen, by name (also when it does not exist).
+    pub(super) cluster: Option<Arc<str>>,
+    /// The endpoint that answered, or the last one tried.
+    pub(super) host: Option<SocketAddr>,
+    /// Istio's `destination_*` labels: the endpoint's, else the cluster's.
+    pub(super) destination: Option<Arc<Prehashed<DestinationLabels>>>,
+    /// The upstream connection presented a client certificate (mutual TLS).
+    pub(super) mutual_tls: bool,
+    /// A request body buffered whole, by its length.
+    pub(super) bytes_received: Option<u64>,
 }
 
 impl<'a> RequestCx<'a> {
@@ -68,7 +89,9 @@ impl<'a> RequestCx<'a> {
         record.grpc =
             req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let wasm = (!snapshot.wasm.is_empty()).then(|| WasmStream::new(stream_info(conn, req, &record)));
-        Self { proxy, snapshot, conn, authority, identity: None, flags: ResponseFlags::default(), wasm, record }
+        let flags = ResponseFlags::default();
+        let upstream = UpstreamFacts::default();
+        Self { proxy, snapshot, conn, authority, identity: None, flags, route_name: None, upstream, wasm, record }
     }
 
     /// Runs the Wasm filters of `phase` on the request headers.
@@ -83,7 +106,10 @@ impl<'a> RequestCx<'a> {
     /// filters' response callbacks (in reverse order).
     pub(super) fn respond(&mut self, reply: Result<Forwarded, LocalReply>) -> Forwarded {
         let (mut response, received) = match reply {
-            Ok(forwarded) => forwarded,
+            Ok(forwarded) => {
+                self.record.flags(self.flags);
+                forwarded
+            }
             Err(local) => (local.into_response(&mut self.record), None),
         };
         if let Some(mut stream) = self.wasm.take().filter(|w| !w.is_empty()) {
@@ -99,10 +125,19 @@ impl<'a> RequestCx<'a> {
         (response, received)
     }
 
-    /// The logging phase: the record is completed from the response and written
-    /// when its body ends.
+    /// The logging phase: the record is completed from what the phases learned and
+    /// the response, and written when the response body ends.
     pub(super) fn finish(self, (response, received): Forwarded) -> Response<Logged<ResponseBody>> {
         let mut record = self.record;
+        record.route_name = self.route_name.as_deref().map(str::to_string);
+        let upstream = self.upstream;
+        record.upstream_cluster = upstream.cluster.as_deref().map(str::to_string);
+        record.upstream_host = upstream.host.map(addr_text::socket_addr);
+        record.destination = upstream.destination;
+        record.mutual_tls |= upstream.mutual_tls;
+        if let Some(n) = upstream.bytes_received {
+            record.bytes_received = n;
+        }
         record.response_code = response.status().as_u16();
         record.grpc_status = crate::telemetry::grpc_status(response.headers()).or(record.grpc_status);
         let telemetry = self.proxy.telemetry.clone();

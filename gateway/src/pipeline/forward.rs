@@ -75,14 +75,13 @@ where
     B::Error: Into<BoxError>,
 {
     let (proxy, conn, mut flags) = (cx.proxy, cx.conn, cx.flags);
-    let record = &mut cx.record;
     let Some(dest) = fwd.choose() else {
         return Err(LocalReply::error(&ProxyError::NoRoute {
             authority: String::new(),
             path: req.uri().path().to_string(),
         }));
     };
-    record.upstream_cluster = Some(dest.target.name.to_string());
+    cx.upstream.cluster = Some(dest.target.name.clone());
     let Some(cluster) = dest.target.cluster.clone() else {
         return Err(
             LocalReply::error(&ProxyError::ClusterNotFound { cluster: dest.target.name.clone() }).with_flags(flags)
@@ -134,7 +133,7 @@ where
 
     let (body, received) = request_body(body, proxy.max_request_body).await?;
     if let ReplayBody::Full(b) = &body {
-        record.bytes_received = b.len() as u64;
+        cx.upstream.bytes_received = Some(b.len() as u64);
     }
     let (hash_key, session_cookie) = match cluster.lb.new_session_cookie(&headers) {
         Some((key, cookie)) => (Some(key), Some(cookie)),
@@ -156,18 +155,18 @@ where
 
     let retry = if websocket { crate::upstream::RetryPolicy::none() } else { route.retry.clone() };
     let span = tracing::debug_span!("upstream", cluster = %cluster.name);
-    let mut attempts = record.span.as_ref().filter(|s| s.sampled()).map(|_| Vec::new());
+    let mut attempts = cx.record.span.as_ref().filter(|s| s.sampled()).map(|_| Vec::new());
     let call = upstream::call(&proxy.upstreams, &cluster, head, body, route.timeout, &retry, attempts.as_mut());
     let result = call.instrument(span).await;
-    if let (Some(span), Some(attempts)) = (record.span.as_mut(), attempts) {
+    if let (Some(span), Some(attempts)) = (cx.record.span.as_mut(), attempts) {
         span.attempts(attempts);
     }
-    record.destination = Some(cluster.metrics.clone());
+    cx.upstream.destination = Some(cluster.metrics.clone());
     let metrics = &proxy.telemetry.metrics;
     let outcome = match result {
         Ok(o) => o,
         Err(failure) => {
-            record.upstream_host = failure.upstream.map(addr_text::socket_addr);
+            cx.upstream.host = failure.upstream;
             metrics.upstream(&cluster.name, failure.error.flag().first_name());
             flags.insert(failure.flags);
             tracing::debug!(error = %failure.error, "upstream failed");
@@ -179,11 +178,11 @@ where
         }
     };
     flags.insert(outcome.flags);
-    record.flags(flags);
-    record.upstream_host = Some(addr_text::socket_addr(outcome.endpoint.endpoint().addr));
-    record.destination = Some(outcome.endpoint.endpoint().metrics.clone());
-    record.mutual_tls |=
-        cluster.tls_for(outcome.endpoint.endpoint()).is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
+    cx.flags = flags;
+    let endpoint = outcome.endpoint.endpoint();
+    cx.upstream.host = Some(endpoint.addr);
+    cx.upstream.destination = Some(endpoint.metrics.clone());
+    cx.upstream.mutual_tls = cluster.tls_for(endpoint).is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
     metrics.upstream(&cluster.name, crate::telemetry::metrics::status_class(outcome.response.status().as_u16()));
 
     let mut response = outcome.response;

@@ -133,7 +133,7 @@ impl<'a> RequestCx<'a> {
             claims: self.identity.as_deref().map(|i| &i.claims),
         };
         let (route, matched) = vhost.find_route(&view).ok_or_else(|| self.no_route(req))?;
-        self.record.route_name = Some(route.name.to_string());
+        self.route_name = Some(route.name.clone());
         if let Some(w) = &self.wasm {
             let cluster = match &route.action {
                 Action::Forward(f) => f.choose().map(|d| Arc::from(&*d.target.name)),
@@ -184,7 +184,6 @@ impl<'a> RequestCx<'a> {
             if let Some((abort, share)) = fault.abort {
                 if crate::route::roll(share) {
                     self.flags.insert(ResponseFlags::FI);
-                    self.record.flags(self.flags);
                     return Err(match abort {
                         Abort::Http(status) => LocalReply::text(status, "fault filter abort"),
                         Abort::Grpc(code) => LocalReply::grpc(code, "fault filter abort"),
