@@ -3,7 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use super::{binding::ServerBinding, routes::Destinations};
+use super::{
+    binding::ServerBinding,
+    conditions::{ConfigTime, Site},
+    routes::Destinations,
+};
 use crate::{
     config::{
         istio::{RouteDestination, VirtualService},
@@ -123,7 +127,7 @@ fn binds(src: &Source<'_>, servers: &[&ServerBinding]) -> bool {
     })
 }
 
-/// Config-time match conditions: `port` and per-match `gateways`.
+/// Config-time conditions of a TLS or TCP block (see `conditions`).
 fn config_time_ok(
     port: Option<u32>,
     gateways: &[String],
@@ -132,11 +136,7 @@ fn config_time_ok(
     servers: &[&ServerBinding],
     bootstrap: &Bootstrap,
 ) -> bool {
-    let port_ok = port.is_none_or(|p| p == u32::from(listener_port));
-    let gateways_ok = gateways.is_empty()
-        || gateways.iter().any(|g| {
-            super::binding::resolve_gateway_ref(g, &src.resource.id.namespace, bootstrap)
-                .is_some_and(|g| servers.iter().any(|s| s.gateway == g))
-        });
-    port_ok && gateways_ok
+    let serves = |g: &str| servers.iter().any(|s| s.gateway == g);
+    let site = Site { port: listener_port, mesh: false, serves: &serves };
+    ConfigTime { port, gateways, source: None }.applies(&src.resource.id.namespace, &site, bootstrap)
 }

@@ -3,6 +3,7 @@
 //! rejected alone (and named), everything else applies.
 
 mod binding;
+mod conditions;
 mod l4;
 mod listeners;
 mod mesh;

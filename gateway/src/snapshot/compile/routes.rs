@@ -5,7 +5,12 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use bytes::Bytes;
 
-use super::{binding::resolve_gateway_ref, registry::Registry, Report};
+use super::{
+    binding::resolve_gateway_ref,
+    conditions::{ConfigTime, Site},
+    registry::Registry,
+    Report,
+};
 use crate::{
     config::{
         istio::{Destination, HttpMatchRequest, HttpRoute, VirtualService},
@@ -77,24 +82,12 @@ pub(super) fn compile_http(
     }
 }
 
-/// Config-time conditions: `port`, `gateways`, `sourceLabels`, `sourceNamespace`.
+/// Config-time conditions of an HTTP block (see `conditions`).
 fn applies_here(m: &HttpMatchRequest, r: &Resource, cx: &PortContext<'_>, bootstrap: &Bootstrap) -> bool {
-    if m.port.is_some_and(|p| cx.port != 0 && p != u32::from(cx.port)) {
-        return false;
-    }
-    if cx.mesh && !m.gateways.is_empty() {
-        return m.gateways.iter().any(|g| g == "mesh");
-    }
-    if !m.gateways.is_empty() {
-        return m
-            .gateways
-            .iter()
-            .filter_map(|g| resolve_gateway_ref(g, &r.id.namespace, bootstrap))
-            .any(|g| cx.port == 0 || (cx.gateways_on_port)(&g));
-    }
-    let labels_ok = m.source_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v));
-    let ns_ok = m.source_namespace.as_ref().is_none_or(|ns| *ns == bootstrap.namespace);
-    labels_ok && ns_ok
+    let serves = |g: &str| cx.port == 0 || (cx.gateways_on_port)(g);
+    let site = Site { port: cx.port, mesh: cx.mesh, serves: &serves };
+    let source = Some((&m.source_labels, m.source_namespace.as_deref()));
+    ConfigTime { port: m.port, gateways: &m.gateways, source }.applies(&r.id.namespace, &site, bootstrap)
 }
 
 type FieldError = (String, String);
