@@ -8,7 +8,9 @@ use wicket::security::normalize::Normalization;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };
-    for n in [Normalization::None, Normalization::Base, Normalization::MergeSlashes, Normalization::DecodeAndMergeSlashes] {
+    for n in
+        [Normalization::None, Normalization::Base, Normalization::MergeSlashes, Normalization::DecodeAndMergeSlashes]
+    {
         let mode = format!("{n:?}");
         assert_eq!(n.apply(path), n.rewrite(path), "{mode}: {path:?}");
         let Ok(Some(once)) = n.apply(path) else { continue };
