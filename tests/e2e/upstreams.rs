@@ -350,3 +350,38 @@ async fn request_ids_pass_through_and_http_1_0_is_refused() {
     let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)).await;
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.0 426"), "{}", String::from_utf8_lossy(&out));
 }
+
+/// ServiceEntry endpoint `weight`s set the shares of the endpoints (Istio's
+/// load-balancing weight); round robin makes them exact.
+#[tokio::test]
+async fn endpoint_weights_share_the_traffic() {
+    let light = Upstream::start("light").await;
+    let heavy = Upstream::start("heavy").await;
+    let se = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: weighted}}
+spec:
+  hosts: [weighted.example]
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, weight: 1}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}, weight: 3}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: weighted}}
+spec:
+  host: weighted.example
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+",
+        light.addr.port(),
+        heavy.addr.port()
+    );
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs("w.test", "weighted.example")])).await;
+    for _ in 0..40 {
+        assert_eq!(gw.get("w.test", "/").await.status, StatusCode::OK);
+    }
+    assert_eq!((light.hits(), heavy.hits()), (10, 30));
+}

@@ -167,11 +167,6 @@ pub(crate) const FIELDS: &[Field] = &[
         "locality load balancing is not implemented",
     ),
     ignored(
-        "WorkloadEntry.weight",
-        &[(Se, "spec.endpoints[].weight"), (Kind::WorkloadEntry, "spec.weight")],
-        "endpoints are balanced with equal weights",
-    ),
-    ignored(
         "TracingSpec.custom_tags",
         &[(Tm, "spec.tracing[].customTags")],
         "spans carry Istio's standard attributes only",

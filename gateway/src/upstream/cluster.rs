@@ -82,13 +82,22 @@ pub struct Endpoint {
     /// Runs a sidecar that takes Istio mutual TLS (label `security.istio.io/tlsMode:
     /// istio`, unless its PeerAuthentication disables mTLS): auto mTLS applies.
     pub mesh_tls: bool,
+    /// Load-balancing weight (ServiceEntry endpoint / WorkloadEntry `weight`; 1 when
+    /// unset or 0, as Istio).
+    pub weight: u32,
 }
 
 impl Endpoint {
     /// A new endpoint with no request in flight.
     pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>, metrics: Arc<Prehashed<DestinationLabels>>) -> Self {
         let mesh_tls = labels.get(TLS_MODE_LABEL).is_some_and(|m| m == "istio");
-        Self { addr, labels, metrics, active: AtomicUsize::new(0), health: Health::default(), mesh_tls }
+        Self { addr, labels, metrics, active: AtomicUsize::new(0), health: Health::default(), mesh_tls, weight: 1 }
+    }
+
+    /// With a load-balancing weight; 0 means unset.
+    pub fn with_weight(mut self, weight: Option<u32>) -> Self {
+        self.weight = weight.filter(|w| *w > 0).unwrap_or(1);
+        self
     }
 
     /// Takes plaintext even though it runs a sidecar (its PeerAuthentication says DISABLE).

@@ -17,6 +17,8 @@ pub struct DnsTarget {
     pub labels: BTreeMap<String, String>,
     /// Metric labels of the resulting endpoints.
     pub metrics: Arc<Prehashed<DestinationLabels>>,
+    /// Load-balancing weight of each resulting endpoint.
+    pub weight: Option<u32>,
 }
 
 /// Resolves every DNS target of `cluster` and installs the addresses found. When a
@@ -32,7 +34,9 @@ pub(crate) async fn refresh_dns(cluster: &Arc<Cluster>) {
         match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
             Ok(addrs) => endpoints.extend(addrs.map(|a| {
                 let same = current.iter().find(|e| e.addr == a && e.labels == t.labels).cloned();
-                same.unwrap_or_else(|| Arc::new(Endpoint::new(a, t.labels.clone(), t.metrics.clone())))
+                same.unwrap_or_else(|| {
+                    Arc::new(Endpoint::new(a, t.labels.clone(), t.metrics.clone()).with_weight(t.weight))
+                })
             })),
             Err(e) => {
                 tracing::warn!(cluster = %cluster.name, host = %t.host, error = %e, "dns resolution failed");
@@ -55,6 +59,7 @@ mod tests {
             port: 8080,
             labels: BTreeMap::new(),
             metrics: DestinationLabels::unknown(),
+            weight: None,
         };
         let cluster =
             Arc::new(Cluster::new("dns".into(), Protocol::Http1, LbPolicy::LeastRequest, Vec::new(), vec![target]));

@@ -100,30 +100,69 @@ impl LbPolicy {
     }
 
     /// Picks one of `eps`; `key` is the request's hash key for consistent hashing.
+    /// Endpoint weights apply as in Envoy: round robin and random in proportion to
+    /// them, least request comparing load per weight, consistent hashing weighted
+    /// rendezvous (a key still moves only when its endpoint changes).
     pub fn pick<'a>(&self, eps: &'a [Arc<Endpoint>], key: Option<u64>) -> Option<&'a Arc<Endpoint>> {
-        match eps.len() {
-            0 => None,
-            1 => eps.first(),
-            n => match self {
-                Self::RoundRobin(next) => eps.get(next.fetch_add(1, Ordering::Relaxed) % n),
-                Self::Random => eps.get(rand::random_range(0..n)),
-                Self::LeastRequest => {
-                    let a = &eps[rand::random_range(0..n)];
-                    let b = &eps[rand::random_range(0..n)];
-                    Some(if b.active() < a.active() { b } else { a })
-                }
-                Self::ConsistentHash(_) => match key {
-                    Some(key) => eps.iter().max_by_key(|e| {
-                        let mut h = DefaultHasher::new();
-                        key.hash(&mut h);
-                        e.addr.hash(&mut h);
-                        h.finish()
-                    }),
-                    None => eps.get(rand::random_range(0..n)),
-                },
+        let n = eps.len();
+        if n <= 1 {
+            return eps.first();
+        }
+        let weighted = eps.iter().any(|e| e.weight != eps[0].weight);
+        let random = || if weighted { weighted_random(eps) } else { &eps[rand::random_range(0..n)] };
+        match self {
+            Self::RoundRobin(next) if weighted => {
+                let total: u64 = eps.iter().map(|e| u64::from(e.weight)).sum();
+                let ticket = next.fetch_add(1, Ordering::Relaxed) as u64 % total;
+                Some(by_ticket(eps, ticket))
+            }
+            Self::RoundRobin(next) => eps.get(next.fetch_add(1, Ordering::Relaxed) % n),
+            Self::Random => Some(random()),
+            Self::LeastRequest => {
+                let (a, b) = (random(), random());
+                // b is less loaded per unit of weight than a.
+                let lighter = (b.active() as u64) * u64::from(a.weight) < (a.active() as u64) * u64::from(b.weight);
+                Some(if lighter { b } else { a })
+            }
+            Self::ConsistentHash(_) => match key {
+                Some(key) if weighted => eps.iter().max_by(|x, y| score(key, x).total_cmp(&score(key, y))),
+                Some(key) => eps.iter().max_by_key(|e| rendezvous(key, e)),
+                None => Some(random()),
             },
         }
     }
+}
+
+/// The endpoint whose share of the total weight holds `ticket` (`< total`).
+fn by_ticket(eps: &[Arc<Endpoint>], mut ticket: u64) -> &Arc<Endpoint> {
+    for e in eps {
+        if ticket < u64::from(e.weight) {
+            return e;
+        }
+        ticket -= u64::from(e.weight);
+    }
+    &eps[eps.len() - 1]
+}
+
+/// An endpoint at random, in proportion to the weights.
+fn weighted_random(eps: &[Arc<Endpoint>]) -> &Arc<Endpoint> {
+    let total: u64 = eps.iter().map(|e| u64::from(e.weight)).sum();
+    by_ticket(eps, rand::random_range(0..total))
+}
+
+/// Rendezvous hash of a key and an endpoint.
+fn rendezvous(key: u64, e: &Endpoint) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    e.addr.hash(&mut h);
+    h.finish()
+}
+
+/// Weighted rendezvous score: `weight / -ln(u)` for the hash as `u` in (0, 1), so an
+/// endpoint wins keys in proportion to its weight.
+fn score(key: u64, e: &Endpoint) -> f64 {
+    let u = ((rendezvous(key, e) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(e.weight) / -u.ln()
 }
 
 #[cfg(test)]
@@ -163,5 +202,42 @@ mod tests {
             }
         }
         assert!((50..=150).contains(&moved), "about a tenth of the keys were on the removed endpoint: {moved}");
+    }
+
+    fn weighted(weights: &[u32]) -> Vec<Arc<Endpoint>> {
+        let eps = endpoints(9000..9000 + weights.len() as u16);
+        eps.into_iter()
+            .zip(weights)
+            .map(|(e, w)| {
+                Arc::new(Endpoint::new(e.addr, BTreeMap::new(), DestinationLabels::unknown()).with_weight(Some(*w)))
+            })
+            .collect()
+    }
+
+    /// How many of `rounds` picks each endpoint got.
+    fn shares(lb: &LbPolicy, eps: &[Arc<Endpoint>], rounds: u64, key: impl Fn(u64) -> Option<u64>) -> Vec<u64> {
+        let mut counts = vec![0; eps.len()];
+        for i in 0..rounds {
+            let picked = lb.pick(eps, key(i)).unwrap();
+            counts[eps.iter().position(|e| Arc::ptr_eq(e, picked)).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn endpoint_weights_set_each_policys_shares() {
+        let eps = weighted(&[1, 3]);
+        assert_eq!(shares(&LbPolicy::round_robin(), &eps, 400, |_| None), [100, 300], "round robin is exact");
+        let near = |got: &[u64], want: [u64; 2]| got.iter().zip(want).all(|(g, w)| g.abs_diff(w) < w / 5 + 30);
+        for (name, lb) in [("random", LbPolicy::Random), ("least request", LbPolicy::LeastRequest)] {
+            let got = shares(&lb, &eps, 4000, |_| None);
+            assert!(near(&got, [1000, 3000]), "{name}: {got:?}");
+        }
+        let hash = LbPolicy::ConsistentHash(HashOn::SourceIp);
+        let got = shares(&hash, &eps, 4000, |i| Some(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        assert!(near(&got, [1000, 3000]), "consistent hash: {got:?}");
+        // Weight 0 is unset: equal shares.
+        let unset = weighted(&[0, 1]);
+        assert_eq!(unset[0].weight, 1);
     }
 }

@@ -104,10 +104,8 @@ pub(crate) struct WorkloadEntry {
     #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
     #[serde(default)]
     pub locality: NotApplied<Option<String>>,
-    /// Relative load-balancing weight.
-    #[allow(dead_code)] // not applied: see `not_applied::FIELDS`
-    #[serde(default)]
-    pub weight: NotApplied<Option<u32>>,
+    /// Relative load-balancing weight (0: unset).
+    pub weight: Option<u32>,
     /// Workload identity.
     pub service_account: Option<String>,
 }

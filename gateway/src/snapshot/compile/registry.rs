@@ -229,7 +229,8 @@ impl<'a> Registry<'a> {
             let metrics = destination_labels(host, service, &self.domain_suffix, Some(ep));
             match ep.address.parse::<IpAddr>() {
                 Ok(ip) => {
-                    let mut endpoint = Endpoint::new(SocketAddr::new(ip, ep_port), ep.labels.clone(), metrics);
+                    let mut endpoint =
+                        Endpoint::new(SocketAddr::new(ip, ep_port), ep.labels.clone(), metrics).with_weight(ep.weight);
                     // Istio's auto mTLS sends plaintext to a workload whose policy disables mTLS.
                     if auto_mtls.is_some() && endpoint.mesh_tls {
                         let (policy, _) = self.peer.effective(&service.namespace, &ep.labels);
@@ -239,9 +240,13 @@ impl<'a> Registry<'a> {
                     }
                     endpoints.push(Arc::new(endpoint))
                 }
-                Err(_) if service.dns && !ep.address.starts_with("unix://") => {
-                    dns.push(DnsTarget { host: ep.address.clone(), port: ep_port, labels: ep.labels.clone(), metrics })
-                }
+                Err(_) if service.dns && !ep.address.starts_with("unix://") => dns.push(DnsTarget {
+                    host: ep.address.clone(),
+                    port: ep_port,
+                    labels: ep.labels.clone(),
+                    metrics,
+                    weight: ep.weight,
+                }),
                 Err(_) => {
                     tracing::warn!(host, address = %ep.address, "endpoint address is not an IP; skipped")
                 }
