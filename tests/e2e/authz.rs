@@ -394,3 +394,30 @@ data:
     assert_eq!(gw.send(req("GET", "/", None)).await.status, StatusCode::FORBIDDEN);
     assert_eq!(up.hits(), 1);
 }
+
+/// Conditions on the request's own facts: `destination.ip` is the address the client
+/// connected to (127.0.0.1 here), and pseudo-headers name the method, path (with its
+/// query) and authority.
+#[tokio::test]
+async fn destination_ip_and_pseudo_headers_in_conditions() {
+    let policy = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: facts, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/local]}}]
+    when: [{key: destination.ip, values: [127.0.0.0/8]}]
+  - to: [{operation: {paths: [/remote]}}]
+    when: [{key: destination.ip, values: [10.0.0.0/8]}]
+  - when: [{key: \"request.headers[:method]\", values: [PATCH]}]
+  - when: [{key: \"request.headers[:path]\", values: [\"*?debug=1\"]}]
+";
+    let (gw, _up) = workload(&[policy]).await;
+    assert_eq!(gw.send(req("GET", "/local", None)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(gw.send(req("GET", "/remote", None)).await.status, StatusCode::OK);
+    assert_eq!(gw.send(req("PATCH", "/get", None)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(gw.send(req("GET", "/get?debug=1", None)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(gw.send(req("GET", "/get", None)).await.status, StatusCode::OK);
+    assert!(!gw.ready().await.contains("fail_closed"), "every condition compiled");
+}

@@ -44,12 +44,15 @@ pub(crate) async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
         let request = AuthzRequest {
             source_ip: peer.ip(),
             remote_ip: peer.ip(),
+            destination_ip: conn.local,
             peer_principal: conn.peer_principal(),
             identity: None,
             host: "",
             port,
             method: "",
             path: "",
+            path_and_query: "",
+            scheme: "",
             headers: &none,
             sni,
         };

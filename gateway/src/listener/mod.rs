@@ -235,12 +235,12 @@ pub(crate) async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, s
     if matches!(snapshot.ports.get(&port), None | Some(PortPlan::Http(_))) {
         // Requests load the snapshot themselves: a long connection keeps no old one alive.
         drop(snapshot);
-        let conn = Arc::new(ConnInfo::plain(peer, port));
+        let conn = Arc::new(ConnInfo::plain(peer, local_ip(&stream), port));
         return Box::pin(serve_http(stream, conn, server)).await;
     }
     match snapshot.ports.get(&port) {
         Some(PortPlan::Tcp(routes)) => {
-            let conn = ConnInfo::plain(peer, port);
+            let conn = ConnInfo::plain(peer, local_ip(&stream), port);
             Box::pin(l4::proxy(stream, routes, &conn, &server.proxy, &snapshot.security.tcp_authz)).await
         }
         Some(PortPlan::Tls(chains)) => {
@@ -251,6 +251,11 @@ pub(crate) async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, s
         }
         None | Some(PortPlan::Http(_)) => {}
     }
+}
+
+/// The address a connection was made to (the unspecified address if unknown).
+fn local_ip(stream: &TcpStream) -> IpAddr {
+    stream.local_addr().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip())
 }
 
 /// A connection to a TLS port: the ClientHello's SNI picks the server, which
@@ -276,7 +281,7 @@ async fn tls_connection(
         return;
     };
     let sni: Option<Arc<str>> = hello.sni.as_deref().map(Into::into);
-    let conn = ConnInfo { sni, ..ConnInfo::plain(peer, port) };
+    let conn = ConnInfo { sni, ..ConnInfo::plain(peer, local_ip(&stream), port) };
     let stream = Prefixed::new(raw, stream);
     match &chain.action {
         // The ClientHello bytes already read are replayed to the upstream.

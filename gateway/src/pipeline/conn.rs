@@ -1,6 +1,9 @@
 //! The connection a request arrived on, as every phase of the pipeline reads it.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use crate::telemetry::{metrics::Reporter, Prehashed, SourceLabels};
 
@@ -9,6 +12,9 @@ use crate::telemetry::{metrics::Reporter, Prehashed, SourceLabels};
 pub(crate) struct ConnInfo {
     /// Client address.
     pub peer: SocketAddr,
+    /// The address the connection was made to (`destination.ip`): the listener's, or
+    /// for captured traffic the original destination's.
+    pub local: IpAddr,
     /// The listener's port as written (it picks the route table).
     pub listener_port: u16,
     /// The destination port routes and policies match on: the listener port, or for
@@ -43,10 +49,11 @@ pub(crate) enum Direction {
 }
 
 impl ConnInfo {
-    /// A plaintext connection accepted on a gateway listener.
-    pub(crate) fn plain(peer: SocketAddr, port: u16) -> Self {
+    /// A plaintext connection accepted on a gateway listener at `local`.
+    pub(crate) fn plain(peer: SocketAddr, local: IpAddr, port: u16) -> Self {
         Self {
             peer,
+            local,
             listener_port: port,
             port,
             direction: Direction::Gateway,

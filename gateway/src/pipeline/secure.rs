@@ -104,12 +104,15 @@ fn authz_request<'a>(
     AuthzRequest {
         source_ip: conn.peer.ip(),
         remote_ip: security::remote_ip(req.headers(), conn.peer.ip(), snapshot.security.trusted_hops),
+        destination_ip: conn.local,
         peer_principal: conn.peer_principal(),
         identity,
         host: authority,
         port: conn.port,
         method: req.method().as_str(),
         path: req.uri().path(),
+        path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        scheme: conn.scheme,
         headers: req.headers(),
         sni: conn.sni.as_deref(),
     }

@@ -170,6 +170,8 @@ pub struct AuthzRequest<'a> {
     pub source_ip: IpAddr,
     /// Original client address (X-Forwarded-For with trusted hops).
     pub remote_ip: IpAddr,
+    /// The address the connection was made to.
+    pub destination_ip: IpAddr,
     /// mTLS peer identity without `spiffe://` (`td/ns/x/sa/y`).
     pub peer_principal: Option<&'a str>,
     /// JWT identity.
@@ -182,6 +184,10 @@ pub struct AuthzRequest<'a> {
     pub method: &'a str,
     /// Normalized path without query.
     pub path: &'a str,
+    /// Path with query, as `:path` carries it.
+    pub path_and_query: &'a str,
+    /// `http` or `https`, as `:scheme` carries it.
+    pub scheme: &'a str,
     /// Request headers (after authentication outputs).
     pub headers: &'a HeaderMap,
     /// TLS SNI.
@@ -222,8 +228,11 @@ struct OperationMatch {
 #[derive(Debug, Clone)]
 enum Key {
     Header(http::header::HeaderName),
+    /// `request.headers[:method]` and the other pseudo-headers Envoy matches on.
+    Pseudo(Pseudo),
     SourceIp,
     RemoteIp,
+    DestinationIp,
     SourceNamespace,
     SourcePrincipal,
     RequestPrincipal,
@@ -232,6 +241,36 @@ enum Key {
     Claim(Vec<String>),
     DestinationPort,
     Sni,
+}
+
+/// The HTTP/2 pseudo-headers a condition can name (Envoy sees them in HTTP/1 too).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Pseudo {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+}
+
+impl Pseudo {
+    pub(super) fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            ":method" => Self::Method,
+            ":path" => Self::Path,
+            ":authority" => Self::Authority,
+            ":scheme" => Self::Scheme,
+            _ => return None,
+        })
+    }
+
+    fn of<'r>(self, r: &AuthzRequest<'r>) -> &'r str {
+        match self {
+            Self::Method => r.method,
+            Self::Path => r.path_and_query,
+            Self::Authority => r.host,
+            Self::Scheme => r.scheme,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -424,7 +463,10 @@ impl Policy {
 impl Key {
     /// Attributes only an HTTP request has.
     fn is_http(&self) -> bool {
-        matches!(self, Key::Header(_) | Key::RequestPrincipal | Key::Audiences | Key::Presenter | Key::Claim(_))
+        matches!(
+            self,
+            Key::Header(_) | Key::Pseudo(_) | Key::RequestPrincipal | Key::Audiences | Key::Presenter | Key::Claim(_)
+        )
     }
 }
 
@@ -555,6 +597,7 @@ impl When {
         match &self.key {
             Key::SourceIp => Attr::Ip(r.source_ip),
             Key::RemoteIp => Attr::Ip(r.remote_ip),
+            Key::DestinationIp => Attr::Ip(r.destination_ip),
             Key::SourcePrincipal => strings(r.peer_principal.map(str::to_string)),
             Key::SourceNamespace => strings(
                 r.peer_principal.and_then(|p| p.split('/').skip_while(|s| *s != "ns").nth(1)).map(str::to_string),
@@ -572,6 +615,7 @@ impl When {
                 let all: Vec<&str> = r.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
                 strings((!all.is_empty()).then(|| all.join(",")))
             }
+            Key::Pseudo(p) => strings(Some(p.of(r).to_string()).filter(|v| !v.is_empty())),
             Key::DestinationPort => strings(Some(r.port.to_string())),
             Key::Sni => strings(r.sni.map(str::to_string)),
         }

@@ -54,7 +54,7 @@ pub(crate) async fn serve(
         original_dst: Some(
             plan.endpoints.get(&dst.port()).copied().unwrap_or(SocketAddr::new(plan.app_ip, dst.port())),
         ),
-        ..ConnInfo::plain(peer, listener_port)
+        ..ConnInfo::plain(peer, dst.ip(), listener_port)
     };
     let mut stream = Prefixed::new(prefix, stream);
     let mesh_tls = kind == Sniffed::Tls && mode != MtlsMode::Disable && {

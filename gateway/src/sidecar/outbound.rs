@@ -51,7 +51,7 @@ pub(crate) async fn serve(
         port: dst.port(),
         direction: Direction::Outbound,
         original_dst: Some(dst),
-        ..ConnInfo::plain(peer, listener_port)
+        ..ConnInfo::plain(peer, dst.ip(), listener_port)
     };
     let stream = Prefixed::new(prefix, stream);
     if http {

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::config::not_applied::NotApplied;
 
-use super::{MatchLabelsSelector, Percent, PortSelector};
+use super::{MatchLabelsSelector, PortSelector};
 use crate::config::GoDuration;
 
 istio_enum! {
@@ -293,7 +293,7 @@ pub(crate) struct Warmup {
     /// Warmup duration.
     pub duration: Option<GoDuration>,
     /// Minimum percent of traffic.
-    pub minimum_percent: Option<Percent>,
+    pub minimum_percent: Option<f64>,
     /// Aggression.
     pub aggression: Option<f64>,
 }
@@ -448,7 +448,7 @@ pub(crate) struct ProxyProtocol {
 #[allow(dead_code)] // only validated: the field holding it is not applied
 pub(crate) struct RetryBudget {
     /// Percent of active requests.
-    pub percent: Option<Percent>,
+    pub percent: Option<f64>,
     /// Minimum concurrent retries.
     pub min_retry_concurrency: Option<u32>,
 }

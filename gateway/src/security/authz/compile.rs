@@ -5,7 +5,7 @@
 //! widens a DENY rule, never narrows it); the caller drops an ALLOW rule that has any
 //! error, which can only narrow what ALLOW policies let through.
 
-use super::{AnyOf, Cidr, Key, OperationMatch, PathPattern, Pattern, Rule, SourceMatch, Values, When};
+use super::{AnyOf, Cidr, Key, OperationMatch, PathPattern, Pattern, Pseudo, Rule, SourceMatch, Values, When};
 use crate::config::istio::{Condition, Operation, Rule as ConfigRule, Source};
 
 /// A field's path (`spec.rules[0].when[1].key`) and what is wrong with it.
@@ -133,6 +133,7 @@ fn compile_when(c: &Condition) -> Result<When, String> {
     let key = match c.key.as_str() {
         "source.ip" => Key::SourceIp,
         "remote.ip" => Key::RemoteIp,
+        "destination.ip" => Key::DestinationIp,
         "source.namespace" => Key::SourceNamespace,
         "source.principal" => Key::SourcePrincipal,
         "request.auth.principal" => Key::RequestPrincipal,
@@ -143,10 +144,13 @@ fn compile_when(c: &Condition) -> Result<When, String> {
         k => {
             if let Some(name) = k.strip_prefix("request.headers").and_then(bracket) {
                 let [name] = name.as_slice() else { return Err(format!("invalid header key {k:?}")) };
-                Key::Header(
-                    http::header::HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|_| format!("invalid header name in {k:?}"))?,
-                )
+                match Pseudo::parse(name) {
+                    Some(pseudo) => Key::Pseudo(pseudo),
+                    None => Key::Header(
+                        http::header::HeaderName::from_bytes(name.as_bytes())
+                            .map_err(|_| format!("invalid header name in {k:?}"))?,
+                    ),
+                }
             } else if let Some(path) = k.strip_prefix("request.auth.claims").and_then(bracket) {
                 Key::Claim(path)
             } else {
@@ -159,7 +163,9 @@ fn compile_when(c: &Condition) -> Result<When, String> {
             return Ok(None);
         }
         Ok(Some(match key {
-            Key::SourceIp | Key::RemoteIp => Values::Ips(v.iter().map(|s| Cidr::parse(s)).collect::<Result<_, _>>()?),
+            Key::SourceIp | Key::RemoteIp | Key::DestinationIp => {
+                Values::Ips(v.iter().map(|s| Cidr::parse(s)).collect::<Result<_, _>>()?)
+            }
             Key::SourcePrincipal => Values::Strings(principals(v)?.0),
             Key::DestinationPort => {
                 for p in v {

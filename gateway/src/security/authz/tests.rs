@@ -33,12 +33,15 @@ impl Req {
         let r = AuthzRequest {
             source_ip: self.ip,
             remote_ip: self.ip,
+            destination_ip: self.ip,
             peer_principal: None,
             identity: self.identity.as_ref(),
             host: "shop.test",
             port: 8080,
             method: self.method,
             path: self.path,
+            path_and_query: self.path,
+            scheme: "https",
             headers: &self.headers,
             sni: None,
         };
@@ -214,12 +217,15 @@ fn tcp_drops_http_allow_rules_and_widens_http_deny_rules() {
         let r = AuthzRequest {
             source_ip: "10.0.0.1".parse().unwrap(),
             remote_ip: "10.0.0.1".parse().unwrap(),
+            destination_ip: "10.0.0.2".parse().unwrap(),
             peer_principal: None,
             identity: None,
             host: "",
             port: 9000,
             method: "",
             path: "",
+            path_and_query: "",
+            scheme: "",
             headers: &headers,
             sni: None,
         };
@@ -256,12 +262,15 @@ fn service_accounts_and_trust_domains_match_the_peer_identity() {
         let r = AuthzRequest {
             source_ip: ip,
             remote_ip: ip,
+            destination_ip: ip,
             peer_principal: principal,
             identity: None,
             host: "shop.test",
             port: 8080,
             method: "GET",
             path: "/",
+            path_and_query: "/",
+            scheme: "",
             headers: &headers,
             sni: None,
         };
@@ -277,4 +286,34 @@ fn service_accounts_and_trust_domains_match_the_peer_identity() {
         let errors = compile_with_errors(&format!("rules: [{{from: [{{source: {{{bad}}}}}]}}]")).errors;
         assert!(errors[0].0.ends_with("serviceAccounts"), "{bad}: {errors:?}");
     }
+}
+
+#[test]
+fn pseudo_headers_are_request_facts() {
+    let e = engine(&[(
+        "deny",
+        "action: DENY
+rules:
+- when:
+  - {key: \"request.headers[:method]\", values: [DELETE]}
+- when:
+  - {key: \"request.headers[:path]\", values: [\"/admin?*\"]}
+- when:
+  - {key: \"request.headers[:authority]\", values: [evil.test]}
+  - {key: \"request.headers[:scheme]\", values: [https]}",
+    )]);
+    assert!(Req::new("GET", "/").decide(&e));
+    assert!(!Req::new("DELETE", "/").decide(&e), ":method");
+    // `:path` carries the query; the test request's host is shop.test.
+    assert!(!Req::new("GET", "/admin?x=1").decide(&e), ":path with its query");
+    assert!(Req::new("GET", "/admin").decide(&e), ":path without a query does not match /admin?*");
+}
+
+#[test]
+fn destination_ip_is_the_address_the_connection_was_made_to() {
+    // The test request is made to 10.0.0.1.
+    let here = engine(&[("a", "rules: [{when: [{key: destination.ip, values: [10.0.0.0/24]}]}]")]);
+    let there = engine(&[("a", "rules: [{when: [{key: destination.ip, values: [192.168.0.0/16]}]}]")]);
+    assert!(Req::new("GET", "/").decide(&here));
+    assert!(!Req::new("GET", "/").decide(&there));
 }
