@@ -742,3 +742,30 @@ async fn a_module_path_to_a_device_is_refused_not_read_forever() {
     let diags: Vec<String> = gw.gateway.snapshot().diagnostics.iter().map(ToString::to_string).collect();
     assert!(diags.iter().any(|d| d.contains("/dev/zero") && d.contains("not a regular file")), "{diags:?}");
 }
+
+/// A WasmPlugin document that does not load (a misspelt field): a plugin that loaded
+/// before keeps serving its last good version; without one, FAIL_CLOSE (the default)
+/// denies what it would have filtered and says so on `/ready`, and FAIL_OPEN lets
+/// requests go on without it.
+#[tokio::test]
+async fn an_unloadable_wasm_plugin_keeps_its_last_good_version_or_fails_by_its_strategy() {
+    let up = Upstream::start("api").await;
+    let good = filter("guard", r#"{"response_add": [["x-guarded", "yes"]]}"#, "");
+    let broken = |extra: &str| good.replace("  pluginConfig:", &format!("{extra}  phse: AUTHN\n  pluginConfig:"));
+
+    let mut gw = TestGateway::start(&docs(&[&base(&up), &good])).await;
+    assert_eq!(gw.send(get("/")).await.header("x-guarded"), Some("yes"));
+    gw.write("config.yaml", &docs(&[&base(&up), &broken("")])).await;
+    let resp = gw.send(get("/")).await;
+    assert_eq!((resp.status, resp.header("x-guarded")), (StatusCode::OK, Some("yes")), "the last good version serves");
+
+    let closed = TestGateway::start(&docs(&[&base(&up), &broken("")])).await;
+    let resp = closed.send(get("/")).await;
+    assert_eq!((resp.status, resp.body.as_str()), (StatusCode::FORBIDDEN, "RBAC: access denied"));
+    assert!(closed.ready().await.contains("fail_closed WasmPlugin/default/guard"), "{}", closed.ready().await);
+    assert_eq!(up.hits(), 2, "the denied request never reached the upstream");
+
+    let open = TestGateway::start(&docs(&[&base(&up), &broken("  failStrategy: FAIL_OPEN\n")])).await;
+    let resp = open.send(get("/")).await;
+    assert_eq!((resp.status, resp.header("x-guarded")), (StatusCode::OK, None));
+}

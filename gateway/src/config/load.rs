@@ -214,6 +214,12 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
             if matches!(kind_id, Kind::AuthorizationPolicy | Kind::RequestAuthentication | Kind::PeerAuthentication) {
                 let spec = Spec::Unreadable(unreadable(doc));
                 loaded.resources.push(Resource { id, origin, meta, spec });
+            } else if kind_id == Kind::WasmPlugin {
+                // Its last good version serves if there is one (the reloader swaps it
+                // in); otherwise what can be read decides how it fails.
+                loaded.rejected.push(id.clone());
+                let spec = Spec::Unreadable(unreadable(doc));
+                loaded.resources.push(Resource { id, origin, meta, spec });
             } else {
                 loaded.rejected.push(id);
             }
@@ -221,7 +227,8 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
     }
 }
 
-/// Reads what it can of a security document that failed to load (see `Unreadable`).
+/// Reads what it can of a security or Wasm document that failed to load (see
+/// `Unreadable`).
 fn unreadable(doc: &str) -> Unreadable {
     let value: serde_yaml::Value = serde_yaml::from_str(doc).unwrap_or_default();
     let spec = &value["spec"];
@@ -239,6 +246,7 @@ fn unreadable(doc: &str) -> Unreadable {
         },
         targeted: !spec["targetRefs"].is_null() || !spec["targetRef"].is_null(),
         issuers,
+        fail_open: spec["failStrategy"].as_str() == Some("FAIL_OPEN"),
     }
 }
 

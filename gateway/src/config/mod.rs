@@ -179,7 +179,8 @@ impl Resource {
     }
 }
 
-/// What could still be read of a security resource whose document did not load.
+/// What could still be read of a security resource (or WasmPlugin) whose document did
+/// not load.
 #[derive(Debug, Clone, Default)]
 pub struct Unreadable {
     /// `spec.selector`, when readable; `None` (the whole namespace) is the broader scope.
@@ -190,6 +191,8 @@ pub struct Unreadable {
     pub targeted: bool,
     /// The `spec.jwtRules[].issuer` strings that could be read (RequestAuthentication).
     pub issuers: Vec<String>,
+    /// `spec.failStrategy` is FAIL_OPEN (WasmPlugin); anything else fails closed.
+    pub fail_open: bool,
 }
 
 /// One loaded resource with its identity and origin.

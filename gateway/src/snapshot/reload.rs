@@ -87,6 +87,8 @@ impl Reloader {
             if let Some(prev) = self.last_good.get(id) {
                 let msg = "rejected; the last good version keeps serving";
                 diagnostics.push(Diagnostic::warning(&prev.origin, id, "", msg));
+                // An unreadable stand-in, if the loader left one, gives way.
+                resources.retain(|r| r.id != *id);
                 resources.push(prev.clone());
             }
         }

@@ -1,16 +1,16 @@
 //! WasmPlugin → the snapshot's filter chain. Scope as Istio: the gateway's namespace
 //! or the root namespace, and a selector matching the gateway's labels. A module
 //! that cannot be fetched leaves a placeholder per `failStrategy` (FAIL_CLOSE
-//! denies); a broken module or field rejects the resource, so its last good version
-//! keeps serving.
+//! denies); a broken module or field, or a document that does not load, rejects the
+//! resource, so its last good version keeps serving; without one, FAIL_CLOSE denies.
 
 use std::{collections::HashMap, sync::Arc};
 
 use super::{registry::Registry, Report};
 use crate::{
-    config::{Bootstrap, Diagnostic, MeshConfig, Resource, Spec},
+    config::{Bootstrap, Diagnostic, Kind, MeshConfig, Resource, Spec, Unreadable},
     upstream::Cluster,
-    wasm::{self, Chain, Filter, Runtime},
+    wasm::{self, Chain, Filter, Phase, Runtime, Selector},
 };
 
 /// Builds the chain; reports every problem against its resource.
@@ -23,6 +23,12 @@ pub(super) fn compile(
 ) -> Chain {
     let mut filters = Vec::new();
     for r in resources {
+        if let Spec::Unreadable(u) = &r.spec {
+            if let Some(filter) = unreadable(r, u, mesh, bootstrap, report) {
+                filters.push(filter);
+            }
+            continue;
+        }
         let Spec::WasmPlugin(spec) = &r.spec else { continue };
         let in_scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
         let selected = spec
@@ -66,6 +72,34 @@ pub(super) fn compile(
         filters.push(Arc::new(Filter { id, plugin, phase, priority: spec.priority, fail_open, selectors }));
     }
     Chain::new(filters)
+}
+
+/// A WasmPlugin whose document did not load and has no last good version: with
+/// FAIL_CLOSE (Istio's default) it denies every request of the workloads its selector
+/// (as far as it can be read) picks, as a plugin whose module cannot load does; with
+/// FAIL_OPEN requests go on without it.
+fn unreadable(
+    r: &Resource,
+    u: &Unreadable,
+    mesh: &MeshConfig,
+    bootstrap: &Bootstrap,
+    report: &mut Report,
+) -> Option<Arc<Filter>> {
+    if r.id.kind != Kind::WasmPlugin || u.fail_open || u.targeted {
+        return None;
+    }
+    let in_scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
+    let selected =
+        u.selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
+    if !in_scope || !selected {
+        return None;
+    }
+    let msg = "the plugin could not be read (FAIL_CLOSE: requests are denied until it is fixed)";
+    report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, "spec", msg));
+    report.fail_closed.push(r.id.clone());
+    let selectors = vec![Selector { client: true, server: true, ports: Vec::new() }];
+    let id = format!("{}/{}", r.id.namespace, r.id.name);
+    Some(Arc::new(Filter { id, plugin: None, phase: Phase::Authn, priority: None, fail_open: false, selectors }))
 }
 
 /// Every registry service port as a cluster Wasm HTTP calls may name: Envoy's
