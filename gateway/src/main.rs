@@ -172,6 +172,9 @@ enum Command {
         /// Gateway labels to bind with.
         #[arg(long, default_value = "istio=ingressgateway")]
         labels: String,
+        /// Where Gateway `credentialName` secrets live, as for `run`.
+        #[arg(long, default_value = "credentials")]
+        credentials_dir: PathBuf,
     },
     /// Serve a demo upstream that echoes each request as JSON: ADDR=NAME (repeatable).
     Echo {
@@ -337,9 +340,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { dir, namespace, labels } => {
-            let bootstrap =
-                Bootstrap { config_dir: dir.clone(), namespace, labels: parse_map(&labels)?, ..Bootstrap::default() };
+        Command::Validate { dir, namespace, labels, credentials_dir } => {
+            let bootstrap = Bootstrap {
+                config_dir: dir.clone(),
+                namespace,
+                labels: parse_map(&labels)?,
+                credentials_dir,
+                ..Bootstrap::default()
+            };
             let diagnostics = wicket::validate(&bootstrap).with_context(|| format!("reading {}", dir.display()))?;
             for d in &diagnostics {
                 println!("{d}");

@@ -202,3 +202,44 @@ spec:
         "{stdout}"
     );
 }
+
+/// `validate` runs offline: a remote module it cannot fetch is a warning (the fail
+/// strategy decides at run time), and `--credentials-dir` is where `credentialName`
+/// secrets are looked up.
+#[test]
+fn validate_warns_of_unfetchable_modules_and_reads_the_credentials_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wasm.yaml"),
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: remote, namespace: istio-system}
+spec:
+  url: oci://registry.example/filters/auth:v1
+",
+    )
+    .unwrap();
+    let out = wicket(&["validate", dir.path().to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("warning: cannot fetch") && stdout.contains("FAIL_CLOSE"), "{stdout}");
+
+    std::fs::write(
+        dir.path().join("gw.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.test]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+",
+    )
+    .unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    let args = ["validate", dir.path().to_str().unwrap(), "--credentials-dir", creds.path().to_str().unwrap()];
+    let stdout = text(&wicket(&args).stdout);
+    assert!(stdout.contains(creds.path().to_str().unwrap()), "the error names the directory it looked in: {stdout}");
+}

@@ -59,7 +59,14 @@ pub(super) fn compile(
                 let (field, message) = e.field_and_message();
                 let strategy =
                     if fail_open { "FAIL_OPEN: requests skip it" } else { "FAIL_CLOSE: requests are denied" };
-                report.diagnostics.push(Diagnostic::error(&r.origin, &r.id, field, format!("{message} ({strategy})")));
+                let message = format!("{message} ({strategy})");
+                // A module that cannot be fetched is the run time's to decide (by the
+                // fail strategy), not an error in the resource.
+                report.diagnostics.push(if e.is_fetch() {
+                    Diagnostic::warning(&r.origin, &r.id, field, message)
+                } else {
+                    Diagnostic::error(&r.origin, &r.id, field, message)
+                });
                 if !e.is_fetch() {
                     report.rejected.push(r.id.clone());
                 }
