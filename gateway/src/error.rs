@@ -55,8 +55,10 @@ impl ResponseFlags {
     pub const UAEX: Self = Self(1 << 10);
     /// Upstream overflow (circuit breaker).
     pub const UO: Self = Self(1 << 11);
+    /// Downstream protocol error (the client's request was malformed).
+    pub const DPE: Self = Self(1 << 12);
 
-    const NAMES: [(Self, &'static str); 12] = [
+    const NAMES: [(Self, &'static str); 13] = [
         (Self::NR, "NR"),
         (Self::UH, "UH"),
         (Self::UF, "UF"),
@@ -69,6 +71,7 @@ impl ResponseFlags {
         (Self::DC, "DC"),
         (Self::UAEX, "UAEX"),
         (Self::UO, "UO"),
+        (Self::DPE, "DPE"),
     ];
 
     /// Adds `other`.
@@ -179,6 +182,37 @@ pub(crate) enum ProxyError {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client's request body failed while it was streamed upstream (bad chunked
+    /// encoding, a length that lies, a reset): the client's fault, never the endpoint's.
+    #[error("cluster {cluster}: the request body from the client failed")]
+    DownstreamBody {
+        /// Cluster name.
+        cluster: Arc<str>,
+        /// Cause.
+        #[source]
+        source: SendError,
+    },
+}
+
+/// An error of the client's request body, marked so that whoever sees it upstream
+/// (as the cause of a failed send) knows which side failed.
+#[derive(Debug, thiserror::Error)]
+#[error("request body from the client: {0}")]
+pub(crate) struct DownstreamError(#[source] pub(crate) BoxError);
+
+impl DownstreamError {
+    /// Whether `e` or one of its causes is a client body error (or the gateway's own
+    /// body limit cutting the client off).
+    pub(crate) fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if c.is::<DownstreamError>() || c.is::<http_body_util::LengthLimitError>() {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
 }
 
 impl ProxyError {
@@ -186,7 +220,7 @@ impl ProxyError {
     pub(crate) fn side(&self) -> Side {
         match self {
             Self::NoRoute { .. } | Self::ClusterNotFound { .. } => Side::Gateway,
-            Self::BadRequest(_) => Side::Downstream,
+            Self::BadRequest(_) | Self::DownstreamBody { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -195,7 +229,7 @@ impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::DownstreamBody { .. } => StatusCode::BAD_REQUEST,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ClusterNotFound { .. }
             | Self::Overflow { .. }
@@ -216,6 +250,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => ResponseFlags::UT,
             Self::Overflow { .. } => ResponseFlags::UO,
             Self::BadRequest(_) => ResponseFlags::default(),
+            Self::DownstreamBody { .. } => ResponseFlags::DPE,
         }
     }
 
@@ -231,7 +266,7 @@ impl ProxyError {
             Self::Overflow { .. } => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow"
             }
-            Self::BadRequest(_) => "bad request",
+            Self::BadRequest(_) | Self::DownstreamBody { .. } => "bad request",
         }
     }
 }

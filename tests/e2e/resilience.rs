@@ -447,3 +447,38 @@ async fn request_bodies_over_the_configured_limit_get_413() {
     // Other requests carry on.
     assert_eq!(gw.send(post(10)).await.status, StatusCode::OK);
 }
+
+/// A client whose request body is malformed (bad chunked encoding) gets 400 and the
+/// blame: the endpoint is neither ejected nor retried, and every other client is still
+/// served (before, three such bodies ejected a healthy endpoint: 503 UH for everyone).
+#[tokio::test]
+async fn malformed_request_bodies_are_the_clients_fault_not_the_endpoints() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, baseEjectionTime: 5m, maxEjectionPercent: 100}
+";
+    let vs = VS.replace("  - route:", "  - retries: {attempts: 3, retryOn: \"reset,connect-failure,5xx\"}\n    route:");
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, dr])).await;
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        tcp.write_all(b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await
+            .unwrap();
+        tcp.write_all(b"zz-not-a-chunk-size\r\n\r\n").await.unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer)).await.unwrap().unwrap_or(0);
+        let head = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(n == 0 || head.starts_with("HTTP/1.1 400"), "the client is told its request was bad: {head}");
+    }
+    assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK, "the endpoint was not ejected");
+    let blamed = gw.find_log(|l| l["response_flags"] == "DPE").await;
+    assert_eq!(blamed["response_code"], 400, "{blamed}");
+    assert_eq!(up.hits(), 4, "no retry resent a broken body; the good request arrived");
+}

@@ -1,5 +1,5 @@
-//! Body plumbing: the boxed body type sent downstream, empty/full constructors, and a
-//! counter for streamed request bodies.
+//! Body plumbing: the boxed body type sent downstream, empty/full constructors, a
+//! counter for streamed request bodies, and the client's body with its errors marked.
 
 use std::{
     pin::Pin,
@@ -14,7 +14,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 
-use crate::upstream::{BoxError, UpstreamBody};
+use hyper::body::Incoming;
+
+use crate::{
+    error::DownstreamError,
+    upstream::{BoxError, UpstreamBody},
+};
 
 /// The body of every response the gateway sends.
 pub(crate) type ResponseBody = UpstreamBody;
@@ -65,5 +70,28 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The client's request body, its errors marked as the client's (`DownstreamError`),
+/// so that a send upstream that fails because of them blames the right side.
+pub(super) struct Downstream(pub(super) Incoming);
+
+impl Body for Downstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|r| r.map_err(|e| -> BoxError { Box::new(DownstreamError(Box::new(e))) })))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
     }
 }

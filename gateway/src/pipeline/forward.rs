@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::{
-    body::{boxed, Counting},
+    body::{boxed, Counting, Downstream},
     context::RequestCx,
     local::LocalReply,
     ConnInfo, Forwarded, Proxy,
@@ -52,6 +52,9 @@ impl RequestCx<'_> {
         matched: MatchedBlock<'_>,
         req: Request<Incoming>,
     ) -> Result<Forwarded, LocalReply> {
+        // The client's body errors are marked as the client's, before any filter, so a
+        // failed send upstream knows whom to blame (a filter's own failure is not).
+        let req = req.map(Downstream);
         match &self.wasm {
             Some(w) if !w.is_empty() && !req.body().is_end_stream() => {
                 let req = req.map(|b| w.request_body(b));

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     addr_text,
-    error::{ProxyError, ResponseFlags},
+    error::{DownstreamError, ProxyError, ResponseFlags},
 };
 
 /// A request body that can be sent again when it was small enough to keep.
@@ -204,6 +204,14 @@ pub(crate) async fn call(
             } else {
                 ResponseFlags::default()
             }
+        };
+        let result = match result {
+            // The client's fault: no outlier count, no retry (Envoy: DPE).
+            Ok(Err(source)) if DownstreamError::caused(&source) => {
+                let error = ProxyError::DownstreamBody { cluster: cluster.name.clone(), source };
+                return Err(CallFailure { error, upstream: Some(addr), flags: ResponseFlags::default() });
+            }
+            other => other,
         };
         cluster.report(guard.endpoint(), attempt_outcome(&result));
         let failure = match result {
