@@ -188,6 +188,8 @@ pub(crate) enum ProxyError {
     DownstreamBody {
         /// Cluster name.
         cluster: Arc<str>,
+        /// DC when the client went away, DPE when what it sent was wrong.
+        flag: ResponseFlags,
         /// Cause.
         #[source]
         source: SendError,
@@ -197,21 +199,30 @@ pub(crate) enum ProxyError {
 /// An error of the client's request body, marked so that whoever sees it upstream
 /// (as the cause of a failed send) knows which side failed.
 #[derive(Debug, thiserror::Error)]
-#[error("request body from the client: {0}")]
-pub(crate) struct DownstreamError(#[source] pub(crate) BoxError);
+#[error("request body from the client: {source}")]
+pub(crate) struct DownstreamError {
+    /// The client closed or reset before its body was complete.
+    pub(crate) gone: bool,
+    #[source]
+    pub(crate) source: BoxError,
+}
 
 impl DownstreamError {
-    /// Whether `e` or one of its causes is a client body error (or the gateway's own
-    /// body limit cutting the client off).
-    pub(crate) fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+    /// The client's own fault among `e` and its causes, as Envoy flags it: DC for a
+    /// client that went away, DPE for a malformed body (or one over the gateway's
+    /// limit); `None` when the client is not to blame.
+    pub(crate) fn fault(e: &(dyn std::error::Error + 'static)) -> Option<ResponseFlags> {
         let mut cause = Some(e);
         while let Some(c) = cause {
-            if c.is::<DownstreamError>() || c.is::<http_body_util::LengthLimitError>() {
-                return true;
+            if let Some(d) = c.downcast_ref::<DownstreamError>() {
+                return Some(if d.gone { ResponseFlags::DC } else { ResponseFlags::DPE });
+            }
+            if c.is::<http_body_util::LengthLimitError>() {
+                return Some(ResponseFlags::DPE);
             }
             cause = c.source();
         }
-        false
+        None
     }
 }
 
@@ -250,7 +261,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => ResponseFlags::UT,
             Self::Overflow { .. } => ResponseFlags::UO,
             Self::BadRequest(_) => ResponseFlags::default(),
-            Self::DownstreamBody { .. } => ResponseFlags::DPE,
+            Self::DownstreamBody { flag, .. } => *flag,
         }
     }
 

@@ -482,3 +482,28 @@ spec:
     assert_eq!(blamed["response_code"], 400, "{blamed}");
     assert_eq!(up.hits(), 4, "no retry resent a broken body; the good request arrived");
 }
+
+/// A client that goes away in the middle of its request body is logged as DC
+/// (downstream connection terminated), and the endpoint is not blamed either.
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_is_dc_and_the_endpoint_is_not_blamed() {
+    let up = Upstream::start("api").await;
+    let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, baseEjectionTime: 5m, maxEjectionPercent: 100}
+";
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, dr])).await;
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        tcp.write_all(b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel").await.unwrap();
+        drop(tcp);
+        let gone = gw.find_log(|l| l["response_flags"] != "-").await;
+        assert_eq!(gone["response_flags"], "DC", "{gone}");
+    }
+    assert_eq!(gw.get("a.test", "/").await.status, StatusCode::OK, "the endpoint was not ejected");
+}

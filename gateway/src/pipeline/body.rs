@@ -82,9 +82,7 @@ impl Body for Downstream {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.0)
-            .poll_frame(cx)
-            .map(|frame| frame.map(|r| r.map_err(|e| -> BoxError { Box::new(DownstreamError(Box::new(e))) })))
+        Pin::new(&mut self.0).poll_frame(cx).map(|frame| frame.map(|r| r.map_err(marked)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -94,4 +92,19 @@ impl Body for Downstream {
     fn size_hint(&self) -> SizeHint {
         self.0.size_hint()
     }
+}
+
+/// A client body error, marked; `gone` when the client closed or reset mid-body
+/// (hyper reports an early end as an I/O error under its body error).
+fn marked(e: hyper::Error) -> BoxError {
+    let mut gone = e.is_incomplete_message() || e.is_canceled() || e.is_closed();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            gone |= matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe);
+        }
+        cause = c.source();
+    }
+    Box::new(DownstreamError { gone, source: Box::new(e) })
 }

@@ -206,11 +206,14 @@ pub(crate) async fn call(
             }
         };
         let result = match result {
-            // The client's fault: no outlier count, no retry (Envoy: DPE).
-            Ok(Err(source)) if DownstreamError::caused(&source) => {
-                let error = ProxyError::DownstreamBody { cluster: cluster.name.clone(), source };
-                return Err(CallFailure { error, upstream: Some(addr), flags: ResponseFlags::default() });
-            }
+            Ok(Err(source)) => match DownstreamError::fault(&source) {
+                // The client's fault: no outlier count, no retry.
+                Some(flag) => {
+                    let error = ProxyError::DownstreamBody { cluster: cluster.name.clone(), flag, source };
+                    return Err(CallFailure { error, upstream: Some(addr), flags: ResponseFlags::default() });
+                }
+                None => Ok(Err(source)),
+            },
             other => other,
         };
         cluster.report(guard.endpoint(), attempt_outcome(&result));
