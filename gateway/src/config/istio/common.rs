@@ -62,3 +62,16 @@ pub struct MatchLabelsSelector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
 }
+
+impl MatchLabelsSelector {
+    /// Whether a workload with `labels` is selected.
+    pub(crate) fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels_match(&self.match_labels, labels)
+    }
+}
+
+/// Label selection as Kubernetes does it: every label of `want` is in `have` with the
+/// same value (an empty `want` selects everything).
+pub(crate) fn labels_match(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}

@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::Report;
+use crate::config::istio::labels_match;
 use crate::config::{
     istio::{ServerTlsMode, ServerTlsSettings},
     Bootstrap, Diagnostic, Origin, Resource, ResourceRef, Spec,
@@ -113,7 +114,7 @@ pub(super) fn gateway_servers(
     let mut ports: BTreeMap<u16, PortServers> = BTreeMap::new();
     for r in resources {
         let Spec::Gateway(gw) = &r.spec else { continue };
-        if !gw.selector.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)) {
+        if !labels_match(&gw.selector, &bootstrap.labels) {
             continue;
         }
         let gateway = format!("{}/{}", r.id.namespace, r.id.name);

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::binding::resolve_gateway_ref;
+use crate::config::istio::labels_match;
 use crate::config::Bootstrap;
 
 /// One match block's config-time fields.
@@ -47,8 +48,7 @@ impl ConfigTime<'_> {
                 .any(|g| (site.serves)(&g));
         }
         self.source.is_none_or(|(labels, ns)| {
-            labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v))
-                && ns.is_none_or(|ns| ns == bootstrap.namespace)
+            labels_match(labels, &bootstrap.labels) && ns.is_none_or(|ns| ns == bootstrap.namespace)
         })
     }
 }

@@ -22,7 +22,7 @@ use std::{collections::HashMap, time::SystemTime};
 
 use self::{registry::Registry, report::Report};
 use super::{Caches, PortPlan, Snapshot};
-use crate::config::{Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, Spec};
+use crate::config::{istio::MatchLabelsSelector, Bootstrap, Diagnostic, MeshConfig, Resource, ResourceRef, Spec};
 
 /// The result of compiling a set of resources.
 #[derive(Debug)]
@@ -114,6 +114,19 @@ fn check_destination_rules(resources: &[Resource], report: &mut Report) {
             }
         }
     }
+}
+
+/// Whether a policy-like resource (WasmPlugin, RequestAuthentication,
+/// AuthorizationPolicy) applies to this workload, as Istio scopes them: written in the
+/// root namespace or the workload's own, and its selector (none: all) picks it.
+pub(super) fn selects_workload(
+    r: &Resource,
+    selector: Option<&MatchLabelsSelector>,
+    mesh: &MeshConfig,
+    bootstrap: &Bootstrap,
+) -> bool {
+    let in_scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
+    in_scope && selector.is_none_or(|s| s.selects(&bootstrap.labels))
 }
 
 /// Istio `exportTo`: empty or `*` is visible everywhere, `.` only in the resource's

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::Report;
+use crate::config::istio::labels_match;
 use crate::{
     config::{istio::PeerAuthentication, Diagnostic, Kind, MeshConfig, Resource, Spec},
     snapshot::sidecar::{MtlsMode, PeerAuthn},
@@ -76,7 +77,7 @@ impl<'a> PeerPolicies<'a> {
             let slot = match p.selector {
                 // Selector policies in the root namespace are ignored (Istio).
                 Some(_) if *at == self.root => continue,
-                Some(sel) if at == namespace && sel.iter().all(|(k, v)| labels.get(k) == Some(v)) => &mut workload,
+                Some(sel) if at == namespace && labels_match(sel, labels) => &mut workload,
                 Some(_) => continue,
                 None if *at == self.root => &mut mesh,
                 None if at == namespace => &mut ns,

@@ -10,6 +10,7 @@ use std::{
 use http::HeaderName;
 
 use super::{peer_authn::PeerPolicies, Report};
+use crate::config::istio::labels_match;
 use crate::snapshot::sidecar::MtlsMode;
 use crate::{
     config::{
@@ -84,10 +85,10 @@ impl<'a> Registry<'a> {
                 // Istio: a rule with a workloadSelector applies only to the workloads it
                 // selects in its own namespace.
                 Spec::DestinationRule(dr)
-                    if dr.workload_selector.as_ref().is_some_and(|s| {
-                        r.id.namespace != bootstrap.namespace
-                            || !s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v))
-                    }) => {}
+                    if dr
+                        .workload_selector
+                        .as_ref()
+                        .is_some_and(|s| r.id.namespace != bootstrap.namespace || !s.selects(&bootstrap.labels)) => {}
                 Spec::ServiceEntry(se) => {
                     for host in &se.hosts {
                         let host = bootstrap.fqdn(host, &r.id.namespace);
@@ -221,7 +222,7 @@ impl<'a> Registry<'a> {
             .map(|o| OutlierPolicy::compile(&o));
         let mut endpoints = Vec::new();
         let mut dns = Vec::new();
-        for ep in service.endpoints.iter().filter(|e| subset_labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))) {
+        for ep in service.endpoints.iter().filter(|e| labels_match(&subset_labels, &e.labels)) {
             let ep_port = ep.ports.get(&svc_port.name).copied().or(svc_port.target_port).unwrap_or(svc_port.number);
             let Ok(ep_port) = u16::try_from(ep_port) else {
                 continue;
@@ -295,7 +296,7 @@ fn service_of(se: &ServiceEntry, host: &str, namespace: &str, workload_entries: 
         endpoints.extend(
             workload_entries
                 .iter()
-                .filter(|(ns, we)| *ns == namespace && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
+                .filter(|(ns, we)| *ns == namespace && labels_match(&sel.labels, &we.labels))
                 .map(|(_, we)| (*we).clone()),
         );
     }

@@ -46,10 +46,7 @@ pub(super) fn compile(
     let default_mesh = MeshConfig::default();
     let mesh = mesh.map_or(&default_mesh, |(_, m)| m);
     let applies = |r: &Resource, selector: &Option<MatchLabelsSelector>| {
-        let scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
-        let selected =
-            selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
-        scope && selected
+        super::selects_workload(r, selector.as_ref(), mesh, bootstrap)
     };
     let mut jwt_rules = Vec::new();
     let mut space_delimited = Vec::new();

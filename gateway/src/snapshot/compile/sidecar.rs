@@ -4,6 +4,7 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use super::{mesh, peer_authn::PeerPolicies, registry::Registry, routes, Report};
+use crate::config::istio::labels_match;
 use crate::{
     config::{
         istio::ServicePort, Bootstrap, Diagnostic, MeshConfig, OutboundTrafficMode, Resource, SidecarSettings, Spec,
@@ -117,7 +118,7 @@ impl Scope {
             })
             .collect();
         let selects = |s: &crate::config::istio::Sidecar| {
-            s.workload_selector.as_ref().is_some_and(|w| w.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            s.workload_selector.as_ref().is_some_and(|w| labels_match(&w.labels, labels))
         };
         let chosen = sidecars
             .iter()

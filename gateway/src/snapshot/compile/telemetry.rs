@@ -40,8 +40,7 @@ pub(super) fn overrides(
     report: &mut Report,
 ) -> Overrides {
     let level = |r: &Resource, t: &Telemetry| -> Option<u8> {
-        let selected =
-            t.selector.as_ref().map(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
+        let selected = t.selector.as_ref().map(|s| s.selects(&bootstrap.labels));
         match (r.id.namespace == mesh.root_namespace, r.id.namespace == bootstrap.namespace, selected) {
             (_, _, Some(false)) => None,
             (_, true, Some(true)) => Some(3),

@@ -30,17 +30,12 @@ pub(super) fn compile(
             continue;
         }
         let Spec::WasmPlugin(spec) = &r.spec else { continue };
-        let in_scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
-        let selected = spec
-            .selector
-            .as_ref()
-            .is_none_or(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
         if !spec.target_refs.is_empty() || spec.target_ref.is_some() {
             let msg = "targetRefs are not supported; use selector";
             report.diagnostics.push(Diagnostic::warning(&r.origin, &r.id, "spec.targetRefs", msg));
             continue;
         }
-        if !in_scope || !selected {
+        if !super::selects_workload(r, spec.selector.as_ref(), mesh, bootstrap) {
             continue;
         }
         let (phase, fail_open, selectors) = match wasm::placement(spec) {
@@ -95,10 +90,7 @@ fn unreadable(
     if r.id.kind != Kind::WasmPlugin || u.fail_open || u.targeted {
         return None;
     }
-    let in_scope = r.id.namespace == mesh.root_namespace || r.id.namespace == bootstrap.namespace;
-    let selected =
-        u.selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| bootstrap.labels.get(k) == Some(v)));
-    if !in_scope || !selected {
+    if !super::selects_workload(r, u.selector.as_ref(), mesh, bootstrap) {
         return None;
     }
     let msg = "the plugin could not be read (FAIL_CLOSE: requests are denied until it is fixed)";
