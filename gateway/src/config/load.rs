@@ -201,10 +201,8 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
     };
     match spec {
         Ok(spec) => {
-            if let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(doc) {
-                for (field, why) in not_applied::report(kind_id, &value) {
-                    loaded.diagnostics.push(Diagnostic::warning(&origin, &id, field, format!("not applied: {why}")));
-                }
+            for (field, why) in not_applied::report(kind_id, doc) {
+                loaded.diagnostics.push(Diagnostic::warning(&origin, &id, field, format!("not applied: {why}")));
             }
             loaded.resources.push(Resource { id, origin, meta, spec })
         }

@@ -241,14 +241,24 @@ pub(crate) const FIELDS: &[Field] = &[
 ];
 
 /// The not-applied fields a document of `kind` sets, as `(path, why)`, the path with
-/// its indices (`spec.subsets[0].trafficPolicy.tunnel`).
-pub(crate) fn report(kind: Kind, doc: &Value) -> Vec<(String, &'static str)> {
+/// its indices (`spec.subsets[0].trafficPolicy.tunnel`). The document is walked as a
+/// YAML value only when its text names one of them (most never do).
+pub(crate) fn report(kind: Kind, doc: &str) -> Vec<(String, &'static str)> {
+    let paths = || {
+        FIELDS
+            .iter()
+            .filter(|f| f.effect == Effect::Ignored)
+            .flat_map(|f| f.paths.iter().filter(|(k, _)| *k == kind).map(move |(_, p)| (*p, f.why)))
+    };
+    let named = |path: &str| path.rsplit('.').next().is_some_and(|key| doc.contains(key));
+    if !paths().any(|(p, _)| named(p)) {
+        return Vec::new();
+    }
+    let Ok(doc) = serde_yaml::from_str::<Value>(doc) else { return Vec::new() };
     let mut out = Vec::new();
-    for field in FIELDS.iter().filter(|f| f.effect == Effect::Ignored) {
-        for (_, path) in field.paths.iter().filter(|(k, _)| *k == kind) {
-            let segments: Vec<&str> = path.split('.').collect();
-            find(doc, &segments, String::new(), &mut |at| out.push((at, field.why)));
-        }
+    for (path, why) in paths() {
+        let segments: Vec<&str> = path.split('.').collect();
+        find(&doc, &segments, String::new(), &mut |at| out.push((at, why)));
     }
     out.sort();
     out.dedup();
@@ -353,8 +363,7 @@ mod tests {
 
     #[test]
     fn set_fields_are_found_wherever_they_are_written() {
-        let doc: Value = serde_yaml::from_str(
-            "spec:
+        let doc = "spec:
   host: a.test
   trafficPolicy:
     tunnel: {protocol: CONNECT, targetHost: x, targetPort: 1}
@@ -365,10 +374,8 @@ mod tests {
   - name: v1
     trafficPolicy:
       loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 10s}}
-",
-        )
-        .unwrap();
-        let paths: Vec<String> = report(Kind::DestinationRule, &doc).into_iter().map(|(p, _)| p).collect();
+";
+        let paths: Vec<String> = report(Kind::DestinationRule, doc).into_iter().map(|(p, _)| p).collect();
         assert_eq!(
             paths,
             [
@@ -377,6 +384,6 @@ mod tests {
                 "spec.trafficPolicy.tunnel",
             ]
         );
-        assert!(report(Kind::VirtualService, &doc).is_empty());
+        assert!(report(Kind::VirtualService, doc).is_empty());
     }
 }
