@@ -212,18 +212,23 @@ impl DownstreamError {
     /// client that went away, DPE for a malformed body (or one over the gateway's
     /// limit); `None` when the client is not to blame.
     pub(crate) fn fault(e: &(dyn std::error::Error + 'static)) -> Option<ResponseFlags> {
-        let mut cause = Some(e);
-        while let Some(c) = cause {
-            if let Some(d) = c.downcast_ref::<DownstreamError>() {
-                return Some(if d.gone { ResponseFlags::DC } else { ResponseFlags::DPE });
-            }
-            if c.is::<http_body_util::LengthLimitError>() {
-                return Some(ResponseFlags::DPE);
-            }
-            cause = c.source();
+        match cause::<DownstreamError>(e) {
+            Some(d) => Some(if d.gone { ResponseFlags::DC } else { ResponseFlags::DPE }),
+            None => cause::<http_body_util::LengthLimitError>(e).map(|_| ResponseFlags::DPE),
         }
-        None
     }
+}
+
+/// The first error of type `T` among `e` and its causes.
+pub(crate) fn cause<'e, T: std::error::Error + 'static>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e T> {
+    let mut next = Some(e);
+    while let Some(c) = next {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        next = c.source();
+    }
+    None
 }
 
 impl ProxyError {

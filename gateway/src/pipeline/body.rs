@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::{
-    error::DownstreamError,
+    error::{cause, DownstreamError},
     upstream::{BoxError, UpstreamBody},
 };
 
@@ -97,14 +97,9 @@ impl Body for Downstream {
 /// A client body error, marked; `gone` when the client closed or reset mid-body
 /// (hyper reports an early end as an I/O error under its body error).
 fn marked(e: hyper::Error) -> BoxError {
-    let mut gone = e.is_incomplete_message() || e.is_canceled() || e.is_closed();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            gone |= matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe);
-        }
-        cause = c.source();
-    }
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let early_end = cause::<std::io::Error>(&e)
+        .is_some_and(|io| matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe));
+    let gone = early_end || e.is_incomplete_message() || e.is_canceled() || e.is_closed();
     Box::new(DownstreamError { gone, source: Box::new(e) })
 }

@@ -247,14 +247,7 @@ where
 
 /// Whether a failure was our own body limit cutting the request off.
 fn body_too_large(e: &ProxyError) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    crate::error::cause::<http_body_util::LengthLimitError>(e).is_some()
 }
 
 /// Istio mirroring: fire and forget, `-shadow` appended to the Host, response dropped.
