@@ -448,6 +448,17 @@ async fn request_bodies_over_the_configured_limit_get_413() {
     assert_eq!(gw.send(post(10)).await.status, StatusCode::OK);
 }
 
+/// Outlier detection that ejects the endpoint on its first failure, so blaming it once
+/// for a client's fault would show.
+const EJECT_AT_ONCE: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, baseEjectionTime: 5m, maxEjectionPercent: 100}
+";
+
 /// A client whose request body is malformed (bad chunked encoding) gets 400 and the
 /// blame: the endpoint is neither ejected nor retried, and every other client is still
 /// served (before, three such bodies ejected a healthy endpoint: 503 UH for everyone).
@@ -456,16 +467,8 @@ async fn malformed_request_bodies_are_the_clients_fault_not_the_endpoints() {
     use tokio::io::AsyncReadExt;
     let up = Upstream::start("api").await;
     let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
-    let dr = "apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: api}
-spec:
-  host: api
-  trafficPolicy:
-    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, baseEjectionTime: 5m, maxEjectionPercent: 100}
-";
     let vs = VS.replace("  - route:", "  - retries: {attempts: 3, retryOn: \"reset,connect-failure,5xx\"}\n    route:");
-    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, dr])).await;
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, &vs, EJECT_AT_ONCE])).await;
     for _ in 0..3 {
         let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
         tcp.write_all(b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -489,15 +492,7 @@ spec:
 async fn a_client_that_leaves_mid_body_is_dc_and_the_endpoint_is_not_blamed() {
     let up = Upstream::start("api").await;
     let se = service_entry("api.default.svc.cluster.local", 80, "HTTP", &[(&up, "v1")]);
-    let dr = "apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: api}
-spec:
-  host: api
-  trafficPolicy:
-    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, baseEjectionTime: 5m, maxEjectionPercent: 100}
-";
-    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, dr])).await;
+    let gw = TestGateway::start(&docs(&[GATEWAY, &se, VS, EJECT_AT_ONCE])).await;
     for _ in 0..2 {
         let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
         tcp.write_all(b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel").await.unwrap();
