@@ -34,10 +34,11 @@ pub(crate) fn serve(
     Box::pin(async move {
         let snapshot = server.proxy.snapshot.current();
         match snapshot.ports.get(&port) {
-            Some(PortPlan::Outbound(plan)) => Box::pin(outbound::serve(stream, peer, port, plan, server.clone())).await,
+            // Already in the handler's box: no second one.
+            Some(PortPlan::Outbound(plan)) => outbound::serve(stream, peer, port, plan, server.clone()).await,
             Some(PortPlan::Inbound(plan)) => {
                 let authz = &snapshot.security.tcp_authz;
-                Box::pin(inbound::serve(stream, peer, port, plan, authz, server.clone())).await
+                inbound::serve(stream, peer, port, plan, authz, server.clone()).await
             }
             _ => {
                 drop(snapshot);
