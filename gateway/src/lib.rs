@@ -347,9 +347,13 @@ pub fn validate(bootstrap: &Bootstrap) -> Result<Vec<config::Diagnostic>, source
     }
     let caches = snapshot::Caches::default();
     let mut all = loaded.diagnostics;
+    let secrets =
+        source::SecretDir::create().map_err(|source| source::LoadError::Io { path: std::env::temp_dir(), source })?;
+    all.extend(secrets.sync(&loaded.resources));
+    let secrets_dir = Some(secrets.path().to_path_buf());
     let mut seen: std::collections::HashSet<String> = all.iter().map(ToString::to_string).collect();
     for (namespace, labels) in views {
-        let view = Bootstrap { namespace, labels, ..bootstrap.clone() };
+        let view = Bootstrap { namespace, labels, secrets_dir: secrets_dir.clone(), ..bootstrap.clone() };
         for d in snapshot::compile(&loaded.resources, &view, &caches).diagnostics {
             if seen.insert(d.to_string()) {
                 all.push(d);

@@ -8,6 +8,7 @@ mod authz;
 mod corpus;
 mod fail_closed;
 mod inject;
+mod kubernetes;
 mod plugins;
 mod proxying;
 mod reload;

@@ -89,3 +89,60 @@ spec:
 "
     )
 }
+
+/// A Kubernetes Service `name` in `default` with one TCP port `port` named `port_name`.
+pub fn kube_service(name: &str, port: u16, port_name: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  selector: {{app: {name}}}
+  ports:
+  - {{name: {port_name}, port: {port}, targetPort: {port_name}, protocol: TCP}}
+"
+    )
+}
+
+/// An EndpointSlice `name` of Service `service` in `default`: its endpoints (each a
+/// Pod name and whether it is ready) on 127.0.0.1, serving port `port_name` on `port`.
+pub fn endpoint_slice(name: &str, service: &str, port_name: &str, port: u16, pods: &[(&str, bool)]) -> String {
+    let mut out = format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{kubernetes.io/service-name: {service}}}
+addressType: IPv4
+ports: [{{name: {port_name}, port: {port}, protocol: TCP}}]
+endpoints:
+"
+    );
+    for (pod, ready) in pods {
+        out.push_str(&format!(
+            "- addresses: [127.0.0.1]
+  conditions: {{ready: {ready}, serving: {ready}, terminating: false}}
+  targetRef: {{kind: Pod, name: {pod}, namespace: default}}
+"
+        ));
+    }
+    out
+}
+
+/// A Pod `name` in `default` with `labels` (`k: v` pairs), as `kubectl get pod -o yaml`
+/// prints the part Wicket reads.
+pub fn pod(name: &str, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{{}}}}}
+spec:
+  serviceAccountName: {name}-sa
+  containers: [{{name: app, image: example/app}}]
+status: {{phase: Running}}
+",
+        labels.join(", ")
+    )
+}

@@ -27,6 +27,9 @@ pub struct Bootstrap {
     pub mesh_port: Option<u16>,
     /// Where `credentialName` secrets are read: `<dir>/<namespace>/<name>/tls.crt`.
     pub credentials_dir: PathBuf,
+    /// Where Secret objects (from the config or the Kubernetes API) are projected as
+    /// `<namespace>/<name>/<key>`; searched before `credentials_dir`. Set by the reloader.
+    pub secrets_dir: Option<PathBuf>,
     /// Open connections allowed per listener; more are closed as soon as accepted
     /// (Envoy's downstream connection limit), so a flood cannot exhaust descriptors.
     pub max_connections: usize,
@@ -91,6 +94,7 @@ impl Default for Bootstrap {
             domain_suffix: "cluster.local".into(),
             mesh_port: None,
             credentials_dir: PathBuf::from("credentials"),
+            secrets_dir: None,
             max_connections: 100_000,
             wasm_cache_dir: Some(std::env::temp_dir().join("wicket-wasm-cache")),
             max_request_body: None,

@@ -55,6 +55,17 @@ impl Diagnostic {
         Self { severity: Severity::Warning, ..Self::error(origin, resource, field, message) }
     }
 
+    /// An error about a whole document whose resource could not be identified.
+    pub fn document(origin: &Origin, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            origin: origin.clone(),
+            resource: None,
+            field: String::new(),
+            message: message.into(),
+        }
+    }
+
     /// True for errors.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error

@@ -41,7 +41,7 @@ pub fn load_texts<'t>(texts: impl IntoIterator<Item = (Arc<Path>, &'t str)>, nam
     for (file, text) in texts {
         for (line, doc) in split_documents(text) {
             let origin = Origin { file: file.clone(), line };
-            load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds);
+            load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds, false);
         }
     }
     replace_duplicates(&mut loaded);
@@ -113,7 +113,14 @@ struct Document<T> {
     _status: Option<serde::de::IgnoredAny>,
 }
 
-fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded, warned_kinds: &mut BTreeSet<String>) {
+fn load_document(
+    doc: &str,
+    origin: Origin,
+    namespace: &str,
+    loaded: &mut Loaded,
+    warned_kinds: &mut BTreeSet<String>,
+    in_list: bool,
+) {
     let doc_diag = |origin: &Origin, line: Option<usize>, message: String| Diagnostic {
         severity: Severity::Error,
         origin: Origin { file: origin.file.clone(), line: line.map_or(origin.line, |l| origin.line + l - 1) },
@@ -153,6 +160,15 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         ("telemetry.istio.io", "Telemetry") => Some(Kind::Telemetry),
         // Istio keeps MeshConfig in the `istio` ConfigMap, under `data.mesh`.
         ("v1", "ConfigMap") if header.metadata.as_ref().is_some_and(|m| m.name == "istio") => Some(Kind::MeshConfig),
+        ("v1", "Service") => Some(Kind::Service),
+        ("discovery.k8s.io", "EndpointSlice") => Some(Kind::EndpointSlice),
+        ("v1", "Pod") => Some(Kind::Pod),
+        ("v1", "Secret") => Some(Kind::Secret),
+        // `kubectl get -o yaml` prints a List of the objects.
+        (_, list) if list.ends_with("List") && !in_list => {
+            load_list(doc, &origin, namespace, loaded, warned_kinds);
+            return;
+        }
         _ => None,
     };
     let Some(kind_id) = known else {
@@ -172,7 +188,7 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
     let version = api_version.split_once('/').map_or(api_version.as_str(), |(_, v)| v);
     let versions: &[&str] = match kind_id {
         Kind::RequestAuthentication | Kind::AuthorizationPolicy | Kind::PeerAuthentication => &["v1", "v1beta1"],
-        Kind::MeshConfig => &["v1"],
+        Kind::MeshConfig | Kind::Service | Kind::EndpointSlice | Kind::Pod | Kind::Secret => &["v1"],
         Kind::WasmPlugin => &["v1alpha1"],
         Kind::Telemetry => &["v1", "v1alpha1"],
         _ => &["v1", "v1beta1", "v1alpha3"],
@@ -198,6 +214,10 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
         Kind::Telemetry => parse_spec::<istio::Telemetry>(doc).map(Spec::Telemetry),
         Kind::PeerAuthentication => parse_spec::<istio::PeerAuthentication>(doc).map(Spec::PeerAuthentication),
         Kind::Sidecar => parse_spec::<istio::Sidecar>(doc).map(Spec::Sidecar),
+        Kind::Service => parse_object(doc).map(Spec::Service),
+        Kind::EndpointSlice => parse_object(doc).map(Spec::EndpointSlice),
+        Kind::Pod => parse_object(doc).map(Spec::Pod),
+        Kind::Secret => parse_object(doc).map(Spec::Secret),
     };
     match spec {
         Ok(spec) => {
@@ -223,6 +243,42 @@ fn load_document(doc: &str, origin: Origin, namespace: &str, loaded: &mut Loaded
             }
         }
     }
+}
+
+/// The objects of a `List` document (`kubectl get -o yaml`), each loaded as its own
+/// document; they are reported at the List's line.
+fn load_list(doc: &str, origin: &Origin, namespace: &str, loaded: &mut Loaded, warned_kinds: &mut BTreeSet<String>) {
+    #[derive(Deserialize)]
+    struct List {
+        #[serde(default)]
+        items: Vec<serde_yaml::Value>,
+    }
+    let list: List = match serde_yaml::from_str(doc) {
+        Ok(list) => list,
+        Err(e) => {
+            let message = format!("List: {}", strip_location(&e.to_string()));
+            loaded.diagnostics.push(Diagnostic::document(origin, message));
+            return;
+        }
+    };
+    for item in list.items {
+        match serde_yaml::to_string(&item) {
+            Ok(text) => load_document(&text, origin.clone(), namespace, loaded, warned_kinds, true),
+            Err(e) => loaded.diagnostics.push(Diagnostic::document(origin, format!("List item: {e}"))),
+        }
+    }
+}
+
+/// A Kubernetes object the user did not write (fields Wicket does not read are skipped).
+fn parse_object<T: DeserializeOwned>(doc: &str) -> Result<T, SpecError> {
+    let de = serde_yaml::Deserializer::from_str(doc);
+    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.location().map(|l| l.line());
+        let field = if field == "." { String::new() } else { field };
+        SpecError { line, field, message: strip_location(&inner.to_string()) }
+    })
 }
 
 /// Reads what it can of a security or Wasm document that failed to load (see

@@ -12,6 +12,7 @@ mod diagnostic;
 mod duration;
 pub(crate) mod files;
 pub(crate) mod istio;
+pub(crate) mod kubernetes;
 mod load;
 mod mesh;
 pub(crate) mod not_applied;
@@ -31,15 +32,20 @@ pub use mesh::{
 /// Where a resource was written: the file and the line its document starts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
-    /// File the document came from.
+    /// File the document came from; for an object of the Kubernetes source, its
+    /// `namespace/name@resourceVersion`.
     pub file: Arc<Path>,
-    /// 1-based line of the document's first line (or of the reported field).
+    /// 1-based line of the document's first line (or of the reported field); 0 for a
+    /// source without lines.
     pub line: usize,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        match self.line {
+            0 => write!(f, "{}", self.file.display()),
+            line => write!(f, "{}:{line}", self.file.display()),
+        }
     }
 }
 
@@ -70,6 +76,14 @@ pub enum Kind {
     PeerAuthentication,
     /// `networking.istio.io` Sidecar.
     Sidecar,
+    /// core/v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// core/v1 Pod.
+    Pod,
+    /// core/v1 Secret.
+    Secret,
 }
 
 impl fmt::Display for Kind {
@@ -87,6 +101,10 @@ impl fmt::Display for Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::Sidecar => "Sidecar",
             Kind::MeshConfig => "ConfigMap",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
+            Kind::Secret => "Secret",
         })
     }
 }
@@ -154,6 +172,14 @@ pub(crate) enum Spec {
     PeerAuthentication(istio::PeerAuthentication),
     /// Sidecar spec.
     Sidecar(istio::Sidecar),
+    /// A Kubernetes Service.
+    Service(kubernetes::Service),
+    /// A Kubernetes EndpointSlice.
+    EndpointSlice(kubernetes::EndpointSlice),
+    /// A Kubernetes Pod.
+    Pod(kubernetes::Pod),
+    /// A Kubernetes Secret.
+    Secret(kubernetes::Secret),
     /// A security resource whose document did not load, kept so that compile applies
     /// it in its most restrictive form: leaving it out could let through what it denies.
     Unreadable(Unreadable),

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use super::{compile, Caches, ResourceState, ResourceStatus, Snapshot};
 use crate::{
     config::{Bootstrap, Diagnostic, Resource, ResourceRef},
-    source::{load_dir, LoadError},
+    source::{load_dir, LoadError, SecretDir},
 };
 
 /// What one reload produced.
@@ -28,12 +28,18 @@ pub struct Reloader {
     version: u64,
     digest: Option<u64>,
     caches: Arc<Caches>,
+    /// Where the Secrets of the configuration are projected.
+    secrets: Option<SecretDir>,
 }
 
 impl Reloader {
     /// A reloader for `bootstrap.config_dir`.
-    pub fn new(bootstrap: Bootstrap, caches: Arc<Caches>) -> Self {
-        Self { bootstrap, last_good: HashMap::new(), version: 0, digest: None, caches }
+    pub fn new(mut bootstrap: Bootstrap, caches: Arc<Caches>) -> Self {
+        let secrets = SecretDir::create()
+            .inspect_err(|e| tracing::error!(error = %e, "cannot create a directory for Secrets; none can be used"))
+            .ok();
+        bootstrap.secrets_dir = secrets.as_ref().map(|s| s.path().to_path_buf());
+        Self { bootstrap, last_good: HashMap::new(), version: 0, digest: None, caches, secrets }
     }
 
     /// Loads and compiles the directory. Blocking: run it off the async workers.
@@ -44,6 +50,9 @@ impl Reloader {
             return Ok(ReloadOutcome { snapshot: None, diagnostics: Vec::new(), rejected: Vec::new() });
         }
         let mut diagnostics = loaded.diagnostics;
+        if let Some(secrets) = &self.secrets {
+            diagnostics.extend(secrets.sync(&loaded.resources));
+        }
         let mut resources = loaded.resources;
         let mut rejected = loaded.rejected;
         self.keep_last_good(&mut resources, &rejected, &mut diagnostics);

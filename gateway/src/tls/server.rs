@@ -2,7 +2,10 @@
 //! credential directory, client certificate verification (MUTUAL, OPTIONAL_MUTUAL),
 //! protocol versions, cipher suites with Envoy's names, ALPN, session tickets.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rustls::{
     crypto::ring,
@@ -23,13 +26,40 @@ use super::{
 use crate::config::istio::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 
 /// Where `credentialName` secrets live, laid out like Kubernetes TLS secrets:
-/// `<dir>/<namespace>/<name>/{tls.crt,tls.key,ca.crt}`.
+/// `<dir>/<namespace>/<name>/{tls.crt,tls.key,ca.crt}` (or Istio's `cert`, `key`,
+/// `cacert`), the CA optionally in a separate `<name>-cacert` secret.
 #[derive(Debug, Clone)]
 pub(crate) struct Credentials {
-    /// Root directory.
-    pub dir: PathBuf,
+    /// Root directories, searched in order: the first holding the secret has it.
+    pub dirs: Vec<PathBuf>,
     /// Namespace the gateway reads secrets from (its own).
     pub namespace: String,
+}
+
+impl Credentials {
+    /// The directory of secret `name`: in the first root that has it, else in the last
+    /// (where a missing file is then reported).
+    fn secret_dir(&self, name: &str) -> PathBuf {
+        let candidates = self.dirs.iter().map(|d| d.join(&self.namespace).join(name));
+        let mut last = PathBuf::new();
+        for dir in candidates {
+            if dir.is_dir() {
+                return dir;
+            }
+            last = dir;
+        }
+        last
+    }
+
+    /// Certificate, key and CA files of secret `name`.
+    fn files(&self, name: &str) -> (PathBuf, PathBuf, Option<PathBuf>) {
+        let dir = self.secret_dir(name);
+        let pick =
+            |a: &str, b: &str| if dir.join(a).exists() || !dir.join(b).exists() { dir.join(a) } else { dir.join(b) };
+        let ca_in = |dir: &Path| [dir.join("ca.crt"), dir.join("cacert")].into_iter().find(|p| p.exists());
+        let ca = ca_in(&dir).or_else(|| ca_in(&self.secret_dir(&format!("{name}-cacert"))));
+        (pick("tls.crt", "cert"), pick("tls.key", "key"), ca)
+    }
 }
 
 /// How a server terminates TLS: the rustls config and the client-certificate pins.
@@ -104,13 +134,7 @@ pub(crate) fn server_config(
 ) -> Result<CompiledTls, String> {
     let mut warnings = Vec::new();
     let mode = s.mode.unwrap_or(ServerTlsMode::Passthrough);
-    let secret = |name: &str| {
-        let dir = creds.dir.join(&creds.namespace).join(name);
-        let pick =
-            |a: &str, b: &str| if dir.join(a).exists() || !dir.join(b).exists() { dir.join(a) } else { dir.join(b) };
-        let ca = [dir.join("ca.crt"), dir.join("cacert")].into_iter().find(|p| p.exists());
-        (pick("tls.crt", "cert"), pick("tls.key", "key"), ca)
-    };
+    let secret = |name: &str| creds.files(name);
     // `credentialNames` holds several pairs (RSA and ECDSA); the CA comes from the first.
     let mut names: Vec<&String> = s.credential_name.iter().chain(&s.credential_names).collect();
     names.dedup();

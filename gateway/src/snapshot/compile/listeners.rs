@@ -52,7 +52,8 @@ pub(super) fn gateway(
     report: &mut Report,
 ) -> Listeners {
     let mut listeners = Listeners::default();
-    let creds = Credentials { dir: bootstrap.credentials_dir.clone(), namespace: bootstrap.namespace.clone() };
+    let dirs = bootstrap.secrets_dir.iter().chain([&bootstrap.credentials_dir]).cloned().collect();
+    let creds = Credentials { dirs, namespace: bootstrap.namespace.clone() };
     for (port, servers) in ports {
         let port = *port;
         let mut table_of = |server: Option<usize>| {

@@ -4,6 +4,7 @@
 
 mod binding;
 mod conditions;
+mod kube_services;
 mod l4;
 mod listeners;
 mod mesh;

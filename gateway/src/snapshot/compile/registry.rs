@@ -26,11 +26,16 @@ use crate::{
     upstream::{Breakers, Cluster, DnsTarget, Endpoint, HashOn, LbPolicy, OutlierPolicy, PoolSettings, Protocol},
 };
 
-struct Service {
-    ports: Vec<ServicePort>,
-    endpoints: Vec<WorkloadEntry>,
-    dns: bool,
-    namespace: String,
+/// A service of the registry: a ServiceEntry host or a Kubernetes Service.
+pub(super) struct Service {
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<WorkloadEntry>,
+    /// Endpoint addresses are DNS names.
+    pub dns: bool,
+    pub namespace: String,
+    /// An endpoint serves a port only when it names it (EndpointSlice ports); otherwise
+    /// it serves every port, at `targetPort` or the port number.
+    pub ports_from_endpoints: bool,
 }
 
 struct Rule {
@@ -75,7 +80,10 @@ impl<'a> Registry<'a> {
                 _ => None,
             })
             .collect();
-        let mut services = HashMap::new();
+        // Istio's Kubernetes registry comes first: a Service wins over a ServiceEntry
+        // of the same host.
+        let mut services: HashMap<String, Service> =
+            super::kube_services::services(resources, bootstrap).into_iter().collect();
         let mut rules = Vec::new();
         let visible = |export_to: &[String], ns: &str| super::exported_to(export_to, ns, &bootstrap.namespace);
         for r in resources {
@@ -223,7 +231,11 @@ impl<'a> Registry<'a> {
         let mut endpoints = Vec::new();
         let mut dns = Vec::new();
         for ep in service.endpoints.iter().filter(|e| labels_match(&subset_labels, &e.labels)) {
-            let ep_port = ep.ports.get(&svc_port.name).copied().or(svc_port.target_port).unwrap_or(svc_port.number);
+            let named = ep.ports.get(&svc_port.name).copied();
+            let ep_port = match named {
+                None if service.ports_from_endpoints => continue,
+                named => named.or(svc_port.target_port).unwrap_or(svc_port.number),
+            };
             let Ok(ep_port) = u16::try_from(ep_port) else {
                 continue;
             };
@@ -303,7 +315,7 @@ fn service_of(se: &ServiceEntry, host: &str, namespace: &str, workload_entries: 
     if dns && endpoints.is_empty() && !host.starts_with('*') {
         endpoints.push(WorkloadEntry { address: host.to_string(), ..Default::default() });
     }
-    Service { ports: se.ports.clone(), endpoints, dns, namespace: namespace.to_string() }
+    Service { ports: se.ports.clone(), endpoints, dns, namespace: namespace.to_string(), ports_from_endpoints: false }
 }
 
 /// Istio's `destination_*` labels: the service from its host (`name.ns.svc.<suffix>`
