@@ -30,7 +30,7 @@ fn routes(n: usize) -> String {
 
 fn snapshot(yaml: &str, caches: &Caches) -> Snapshot {
     let loaded = wicket::config::load_text(yaml, Path::new("bench.yaml"), "default");
-    let bootstrap = Bootstrap { config_dir: std::env::temp_dir(), ..Bootstrap::default() };
+    let bootstrap = Bootstrap { config_dir: Some(std::env::temp_dir()), ..Bootstrap::default() };
     compile(&loaded.resources, &bootstrap, caches).snapshot
 }
 

@@ -44,6 +44,8 @@ pub(crate) mod tls;
 pub(crate) mod upstream;
 pub mod wasm;
 
+pub use source::ConnectError;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -72,6 +74,9 @@ pub enum StartError {
     /// The config directory cannot be watched.
     #[error("cannot watch the configuration directory")]
     Watch(#[from] notify::Error),
+    /// The Kubernetes source cannot start.
+    #[error("cannot read the Kubernetes API")]
+    Kubernetes(#[from] source::ConnectError),
     /// The workload identity (`--identity-dir`) is missing or unusable.
     #[error("cannot load the workload identity: {0}")]
     Identity(String),
@@ -272,7 +277,26 @@ impl Core {
         order: DrainOrder,
     ) -> Result<Gateway, StartError> {
         let Core { metrics, handle, proxy, caches, access_log } = self;
-        let (watcher, changes) = source::watch_dir(&bootstrap.config_dir)?;
+        let mut changes = Vec::new();
+        let watcher = match &bootstrap.config_dir {
+            Some(dir) => {
+                let (watcher, dir_changes) = source::watch_dir(dir)?;
+                changes.push(dir_changes);
+                Some(watcher)
+            }
+            None => None,
+        };
+        let cluster = match &bootstrap.kubernetes {
+            Some(settings) => {
+                let (cluster, cluster_changes) =
+                    source::Cluster::connect(settings, &bootstrap.namespace, metrics.clone()).await?;
+                changes.push(cluster_changes);
+                Some(cluster)
+            }
+            None => None,
+        };
+        let changes = source::merge(changes);
+        let source = source::Source { dir: bootstrap.config_dir.clone(), cluster: cluster.clone() };
         let (version_tx, version_rx) = watch::channel(0);
         let (inbound_drain, draining) = watch::channel(false);
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -282,7 +306,7 @@ impl Core {
             Listeners::new(proxy, handler, drain.clone(), bootstrap.port_map.clone(), bootstrap.max_connections);
         let admin_addr = bootstrap.admin;
         let mut supervisor = Supervisor {
-            reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap, caches.clone()))),
+            reloader: Arc::new(std::sync::Mutex::new(Reloader::new(bootstrap, caches.clone(), source))),
             handle: handle.clone(),
             listeners,
             addrs: Arc::new(RwLock::new(HashMap::new())),
@@ -294,7 +318,11 @@ impl Core {
             draining,
             stop: stop.clone(),
         };
-        supervisor.reload().await?;
+        // The Kubernetes source publishes once every watch has listed (until then
+        // `/ready` answers 503); a directory alone is loaded before anything binds.
+        if cluster.is_none() {
+            supervisor.reload().await?;
+        }
         let admin = match admin_addr {
             Some(addr) => {
                 let state = admin::AdminState { snapshot: handle.clone(), metrics, status };
@@ -305,6 +333,11 @@ impl Core {
         let addrs = supervisor.addrs.clone();
         let task = tokio::spawn(async move {
             let _watcher = watcher; // dropping it stops the watch
+            if let Some(cluster) = cluster {
+                cluster.synced().await;
+                tracing::info!("Kubernetes: every watch has listed; publishing");
+                let _ = supervisor.reload().await;
+            }
             supervisor.run(changes).await;
         });
         Ok(Gateway {
@@ -326,7 +359,7 @@ impl Core {
 /// a resource selects (its namespace and selector labels), so a policy or Gateway
 /// for another workload is checked too; each problem is reported once.
 pub fn validate(bootstrap: &Bootstrap) -> Result<Vec<config::Diagnostic>, source::LoadError> {
-    let loaded = source::load_dir(&bootstrap.config_dir, &bootstrap.namespace)?;
+    let loaded = source::load_dir(bootstrap.base_dir(), &bootstrap.namespace)?;
     let root = loaded.resources.iter().find_map(|r| match &r.spec {
         config::Spec::MeshConfig(m) => Some(m.root_namespace.clone()),
         _ => None,

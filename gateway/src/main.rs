@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::ExitCo
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use wicket::{
-    config::{Bootstrap, SidecarSettings},
+    config::{Bootstrap, KubernetesSettings, SidecarSettings},
     sidecar::{capture::CaptureConfig, inject::InjectConfig},
     telemetry::AccessLog,
 };
@@ -20,9 +20,21 @@ struct Cli {
 /// Options every serving mode shares.
 #[derive(Args)]
 struct ServeArgs {
-    /// Directory of Istio YAML (watched and hot-reloaded).
-    #[arg(long, default_value = "config")]
-    config: PathBuf,
+    /// Directory of Istio YAML (watched and hot-reloaded); default `config`, or none
+    /// with --kubernetes.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Read Istio resources, Services, EndpointSlices, Pods and Secrets from the
+    /// Kubernetes API (merged with --config, whose files win).
+    #[arg(long)]
+    kubernetes: bool,
+    /// Kubeconfig for --kubernetes (default: KUBECONFIG, ~/.kube/config, else the
+    /// in-cluster service account).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespaces --kubernetes watches, comma-separated (default: all).
+    #[arg(long, requires = "kubernetes", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// The proxy's namespace (and the default for resources without one).
     #[arg(long, default_value = "default")]
     namespace: String,
@@ -60,7 +72,15 @@ struct ServeArgs {
 impl ServeArgs {
     fn bootstrap(self, labels: &str) -> anyhow::Result<Bootstrap> {
         Ok(Bootstrap {
-            config_dir: self.config,
+            config_dir: match (self.config, self.kubernetes) {
+                (Some(dir), _) => Some(dir),
+                (None, true) => None,
+                (None, false) => Some(PathBuf::from("config")),
+            },
+            kubernetes: self.kubernetes.then(|| KubernetesSettings {
+                kubeconfig: self.kubeconfig,
+                namespaces: self.watch_namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+            }),
             namespace: self.namespace,
             labels: parse_map(labels)?,
             admin: Some(self.admin),
@@ -342,7 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { dir, namespace, labels, credentials_dir } => {
             let bootstrap = Bootstrap {
-                config_dir: dir.clone(),
+                config_dir: Some(dir.clone()),
                 namespace,
                 labels: parse_map(&labels)?,
                 credentials_dir,
@@ -464,16 +484,19 @@ fn serve_until_signal(
     drain_time: std::time::Duration,
     echo: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let config = bootstrap.config_dir.clone();
+    let from = match (&bootstrap.config_dir, &bootstrap.kubernetes) {
+        (Some(dir), None) => dir.display().to_string(),
+        (Some(dir), Some(_)) => format!("{} and the Kubernetes API", dir.display()),
+        (None, _) => "the Kubernetes API".to_string(),
+    };
     let rt = runtime(workers)?;
     let result = rt.block_on(async {
         for spec in echo {
             let (addr, name) = parse_echo(spec)?;
             wicket::echo::serve(addr, name).await.with_context(|| format!("binding echo upstream {addr}"))?;
         }
-        let gateway = wicket::start(bootstrap, AccessLog::stdout())
-            .await
-            .with_context(|| format!("starting on {}", config.display()))?;
+        let gateway =
+            wicket::start(bootstrap, AccessLog::stdout()).await.with_context(|| format!("starting on {from}"))?;
         shutdown_signal().await;
         // A second signal while draining exits at once.
         tokio::select! {

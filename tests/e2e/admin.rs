@@ -262,7 +262,7 @@ async fn access_logs_go_to_the_mesh_config_file_and_back() {
 fn validate_dir(yaml: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
-    let bootstrap = wicket::config::Bootstrap { config_dir: dir.path().into(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap { config_dir: Some(dir.path().into()), ..Default::default() };
     wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect()
 }
 

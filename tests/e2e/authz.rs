@@ -176,8 +176,11 @@ data:
     assert_eq!(up.last().path, "//admin");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.yaml"), docs(&[deny, mesh])).unwrap();
-    let bootstrap =
-        wicket::config::Bootstrap { config_dir: dir.path().into(), namespace: "foo".into(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap {
+        config_dir: Some(dir.path().into()),
+        namespace: "foo".into(),
+        ..Default::default()
+    };
     let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();
     assert!(
         problems.iter().any(|p| p.contains("AuthorizationPolicy/foo/no-admin: spec.rules[0].to[0].operation.paths: warning: under pathNormalization BASE `//admin` is not `/admin`")),
@@ -196,7 +199,7 @@ spec:
   - when: [{key: 'destination.labels[app]', values: [x]}]
 ";
     std::fs::write(dir.path().join("p.yaml"), bad).unwrap();
-    let bootstrap = wicket::config::Bootstrap { config_dir: dir.path().into(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap { config_dir: Some(dir.path().into()), ..Default::default() };
     let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();
     assert!(
         problems

@@ -222,7 +222,7 @@ async fn redirect_injection_by_header() {
 #[test]
 fn every_corpus_file_parses_without_schema_errors() {
     wicket_tests::require_corpus!();
-    let bootstrap = wicket::config::Bootstrap { config_dir: wicket_tests::corpus_dir(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap { config_dir: Some(wicket_tests::corpus_dir()), ..Default::default() };
     let problems = wicket::validate(&bootstrap).unwrap();
     // References to Kubernetes Services the corpus does not declare are expected;
     // anything else (a field, a type, a value) would be a gap in Wicket.
@@ -246,7 +246,7 @@ fn every_corpus_file_parses_without_schema_errors() {
 #[test]
 fn the_bundled_config_is_valid() {
     let dir = format!("{}/../config", env!("CARGO_MANIFEST_DIR"));
-    let bootstrap = wicket::config::Bootstrap { config_dir: dir.into(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap { config_dir: Some(dir.into()), ..Default::default() };
     let problems = wicket::validate(&bootstrap).unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
 }
@@ -265,7 +265,7 @@ spec:
     - destination: {host: shop, subset: v3}
 ";
     std::fs::write(dir.path().join("shop.yaml"), vs).unwrap();
-    let bootstrap = wicket::config::Bootstrap { config_dir: dir.path().into(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap { config_dir: Some(dir.path().into()), ..Default::default() };
     let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();
     let file = dir.path().join("shop.yaml").display().to_string();
     assert!(

@@ -227,8 +227,11 @@ spec:
 fn validate(yaml: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.yaml"), yaml).unwrap();
-    let bootstrap =
-        wicket::config::Bootstrap { config_dir: dir.path().into(), namespace: "foo".into(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap {
+        config_dir: Some(dir.path().into()),
+        namespace: "foo".into(),
+        ..Default::default()
+    };
     wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect()
 }
 

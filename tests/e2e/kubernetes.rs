@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use http::StatusCode;
 use wicket_tests::{
+    apiserver::FakeApiServer,
     client::{self, send_tls},
     yaml::{docs, endpoint_slice, kube_service, pod, subsets, GATEWAY},
     Pki, TestGateway, Upstream,
@@ -115,10 +116,9 @@ data:
     )
 }
 
-#[tokio::test]
-async fn a_credential_name_reads_a_secret_of_the_config_and_follows_its_rotation() {
-    let pki = Pki::default();
-    let up = Upstream::start("a").await;
+/// A Gateway terminating TLS for `a.test` with Secret `a-cert`, routing to Service
+/// `a` (one endpoint: `up`).
+fn tls_routing(up: &Upstream) -> String {
     let gateway = "apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: default}
@@ -137,38 +137,234 @@ spec:
   gateways: [gw]
   http: [{route: [{destination: {host: a}}]}]
 ";
-    let rest = docs(&[
+    docs(&[
         gateway,
         vs,
         &kube_service("a", 80, "http"),
         &endpoint_slice("a", "a", "http", up.addr.port(), &[("a-1", true)]),
-    ]);
-    let first = pki.leaf(&["a.test"]);
-    let mut gw = TestGateway::start(&docs(&[&rest, &tls_secret("a-cert", &first)])).await;
-    let serial = |der: &[u8]| x509_parser::parse_x509_certificate(der).unwrap().1.raw_serial().to_vec();
+    ])
+}
+
+/// The serial number of the certificate `gw` serves for `a.test` (and the body).
+async fn served_serial(gw: &TestGateway, pki: &Pki) -> (Vec<u8>, String) {
     let (resp, _, leaf) =
         send_tls(gw.addr_of(443), "a.test", pki.client(&[], None), client::get("a.test", "/")).await.unwrap();
-    assert_eq!(resp.body, "a");
-    let first_serial = serial(&leaf);
+    (x509_parser::parse_x509_certificate(&leaf).unwrap().1.raw_serial().to_vec(), resp.body)
+}
+
+/// Waits until `gw` serves a certificate other than `old` (rotation is checked every
+/// second; generous limit, never an assertion on time).
+async fn wait_for_rotation(gw: &TestGateway, pki: &Pki, old: &[u8]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while served_serial(gw, pki).await.0 == old {
+        assert!(tokio::time::Instant::now() < deadline, "the rotated Secret was never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_credential_name_reads_a_secret_of_the_config_and_follows_its_rotation() {
+    let pki = Pki::default();
+    let up = Upstream::start("a").await;
+    let rest = tls_routing(&up);
+    let mut gw = TestGateway::start(&docs(&[&rest, &tls_secret("a-cert", &pki.leaf(&["a.test"]))])).await;
+    let (first, body) = served_serial(&gw, &pki).await;
+    assert_eq!(body, "a");
 
     // A Secret with a key that does not match its certificate: the old pair serves.
     let (one, other) = (pki.leaf(&["a.test"]), pki.leaf(&["a.test"]));
     let mismatched = wicket_tests::pki::Leaf { cert_pem: one.cert_pem, key_pem: other.key_pem };
     gw.write("config.yaml", &docs(&[&rest, &tls_secret("a-cert", &mismatched)])).await;
-    let (_, _, leaf) =
-        send_tls(gw.addr_of(443), "a.test", pki.client(&[], None), client::get("a.test", "/")).await.unwrap();
-    assert_eq!(serial(&leaf), first_serial, "a bad pair keeps the previous certificate");
+    assert_eq!(served_serial(&gw, &pki).await.0, first, "a bad pair keeps the previous certificate");
 
-    let rotated = pki.leaf(&["a.test"]);
-    gw.write("config.yaml", &docs(&[&rest, &tls_secret("a-cert", &rotated)])).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, leaf) =
-            send_tls(gw.addr_of(443), "a.test", pki.client(&[], None), client::get("a.test", "/")).await.unwrap();
-        if serial(&leaf) != first_serial {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the rotated Secret was never served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.write("config.yaml", &docs(&[&rest, &tls_secret("a-cert", &pki.leaf(&["a.test"]))])).await;
+    wait_for_rotation(&gw, &pki, &first).await;
+}
+
+/// The routing of the first test, as objects of the API server.
+fn cluster_objects(v1: &Upstream, v2: &Upstream) -> String {
+    docs(&[
+        GATEWAY,
+        &kube_service("reviews", 9080, "http"),
+        &pod("reviews-v1-abc", &[("app", "reviews"), ("version", "v1")]),
+        &pod("reviews-v2-def", &[("app", "reviews"), ("version", "v2")]),
+        &endpoint_slice("reviews-a", "reviews", "http", v1.addr.port(), &[("reviews-v1-abc", true)]),
+        &endpoint_slice("reviews-b", "reviews", "http", v2.addr.port(), &[("reviews-v2-def", true)]),
+        &subsets("reviews.default.svc.cluster.local", &["v1", "v2"]),
+        REVIEWS_VS,
+    ])
+}
+
+fn jason() -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = client::get("reviews.test", "/");
+    req.headers_mut().insert("end-user", "jason".parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn the_kubernetes_source_routes_from_the_api_and_follows_its_changes() {
+    let (v1, v2, v3) = (Upstream::start("v1").await, Upstream::start("v2").await, Upstream::start("v3").await);
+    let api = FakeApiServer::start().await;
+    api.apply(&cluster_objects(&v1, &v2));
+    let mut gw = TestGateway::start_kubernetes(&api, None).await;
+    assert_eq!(gw.get("reviews.test", "/").await.body, "v1");
+    assert_eq!(gw.send(jason()).await.body, "v2");
+    assert!(gw.ready().await.starts_with("LIVE"));
+
+    // An EndpointSlice change: the v2 Pod moved.
+    api.apply(&endpoint_slice("reviews-b", "reviews", "http", v3.addr.port(), &[("reviews-v2-def", true)]));
+    gw.wait_for_reload().await;
+    assert_eq!(gw.send(jason()).await.body, "v3");
+
+    // A deleted VirtualService stops routing.
+    api.delete(REVIEWS_VS);
+    gw.wait_for_reload().await;
+    assert_eq!(gw.get("reviews.test", "/").await.status, StatusCode::NOT_FOUND);
+
+    let requests = api.requests();
+    for path in [
+        "/apis/networking.istio.io/v1/virtualservices?",
+        "/apis/discovery.k8s.io/v1/endpointslices?",
+        "/api/v1/namespaces/default/secrets?",
+    ] {
+        assert!(
+            requests.iter().any(|r| r.contains(path) && r.contains("watch=true")),
+            "no watch of {path}: {requests:#?}"
+        );
     }
+    assert!(
+        !requests.iter().any(|r| r.starts_with("GET /api/v1/secrets")),
+        "Secrets are read in the gateway's namespace only"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_resource_from_the_api_is_reported_by_name_and_skipped_alone() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let api = FakeApiServer::start().await;
+    api.apply(&cluster_objects(&v1, &v2));
+    api.apply(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: default}
+spec:
+  hosts: [broken.test]
+  gateways: [gw]
+  http: [{retries: {attempts: 2, retryon: 5xx}, route: [{destination: {host: reviews}}]}]
+",
+    );
+    let gw = TestGateway::start_kubernetes(&api, None).await;
+    assert_eq!(gw.get("reviews.test", "/").await.body, "v1");
+    let ready = gw.ready().await;
+    assert!(ready.contains("rejected VirtualService/default/broken (kubernetes:default/broken@"), "{ready}");
+}
+
+#[tokio::test]
+async fn files_are_merged_with_the_cluster_and_win_on_the_same_resource() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let api = FakeApiServer::start().await;
+    api.apply(&cluster_objects(&v1, &v2));
+    let everyone_v2 = REVIEWS_VS.replace("subset: v1", "subset: v2");
+    let gw = TestGateway::start_kubernetes(&api, Some(&everyone_v2)).await;
+    assert_eq!(gw.get("reviews.test", "/").await.body, "v2", "the file's VirtualService applies");
+}
+
+#[tokio::test]
+async fn ready_waits_for_every_list_and_a_refused_policy_kind_keeps_the_gateway_unready() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let api = FakeApiServer::start().await;
+    api.apply(&cluster_objects(&v1, &v2));
+    api.forbid("authorizationpolicies");
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _logs) = wicket::telemetry::AccessLog::channel();
+    let bootstrap = wicket::config::Bootstrap {
+        config_dir: None,
+        kubernetes: Some(wicket::config::KubernetesSettings { kubeconfig: Some(api.kubeconfig()), namespaces: vec![] }),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        port_map: [(80, 0)].into(),
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        credentials_dir: dir.path().into(),
+        ..Default::default()
+    };
+    let gateway = wicket::start(bootstrap, log).await.unwrap();
+    let admin = gateway.admin_addr().unwrap();
+    // Every other kind lists; the policies cannot be read, so nothing is published.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !api.requests().iter().any(|r| r.contains("/authorizationpolicies?"))
+        || !api.requests().iter().any(|r| r.contains("/services?") && r.contains("watch=true"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{:#?}", api.requests());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = client::send(admin, client::get("admin", "/ready")).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(gateway.listener_addr(80).is_none(), "no listener before the policies are known");
+    let metrics = client::send(admin, client::get("admin", "/metrics")).await.body;
+    assert!(
+        metrics
+            .contains("wicket_kubernetes_watch_errors_total{kind=\"AuthorizationPolicy\",namespace=\"\",code=\"403\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_routing_kind_is_served_without() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let api = FakeApiServer::start().await;
+    api.apply(&cluster_objects(&v1, &v2));
+    api.forbid("destinationrules");
+    let gw = TestGateway::start_kubernetes(&api, None).await;
+    // Without the DestinationRule there is no subset v1: Istio answers 503 NC... here
+    // the route's cluster does not resolve.
+    let resp = gw.get("reviews.test", "/").await;
+    assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        gw.metric_sum("wicket_kubernetes_watch_errors_total", &["kind=\"DestinationRule\"", "code=\"403\""]).await > 0
+    );
+}
+
+#[tokio::test]
+async fn an_api_outage_keeps_serving_and_the_watches_resume_with_a_relist_after_410() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let api = FakeApiServer::start().await;
+    api.apply(&cluster_objects(&v1, &v2));
+    let mut gw = TestGateway::start_kubernetes(&api, None).await;
+    assert_eq!(gw.get("reviews.test", "/").await.body, "v1");
+
+    api.set_down(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while gw.metric_sum("wicket_kubernetes_watch_errors_total", &["code=\"503\""]).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outage is not visible in the metrics: {}\n{:#?}",
+            gw.metrics().await,
+            api.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.get("reviews.test", "/").await.body, "v1", "the last snapshot keeps serving");
+
+    // While down, the VirtualService goes and the history is compacted: resuming
+    // the watch gets 410 Gone, and the relist must notice the deletion.
+    api.delete(REVIEWS_VS);
+    api.compact();
+    api.set_down(false);
+    gw.wait_for_reload().await;
+    assert_eq!(gw.get("reviews.test", "/").await.status, StatusCode::NOT_FOUND);
+    let lists = api.requests().iter().filter(|r| r.contains("/virtualservices?") && !r.contains("watch=true")).count();
+    assert!(lists >= 2, "the 410 made the watcher list again");
+}
+
+#[tokio::test]
+async fn a_secret_from_the_api_terminates_tls_and_rotates() {
+    let pki = Pki::default();
+    let up = Upstream::start("a").await;
+    let api = FakeApiServer::start().await;
+    api.apply(&docs(&[&tls_routing(&up), &tls_secret("a-cert", &pki.leaf(&["a.test"]))]));
+    let mut gw = TestGateway::start_kubernetes(&api, None).await;
+    let (first, body) = served_serial(&gw, &pki).await;
+    assert_eq!(body, "a");
+    api.apply(&tls_secret("a-cert", &pki.leaf(&["a.test"])));
+    gw.wait_for_reload().await;
+    wait_for_rotation(&gw, &pki, &first).await;
 }

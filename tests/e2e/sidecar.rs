@@ -133,7 +133,7 @@ async fn with_sidecar(pod: &Pod, config: &Path, labels: &str, identity: PathBuf,
     pod.ip6tables(&capture.rules(true));
     let bootstrap = Bootstrap {
         bind_ip: "::".parse().unwrap(),
-        config_dir: config.to_path_buf(),
+        config_dir: Some(config.to_path_buf()),
         labels: labels.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect(),
         admin: Some("127.0.0.1:0".parse().unwrap()),
         identity_dir: Some(identity),
@@ -584,7 +584,7 @@ spec:
     let gw_identity = dir.path().join("gw");
     ca::issue(&mesh_ca, &gw_identity, &request).unwrap();
     let bootstrap = Bootstrap {
-        config_dir: config.clone(),
+        config_dir: Some(config.clone()),
         namespace: "istio-system".into(),
         admin: Some("127.0.0.1:0".parse().unwrap()),
         bind_ip: "127.0.0.1".parse().unwrap(),

@@ -336,7 +336,7 @@ fn validate_reports_missing_mismatched_and_expired_files() {
     ];
     let cfg = tempfile::tempdir().unwrap();
     std::fs::write(cfg.path().join("gw.yaml"), gateway(&servers)).unwrap();
-    let bootstrap = wicket::config::Bootstrap { config_dir: cfg.path().into(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap { config_dir: Some(cfg.path().into()), ..Default::default() };
     let problems: Vec<String> =
         wicket::validate(&bootstrap).unwrap().iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
     assert_eq!(problems.len(), 3, "{problems:#?}");

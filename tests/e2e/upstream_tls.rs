@@ -181,7 +181,7 @@ fn destination_rules_with_unusable_tls_files_are_rejected_by_name() {
         dr("{mode: MUTUAL, clientCertificate: /missing/c.pem, privateKey: /missing/k.pem}"),
     )
     .unwrap();
-    let bootstrap = wicket::config::Bootstrap { config_dir: cfg.path().into(), ..Default::default() };
+    let bootstrap = wicket::config::Bootstrap { config_dir: Some(cfg.path().into()), ..Default::default() };
     let problems: Vec<String> = wicket::validate(&bootstrap).unwrap().iter().map(ToString::to_string).collect();
     assert!(
         problems.iter().any(

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::mpsc, time::
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use wicket::{config::Bootstrap, telemetry::AccessLog};
+use wicket::{
+    config::{Bootstrap, KubernetesSettings},
+    telemetry::AccessLog,
+};
 
 use crate::{client, Resp};
 
@@ -42,6 +45,25 @@ impl TestGateway {
         Self::start_with(yaml, |b| b.mesh_port = Some(MESH_PORT)).await
     }
 
+    /// Starts a gateway reading the Kubernetes API of `api` (and `yaml` as a config
+    /// directory too, when given); returns once it has published its first snapshot.
+    pub async fn start_kubernetes(api: &crate::apiserver::FakeApiServer, yaml: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(yaml) = yaml {
+            std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+        }
+        let kubeconfig = api.kubeconfig();
+        let mut gw = Self::launch(dir, |b| {
+            if yaml.is_none() {
+                b.config_dir = None;
+            }
+            b.kubernetes = Some(KubernetesSettings { kubeconfig: Some(kubeconfig), namespaces: Vec::new() });
+        })
+        .await;
+        gw.wait_for_reload().await;
+        gw
+    }
+
     /// Starts a gateway on an existing directory.
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
         Self::launch(dir, |_| {}).await
@@ -49,7 +71,7 @@ impl TestGateway {
 
     async fn launch(dir: tempfile::TempDir, tune: impl FnOnce(&mut Bootstrap)) -> Self {
         let mut bootstrap = Bootstrap {
-            config_dir: dir.path().to_path_buf(),
+            config_dir: Some(dir.path().to_path_buf()),
             admin: Some("127.0.0.1:0".parse().unwrap()),
             port_map: BTreeMap::from([(80, 0), (443, 0), (8080, 0), (8443, 0), (9000, 0), (MESH_PORT, 0)]),
             bind_ip: "127.0.0.1".parse().unwrap(),

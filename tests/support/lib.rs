@@ -4,6 +4,7 @@
 // Test support is test code: a failed setup step should panic with its cause.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod apiserver;
 pub mod client;
 pub mod gateway;
 pub mod jwt;

@@ -34,8 +34,9 @@ pub(crate) struct AdminState {
 }
 
 /// Binds the admin listener and serves it in the background; returns its address.
-/// It starts after the first configuration is loaded and the listeners are bound, so
-/// `/ready` answers 200 as soon as it answers at all.
+/// With a directory alone it starts after the first configuration is loaded and the
+/// listeners are bound, so `/ready` answers 200 as soon as it answers at all; the
+/// Kubernetes source publishes later, and `/ready` answers 503 until it has.
 pub(crate) async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -46,7 +47,11 @@ pub(crate) async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Resul
 
 fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ready") => text(StatusCode::OK, &ready(&state.snapshot.current())),
+        (&Method::GET, "/ready") => match state.snapshot.current() {
+            // Nothing published yet: the Kubernetes source is still listing.
+            s if s.version == 0 => text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the initial configuration\n"),
+            s => text(StatusCode::OK, &ready(&s)),
+        },
         (&Method::GET, "/healthz") => text(StatusCode::OK, "OK\n"),
         (&Method::GET, "/metrics" | "/stats/prometheus") => metrics(state, req),
         (&Method::GET, "/config_dump") => json(config_dump::render(&state.snapshot.current(), &state.status)),

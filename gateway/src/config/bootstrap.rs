@@ -6,11 +6,23 @@ use std::{
     path::PathBuf,
 };
 
+/// How to reach the Kubernetes API server.
+#[derive(Debug, Clone, Default)]
+pub struct KubernetesSettings {
+    /// A kubeconfig file; else `KUBECONFIG`, `~/.kube/config`, or the in-cluster
+    /// service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch (every namespace when empty). The gateway's own is added.
+    pub namespaces: Vec<String>,
+}
+
 /// Settings of one gateway process.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
-    /// Directory of Istio YAML.
-    pub config_dir: PathBuf,
+    /// Directory of Istio YAML; `None` when the Kubernetes source is the only one.
+    pub config_dir: Option<PathBuf>,
+    /// Read resources from the Kubernetes API too (merged with the directory's).
+    pub kubernetes: Option<KubernetesSettings>,
     /// Namespace of the gateway, and of resources that name none.
     pub namespace: String,
     /// The gateway's own labels, matched by Gateway `selector`.
@@ -85,7 +97,8 @@ impl Default for SidecarSettings {
 impl Default for Bootstrap {
     fn default() -> Self {
         Self {
-            config_dir: PathBuf::from("config"),
+            config_dir: Some(PathBuf::from("config")),
+            kubernetes: None,
             namespace: "default".into(),
             labels: BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
             admin: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 15000))),
@@ -106,6 +119,12 @@ impl Default for Bootstrap {
 }
 
 impl Bootstrap {
+    /// Where relative paths in resources (local Wasm modules) are read from: the
+    /// config directory, else the working directory.
+    pub fn base_dir(&self) -> &std::path::Path {
+        self.config_dir.as_deref().unwrap_or(std::path::Path::new("."))
+    }
+
     /// Istio short-name expansion: a host without a dot becomes
     /// `host.<namespace>.svc.<suffix>`; `*`, IPs and dotted names stay as written.
     pub fn fqdn(&self, host: &str, namespace: &str) -> String {

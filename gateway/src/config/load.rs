@@ -36,12 +36,34 @@ pub fn load_text(text: &str, file: &Path, namespace: &str) -> Loaded {
 /// same resource replaces an earlier one, wherever it is. `namespace` is given to
 /// resources that do not name one.
 pub fn load_texts<'t>(texts: impl IntoIterator<Item = (Arc<Path>, &'t str)>, namespace: &str) -> Loaded {
+    load_inputs(texts.into_iter().map(|(file, text)| Input::File(file, text)), namespace)
+}
+
+/// One input of [`load_inputs`].
+pub enum Input<'t> {
+    /// A file's text: YAML documents separated by `---`, reported by line.
+    File(Arc<Path>, &'t str),
+    /// One object of an API (JSON is YAML too), reported by the name given, without lines.
+    Object(Arc<Path>, &'t str),
+}
+
+/// Loads files and API objects, in order, as one set (see [`load_texts`]).
+pub fn load_inputs<'t>(inputs: impl IntoIterator<Item = Input<'t>>, namespace: &str) -> Loaded {
     let mut loaded = Loaded::default();
     let mut warned_kinds = BTreeSet::new();
-    for (file, text) in texts {
-        for (line, doc) in split_documents(text) {
-            let origin = Origin { file: file.clone(), line };
-            load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds, false);
+    for input in inputs {
+        match input {
+            Input::File(file, text) => {
+                for (line, doc) in split_documents(text) {
+                    let origin = Origin { file: file.clone(), line };
+                    load_document(doc, origin, namespace, &mut loaded, &mut warned_kinds, false);
+                }
+            }
+            // Line 0: the document's line 1 (all of a JSON object) reports as no line.
+            Input::Object(name, text) => {
+                let origin = Origin { file: name, line: 0 };
+                load_document(text, origin, namespace, &mut loaded, &mut warned_kinds, false);
+            }
         }
     }
     replace_duplicates(&mut loaded);

@@ -20,10 +20,10 @@ pub mod probers;
 
 use std::{collections::BTreeMap, fmt, path::Path, sync::Arc};
 
-pub use bootstrap::{Bootstrap, SidecarSettings};
+pub use bootstrap::{Bootstrap, KubernetesSettings, SidecarSettings};
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::GoDuration;
-pub use load::{load_text, load_texts, Loaded};
+pub use load::{load_inputs, load_text, load_texts, Input, Loaded};
 pub use mesh::{
     AccessLogEncoding, ExtAuthzHttp, ExtensionProvider, GatewayTopology, MeshConfig, NormalizationType,
     OutboundTrafficMode, PathNormalizationConfig, ProxyConfig,

@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc, time::SystemTime};
 use arc_swap::ArcSwap;
 
 pub use compile::{compile, Compiled};
-pub use reload::{ReloadOutcome, Reloader};
+pub(crate) use reload::{ReloadOutcome, Reloader};
 
 use crate::{
     config::{Diagnostic, ResourceRef},

@@ -6,23 +6,23 @@ use std::{collections::HashMap, sync::Arc};
 use super::{compile, Caches, ResourceState, ResourceStatus, Snapshot};
 use crate::{
     config::{Bootstrap, Diagnostic, Resource, ResourceRef},
-    source::{load_dir, LoadError, SecretDir},
+    source::{LoadError, SecretDir, Source},
 };
 
 /// What one reload produced.
 #[derive(Debug)]
-pub struct ReloadOutcome {
+pub(crate) struct ReloadOutcome {
     /// The new snapshot, or `None` when the input did not change.
-    pub snapshot: Option<Arc<Snapshot>>,
+    pub(crate) snapshot: Option<Arc<Snapshot>>,
     /// Every problem found, errors and warnings.
-    pub diagnostics: Vec<Diagnostic>,
+    pub(crate) diagnostics: Vec<Diagnostic>,
     /// Resources rejected in this reload (their last good version, if any, serves).
-    pub rejected: Vec<ResourceRef>,
+    pub(crate) rejected: Vec<ResourceRef>,
 }
 
 /// Turns the config directory into snapshots, remembering the last good resources.
 #[derive(Debug)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     bootstrap: Bootstrap,
     last_good: HashMap<ResourceRef, Resource>,
     version: u64,
@@ -30,22 +30,23 @@ pub struct Reloader {
     caches: Arc<Caches>,
     /// Where the Secrets of the configuration are projected.
     secrets: Option<SecretDir>,
+    source: Source,
 }
 
 impl Reloader {
-    /// A reloader for `bootstrap.config_dir`.
-    pub fn new(mut bootstrap: Bootstrap, caches: Arc<Caches>) -> Self {
+    /// A reloader reading `source`.
+    pub(crate) fn new(mut bootstrap: Bootstrap, caches: Arc<Caches>, source: Source) -> Self {
         let secrets = SecretDir::create()
             .inspect_err(|e| tracing::error!(error = %e, "cannot create a directory for Secrets; none can be used"))
             .ok();
         bootstrap.secrets_dir = secrets.as_ref().map(|s| s.path().to_path_buf());
-        Self { bootstrap, last_good: HashMap::new(), version: 0, digest: None, caches, secrets }
+        Self { bootstrap, last_good: HashMap::new(), version: 0, digest: None, caches, secrets, source }
     }
 
-    /// Loads and compiles the directory. Blocking: run it off the async workers.
-    pub fn reload(&mut self) -> Result<ReloadOutcome, LoadError> {
-        let mut loaded = load_dir(&self.bootstrap.config_dir, &self.bootstrap.namespace)?;
-        loaded.digest = module_stamps(&loaded.resources, &self.bootstrap.config_dir, loaded.digest);
+    /// Loads and compiles the sources. Blocking: run it off the async workers.
+    pub(crate) fn reload(&mut self) -> Result<ReloadOutcome, LoadError> {
+        let mut loaded = self.source.load(&self.bootstrap.namespace)?;
+        loaded.digest = module_stamps(&loaded.resources, self.bootstrap.base_dir(), loaded.digest);
         if self.digest == Some(loaded.digest) {
             return Ok(ReloadOutcome { snapshot: None, diagnostics: Vec::new(), rejected: Vec::new() });
         }
@@ -152,9 +153,11 @@ fn statuses(
         .collect();
     for id in rejected.iter().chain(not_applied) {
         if !out.iter().any(|s| &s.id == id) {
+            // Where the first error naming it points.
+            let origin = diagnostics.iter().find(|d| d.resource.as_ref() == Some(id)).map(|d| d.origin.to_string());
             out.push(ResourceStatus {
                 id: id.clone(),
-                origin: String::new(),
+                origin: origin.unwrap_or_default(),
                 state: ResourceState::Rejected,
                 errors: errors_of(id),
             });

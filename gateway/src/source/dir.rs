@@ -30,6 +30,18 @@ const MAX_CONFIG_FILE: u64 = 64 * 1024 * 1024;
 /// Reads every YAML file under `dir` (recursively, hidden entries skipped, sorted by
 /// path). `namespace` is given to resources that do not name one.
 pub(crate) fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError> {
+    let (texts, digest) = read_dir(dir)?;
+    let mut loaded = load_texts(texts.iter().map(|(file, text)| (file.clone(), text.as_str())), namespace);
+    loaded.digest = digest;
+    Ok(loaded)
+}
+
+/// Named texts (a file's path or an object's name, and its text).
+pub(super) type Texts = Vec<(Arc<Path>, String)>;
+
+/// The texts of every YAML file under `dir`, in path order, and a digest of their
+/// paths and contents.
+pub(super) fn read_dir(dir: &Path) -> Result<(Texts, u64), LoadError> {
     let mut files = Vec::new();
     collect_yaml_files(dir, &mut files)?;
     files.sort();
@@ -43,9 +55,7 @@ pub(crate) fn load_dir(dir: &Path, namespace: &str) -> Result<Loaded, LoadError>
         (&file, &text).hash(&mut hasher);
         texts.push((Arc::<Path>::from(file), text));
     }
-    let mut loaded = load_texts(texts.iter().map(|(file, text)| (file.clone(), text.as_str())), namespace);
-    loaded.digest = hasher.finish();
-    Ok(loaded)
+    Ok((texts, hasher.finish()))
 }
 
 fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {

@@ -163,6 +163,26 @@ pub(crate) struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// One watch of the Kubernetes source: `{kind, namespace}` (`namespace` empty for all).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct WatchLabels {
+    /// Resource kind.
+    pub kind: &'static str,
+    /// Namespace watched, empty for every namespace.
+    pub namespace: String,
+}
+
+/// A failed request of a watch: `{kind, namespace, code}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct WatchErrorLabels {
+    /// Resource kind.
+    pub kind: &'static str,
+    /// Namespace watched, empty for every namespace.
+    pub namespace: String,
+    /// HTTP status of the API server's answer, 0 when there was none.
+    pub code: u16,
+}
+
 /// A resource that is not in force as written: `{kind, namespace, name, state}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct ResourceLabels {
@@ -197,6 +217,8 @@ pub struct Metrics {
     reload_seconds: Gauge<f64, AtomicU64>,
     not_applied: Family<ResourceLabels, Gauge>,
     access_log_dropped: Counter<u64, AtomicU64>,
+    watch_up: Family<WatchLabels, Gauge>,
+    watch_errors: Family<WatchErrorLabels, Counter>,
     wasm: Arc<crate::wasm::PluginMetrics>,
     trace: super::trace::TraceCounters,
 }
@@ -237,6 +259,8 @@ impl Metrics {
             reload_seconds: Gauge::default(),
             not_applied: Family::default(),
             access_log_dropped: Counter::default(),
+            watch_up: Family::default(),
+            watch_errors: Family::default(),
             wasm: Arc::default(),
             trace: super::trace::TraceCounters::default(),
         };
@@ -282,6 +306,16 @@ impl Metrics {
             m.not_applied.clone(),
         );
         registry.register("wicket_access_log_dropped", "Access log lines dropped", m.access_log_dropped.clone());
+        registry.register(
+            "wicket_kubernetes_watch_up",
+            "1 while a watch of the Kubernetes source is synced and streaming, 0 while it retries",
+            m.watch_up.clone(),
+        );
+        registry.register(
+            "wicket_kubernetes_watch_errors",
+            "Failed list or watch requests of the Kubernetes source, by HTTP status",
+            m.watch_errors.clone(),
+        );
         registry.register_collector(Box::new(m.wasm.clone()));
         registry.register(
             "wicket_tracing_spans_exported",
@@ -356,6 +390,18 @@ impl Metrics {
         for r in resources {
             self.not_applied.get_or_create(&r).set(1);
         }
+    }
+
+    /// Records whether a watch of the Kubernetes source is synced and streaming.
+    pub(crate) fn watch_up(&self, watch: &WatchLabels, up: bool) {
+        self.watch_up.get_or_create(watch).set(i64::from(up));
+    }
+
+    /// Counts a failed list or watch request of the Kubernetes source.
+    pub(crate) fn watch_error(&self, watch: &WatchLabels, code: u16) {
+        let labels = WatchErrorLabels { kind: watch.kind, namespace: watch.namespace.clone(), code };
+        self.watch_errors.get_or_create(&labels).inc();
+        self.watch_up(watch, false);
     }
 
     /// Records how long an applied reload took.

@@ -48,7 +48,7 @@ pub(super) fn compile(
             }
         };
         let id = format!("{}/{}", r.id.namespace, r.id.name);
-        let plugin = match wasm::load(runtime, spec, &r.id.namespace, &r.id.name, &bootstrap.config_dir) {
+        let plugin = match wasm::load(runtime, spec, &r.id.namespace, &r.id.name, bootstrap.base_dir()) {
             Ok(p) => Some(p),
             Err(e) => {
                 let (field, message) = e.field_and_message();
