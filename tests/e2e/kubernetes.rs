@@ -368,3 +368,110 @@ async fn a_secret_from_the_api_terminates_tls_and_rotates() {
     gw.wait_for_reload().await;
     wait_for_rotation(&gw, &pki, &first).await;
 }
+
+/// Against a real cluster, for those who have one: `KUBECONFIG=... cargo test -p
+/// wicket-tests --test e2e kubernetes::a_real_cluster -- --ignored`. The gateway must
+/// list every kind it watches (Istio's CRDs installed, or refused kinds left out) and
+/// publish.
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster (KUBECONFIG)"]
+async fn a_real_cluster_is_listed_and_published() {
+    let kubeconfig = std::env::var_os("KUBECONFIG").expect("KUBECONFIG names the cluster");
+    let (log, _logs) = wicket::telemetry::AccessLog::channel();
+    let bootstrap = wicket::config::Bootstrap {
+        config_dir: None,
+        kubernetes: Some(wicket::config::KubernetesSettings {
+            kubeconfig: Some(kubeconfig.into()),
+            namespaces: vec![],
+        }),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        port_map: [(80, 0), (443, 0)].into(),
+        ..Default::default()
+    };
+    let mut gateway = wicket::start(bootstrap, log).await.unwrap();
+    let version = tokio::time::timeout(Duration::from_secs(60), gateway.wait_for_version_after(0)).await.unwrap();
+    let ready = client::send(gateway.admin_addr().unwrap(), client::get("admin", "/ready")).await;
+    println!("published version {version}; /ready: {}", ready.body);
+    assert_eq!(ready.status, StatusCode::OK);
+}
+
+/// The scale figures of the Kubernetes source (issue: 10,000 Services with their
+/// EndpointSlices and 1,000 VirtualServices): the release gateway binary as its own
+/// process against the fake API server, timed to its first published snapshot, its
+/// RSS then, and the time from an EndpointSlice change to the new endpoint serving.
+/// A measurement, not a check: `cargo build --release -p wicket && cargo test
+/// --release -p wicket-tests --test e2e kubernetes::scale -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement (bench/RESULTS.md), run by hand in release"]
+async fn scale_sync_of_ten_thousand_services() {
+    let (services, routes) = (10_000, 1_000);
+    let up = Upstream::start("old").await;
+    let moved = Upstream::start("moved").await;
+    let api = FakeApiServer::start().await;
+    let mut objects = vec![GATEWAY.to_string()];
+    for i in 0..services {
+        let name = format!("svc-{i}");
+        objects.push(kube_service(&name, 80, "http"));
+        objects.push(endpoint_slice(&name, &name, "http", up.addr.port(), &[(&format!("{name}-pod"), true)]));
+    }
+    for i in 0..routes {
+        objects.push(format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs-{i}, namespace: default}}
+spec:
+  hosts: [r{i}.test]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: svc-{i}}}}}]}}]
+"
+        ));
+    }
+    for chunk in objects.chunks(500) {
+        api.apply(&chunk.join("\n---\n"));
+    }
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join("wicket");
+    assert!(binary.exists(), "build the gateway first: cargo build --release -p wicket");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let started = tokio::time::Instant::now();
+    let mut child = tokio::process::Command::new(&binary)
+        .args(["run", "--kubernetes", "--kubeconfig"])
+        .arg(api.kubeconfig())
+        .args(["--admin", &admin.to_string(), "--bind-address", "127.0.0.1"])
+        .args(["--port-map", &format!("80={}", http.port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    loop {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(admin)).await
+        {
+            drop(stream);
+            if client::send(admin, client::get("admin", "/ready")).await.status == StatusCode::OK {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let synced = started.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("VmRSS: ?").to_string();
+    assert_eq!(client::send(http, client::get("r7.test", "/")).await.body, "old");
+
+    let changed = tokio::time::Instant::now();
+    api.apply(&endpoint_slice("svc-7", "svc-7", "http", moved.addr.port(), &[("svc-7-pod", true)]));
+    while client::send(http, client::get("r7.test", "/")).await.body != "moved" {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let endpoint_latency = changed.elapsed();
+    let lists = api.requests().len();
+    println!(
+        "{services} Services + {services} EndpointSlices + {routes} VirtualServices: ready after {synced:?}, {rss}; \
+         EndpointSlice change to serving: {endpoint_latency:?}; API requests so far: {lists}"
+    );
+    child.kill().await.unwrap();
+}

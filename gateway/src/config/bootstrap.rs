@@ -12,7 +12,8 @@ pub struct KubernetesSettings {
     /// A kubeconfig file; else `KUBECONFIG`, `~/.kube/config`, or the in-cluster
     /// service account.
     pub kubeconfig: Option<PathBuf>,
-    /// Namespaces to watch (every namespace when empty). The gateway's own is added.
+    /// Namespaces to watch (every namespace when empty). The gateway's own and Istio's
+    /// root namespace are added.
     pub namespaces: Vec<String>,
 }
 

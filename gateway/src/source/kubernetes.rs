@@ -184,8 +184,14 @@ impl Cluster {
         config.default_retry = false;
         let client = Client::try_from(config).map_err(ConnectError::Client)?;
         let mut namespaces: Vec<Option<String>> = settings.namespaces.iter().cloned().map(Some).collect();
-        if !namespaces.is_empty() && !settings.namespaces.iter().any(|n| n == namespace) {
-            namespaces.push(Some(namespace.to_string()));
+        // The gateway's own namespace and the root namespace (mesh-wide policies) are
+        // always watched.
+        if !namespaces.is_empty() {
+            for ns in [namespace, ROOT_NAMESPACE] {
+                if !namespaces.iter().any(|n| n.as_deref() == Some(ns)) {
+                    namespaces.push(Some(ns.to_string()));
+                }
+            }
         }
         if namespaces.is_empty() {
             namespaces.push(None);
