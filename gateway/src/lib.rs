@@ -317,6 +317,7 @@ impl Core {
             access_log,
             draining,
             stop: stop.clone(),
+            cluster: cluster.clone(),
         };
         // The Kubernetes source publishes once every watch has listed (until then
         // `/ready` answers 503); a directory alone is loaded before anything binds.

@@ -80,6 +80,7 @@ impl ServeArgs {
             kubernetes: self.kubernetes.then(|| KubernetesSettings {
                 kubeconfig: self.kubeconfig,
                 namespaces: self.watch_namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+                identity: KubernetesSettings::default_identity(),
             }),
             namespace: self.namespace,
             labels: parse_map(labels)?,

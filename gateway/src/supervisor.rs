@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     listener::Listeners,
     snapshot::{Caches, ReloadOutcome, Reloader, SnapshotHandle},
-    source::LoadError,
+    source::{Cluster, Findings, LoadError},
     telemetry::{metrics::ResourceLabels, AccessLog, Metrics},
     upstream,
 };
@@ -49,6 +49,8 @@ pub(crate) struct Supervisor {
     pub draining: watch::Receiver<bool>,
     /// Shutdown: close every listener and end.
     pub stop: Arc<tokio::sync::Notify>,
+    /// The Kubernetes source, told each reload's problems for the resources' status.
+    pub cluster: Option<Cluster>,
 }
 
 impl Supervisor {
@@ -172,6 +174,10 @@ impl Supervisor {
             })
         }));
         self.set_status(errors);
+        if let Some(cluster) = &self.cluster {
+            let of_cluster = snapshot.resources.iter().filter(|r| r.origin.starts_with("kubernetes:")).map(|r| &r.id);
+            cluster.report(Findings::new(of_cluster, &snapshot.diagnostics));
+        }
         self.version.send_replace(snapshot.version);
     }
 

@@ -24,6 +24,16 @@ spec:
   - route: [{destination: {host: reviews.default.svc.cluster.local, subset: v1}}]
 ";
 
+/// A VirtualService Istio rejects (`retryon` is not a field).
+const BROKEN_VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: default}
+spec:
+  hosts: [broken.test]
+  gateways: [gw]
+  http: [{retries: {attempts: 2, retryon: 5xx}, route: [{destination: {host: reviews}}]}]
+";
+
 /// The Pods as `kubectl get pods -o yaml` prints them: one List.
 fn pods_list() -> String {
     let indent =
@@ -243,16 +253,7 @@ async fn a_bad_resource_from_the_api_is_reported_by_name_and_skipped_alone() {
     let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let api = FakeApiServer::start().await;
     api.apply(&cluster_objects(&v1, &v2));
-    api.apply(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: broken, namespace: default}
-spec:
-  hosts: [broken.test]
-  gateways: [gw]
-  http: [{retries: {attempts: 2, retryon: 5xx}, route: [{destination: {host: reviews}}]}]
-",
-    );
+    api.apply(BROKEN_VS);
     let gw = TestGateway::start_kubernetes(&api, None).await;
     assert_eq!(gw.get("reviews.test", "/").await.body, "v1");
     let ready = gw.ready().await;
@@ -279,7 +280,11 @@ async fn ready_waits_for_every_list_and_a_refused_policy_kind_keeps_the_gateway_
     let (log, _logs) = wicket::telemetry::AccessLog::channel();
     let bootstrap = wicket::config::Bootstrap {
         config_dir: None,
-        kubernetes: Some(wicket::config::KubernetesSettings { kubeconfig: Some(api.kubeconfig()), namespaces: vec![] }),
+        kubernetes: Some(wicket::config::KubernetesSettings {
+            kubeconfig: Some(api.kubeconfig()),
+            namespaces: vec![],
+            identity: "wicket".into(),
+        }),
         admin: Some("127.0.0.1:0".parse().unwrap()),
         port_map: [(80, 0)].into(),
         bind_ip: "127.0.0.1".parse().unwrap(),
@@ -372,7 +377,8 @@ async fn a_secret_from_the_api_terminates_tls_and_rotates() {
 /// Against a real cluster, for those who have one: `KUBECONFIG=... cargo test -p
 /// wicket-tests --test e2e kubernetes::a_real_cluster -- --ignored`. The gateway must
 /// list every kind it watches (Istio's CRDs installed, or refused kinds left out) and
-/// publish.
+/// publish. Like any replica it competes for the `wicket-status-leader` Lease of
+/// `default` and, holding it, writes the status of resources with problems.
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster (KUBECONFIG)"]
 async fn a_real_cluster_is_listed_and_published() {
@@ -383,6 +389,7 @@ async fn a_real_cluster_is_listed_and_published() {
         kubernetes: Some(wicket::config::KubernetesSettings {
             kubeconfig: Some(kubeconfig.into()),
             namespaces: vec![],
+            identity: "wicket-e2e".into(),
         }),
         admin: Some("127.0.0.1:0".parse().unwrap()),
         bind_ip: "127.0.0.1".parse().unwrap(),
@@ -474,4 +481,44 @@ spec:
          EndpointSlice change to serving: {endpoint_latency:?}; API requests so far: {lists}"
     );
     child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn only_the_elected_replica_writes_a_bad_resource_s_status_and_clears_it_when_fixed() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let api = FakeApiServer::start().await;
+    api.apply(&cluster_objects(&v1, &v2));
+    api.apply(BROKEN_VS);
+    let a = TestGateway::start_replica(&api, None, "replica-a").await;
+    let b = TestGateway::start_replica(&api, None, "replica-b").await;
+    let status =
+        || api.object("networking.istio.io/v1", "VirtualService", "default", "broken").unwrap()["status"].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while status()["validationMessages"].is_null() {
+        assert!(tokio::time::Instant::now() < deadline, "no status written: {:#?}", api.requests());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let written = status();
+    assert_eq!(written["conditions"][0]["type"], "PassedAnalysis", "{written}");
+    assert_eq!(written["conditions"][0]["status"], "False");
+    assert_eq!(written["validationMessages"][0]["level"], "Error");
+    let message = written["validationMessages"][0]["message"].as_str().unwrap();
+    assert!(message.contains("spec.http[0].retries") && message.contains("retryon"), "{message}");
+    assert_eq!(written["observedGeneration"], 1);
+
+    let lease = api.object("coordination.k8s.io/v1", "Lease", "default", "wicket-status-leader").unwrap();
+    let leader = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
+    let follower = if leader == "replica-a" { "replica-b" } else { "replica-a" };
+    let patches = |user: &str| api.requests_of(user).into_iter().filter(|r| r.starts_with("PATCH")).count();
+    assert!(patches(&leader) >= 1);
+    assert_eq!(patches(follower), 0, "a follower never writes status");
+
+    // Fixed: the leader clears what it wrote.
+    api.apply(&BROKEN_VS.replace("retryon", "retryOn"));
+    while !status()["validationMessages"].is_null() {
+        assert!(tokio::time::Instant::now() < deadline, "the status was never cleared: {}", status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(patches(follower), 0);
+    drop((a, b));
 }

@@ -4,7 +4,9 @@
 //! them), metadata-only lists and watches (`as=PartialObjectMetadata`), watches as
 //! chunked JSON events (ADDED, MODIFIED, DELETED, BOOKMARK, and ERROR 410 for a
 //! compacted `resourceVersion`), `fieldSelector` on name and namespace, RBAC refusals
-//! (403) and outages. It records every request.
+//! (403) and outages; single objects (GET, create, replace with resourceVersion
+//! conflicts, as Lease elections use them) and merge patches of the status
+//! subresource. It records every request with its user (the bearer token).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -46,7 +48,8 @@ struct State {
     compacted_below: u64,
     forbidden: HashSet<String>,
     down: bool,
-    requests: Vec<String>,
+    /// `(user, "METHOD path?query")`; the user is the bearer token.
+    requests: Vec<(String, String)>,
 }
 
 /// The fake API server.
@@ -81,26 +84,39 @@ impl FakeApiServer {
                 });
             }
         });
-        let kubeconfig = tempfile::tempdir().unwrap();
+        Self { addr, state, changes, kubeconfig: tempfile::tempdir().unwrap() }
+    }
+
+    /// A kubeconfig file pointing at this server, for user `wicket`.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig_for("wicket")
+    }
+
+    /// A kubeconfig file pointing at this server for `user` (its bearer token, by
+    /// which requests are told apart).
+    pub fn kubeconfig_for(&self, user: &str) -> PathBuf {
+        let path = self.kubeconfig.path().join(user);
+        let addr = self.addr;
         std::fs::write(
-            kubeconfig.path().join("config"),
+            &path,
             format!(
                 "apiVersion: v1
 kind: Config
 clusters: [{{name: fake, cluster: {{server: 'http://{addr}'}}}}]
-users: [{{name: fake, user: {{token: fake-token}}}}]
+users: [{{name: fake, user: {{token: {user}}}}}]
 contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]
 current-context: fake
 "
             ),
         )
         .unwrap();
-        Self { addr, state, changes, kubeconfig }
+        path
     }
 
-    /// A kubeconfig file pointing at this server.
-    pub fn kubeconfig(&self) -> PathBuf {
-        self.kubeconfig.path().join("config")
+    /// The stored object `kind`/`namespace`/`name` of `api_version`.
+    pub fn object(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let collection = collection_of(&json!({"apiVersion": api_version, "kind": kind}));
+        self.state.lock().unwrap().objects.get(&(collection, namespace.into(), name.into())).cloned()
     }
 
     /// Creates or replaces objects from YAML documents (`---`-separated), as
@@ -117,22 +133,10 @@ current-context: fake
         rv
     }
 
-    fn put(&self, mut object: Value) -> u64 {
+    fn put(&self, object: Value) -> u64 {
         let collection = collection_of(&object);
-        let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-        let name = object["metadata"]["name"].as_str().unwrap().to_string();
         let mut state = self.state.lock().unwrap();
-        state.rv += 1;
-        let rv = state.rv;
-        object["metadata"]["namespace"] = json!(namespace);
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        object["metadata"]["uid"] = json!(format!("uid-{namespace}-{name}"));
-        let key = (collection.clone(), namespace.clone(), name);
-        let kind = if state.objects.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
-        let change = Change { rv, collection, namespace, kind, object };
-        state.log.push(change.clone());
-        let _ = self.changes.send(Some(change));
-        rv
+        store(&mut state, &self.changes, collection, object)
     }
 
     /// Deletes an object named in a YAML document (apiVersion, kind, metadata).
@@ -174,12 +178,61 @@ current-context: fake
 
     /// Every request received, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
-        self.state.lock().unwrap().requests.clone()
+        self.state.lock().unwrap().requests.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The requests `user` made.
+    pub fn requests_of(&self, user: &str) -> Vec<String> {
+        self.state.lock().unwrap().requests.iter().filter(|(u, _)| u == user).map(|(_, r)| r.clone()).collect()
     }
 }
 
 fn serde_yaml_to_json(doc: &str) -> Value {
     serde_yaml::from_str(doc).unwrap()
+}
+
+/// Stores `object` (a new generation of it), as create or update; returns its
+/// resourceVersion.
+fn store(
+    state: &mut State,
+    changes: &broadcast::Sender<Option<Change>>,
+    collection: Collection,
+    mut object: Value,
+) -> u64 {
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+    let name = object["metadata"]["name"].as_str().unwrap().to_string();
+    state.rv += 1;
+    let rv = state.rv;
+    let key = (collection.clone(), namespace.clone(), name.clone());
+    let generation = state.objects.get(&key).and_then(|o| o["metadata"]["generation"].as_i64()).unwrap_or(0) + 1;
+    object["metadata"]["namespace"] = json!(namespace);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    object["metadata"]["generation"] = json!(generation);
+    object["metadata"]["uid"] = json!(format!("uid-{namespace}-{name}"));
+    let kind = if state.objects.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+    let change = Change { rv, collection, namespace, kind, object };
+    state.log.push(change.clone());
+    let _ = changes.send(Some(change));
+    rv
+}
+
+/// RFC 7386 JSON merge patch: `null` removes a key.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let map = target.as_object_mut().unwrap();
+    for (k, v) in fields {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
 }
 
 fn collection_of(object: &Value) -> Collection {
@@ -196,6 +249,7 @@ fn plural(kind: &str) -> String {
         "serviceentry" => "serviceentries".into(),
         "workloadentry" => "workloadentries".into(),
         "authorizationpolicy" => "authorizationpolicies".into(),
+        "lease" => "leases".into(),
         "telemetry" => "telemetries".into(),
         _ => format!("{lower}s"),
     }
@@ -211,6 +265,10 @@ struct Server {
 struct Target {
     collection: Collection,
     namespace: Option<String>,
+    /// One object of the collection.
+    name: Option<String>,
+    /// Its status subresource.
+    status: bool,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -220,12 +278,14 @@ fn parse_path(path: &str) -> Option<Target> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return None,
     };
-    let (namespace, plural) = match rest {
-        [plural] => (None, *plural),
-        ["namespaces", ns, plural] => (Some(ns.to_string()), *plural),
+    let (namespace, plural, name, status) = match rest {
+        [plural] => (None, *plural, None, false),
+        ["namespaces", ns, plural] => (Some(ns.to_string()), *plural, None, false),
+        ["namespaces", ns, plural, name] => (Some(ns.to_string()), *plural, Some(name.to_string()), false),
+        ["namespaces", ns, plural, name, "status"] => (Some(ns.to_string()), *plural, Some(name.to_string()), true),
         _ => return None,
     };
-    Some(Target { collection: (group.into(), version.into(), plural.into()), namespace })
+    Some(Target { collection: (group.into(), version.into(), plural.into()), namespace, name, status })
 }
 
 fn query(uri: &http::Uri) -> BTreeMap<String, String> {
@@ -249,16 +309,15 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
 impl Server {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let uri = req.uri().clone();
+        let method = req.method().clone();
         let q = query(&uri);
-        let meta_only = req
-            .headers()
-            .get("accept")
-            .and_then(|a| a.to_str().ok())
-            .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
-        let _ = req.into_body().collect().await;
+        let header = |name: &str| req.headers().get(name).and_then(|a| a.to_str().ok()).unwrap_or_default().to_string();
+        let meta_only = header("accept").contains("as=PartialObjectMetadata");
+        let user = header("authorization").trim_start_matches("Bearer ").to_string();
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         {
             let mut state = self.state.lock().unwrap();
-            state.requests.push(format!("GET {}", uri.path_and_query().map_or("", |p| p.as_str())));
+            state.requests.push((user, format!("{method} {}", uri.path_and_query().map_or("", |p| p.as_str()))));
             if state.down {
                 return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the server is down");
             }
@@ -266,6 +325,9 @@ impl Server {
         let Some(target) = parse_path(uri.path()) else {
             return status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
         };
+        if target.name.is_some() || method != http::Method::GET {
+            return self.object_request(&method, target, &body);
+        }
         if self.state.lock().unwrap().forbidden.contains(&target.collection.2) {
             let (group, plural) = (&target.collection.0, &target.collection.2);
             let message = format!(
@@ -319,6 +381,65 @@ impl Server {
         let mut resp = Response::new(Body::full(body.to_string()));
         resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
         resp
+    }
+
+    /// One object: GET, create (POST), replace (PUT, compare-and-swap on
+    /// resourceVersion), and merge PATCH of its status subresource.
+    fn object_request(&self, method: &http::Method, target: Target, body: &[u8]) -> Response<Body> {
+        let ok = |object: &Value| {
+            let mut resp = Response::new(Body::full(object.to_string()));
+            resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            resp
+        };
+        let namespace = target.namespace.clone().unwrap_or_default();
+        let mut state = self.state.lock().unwrap();
+        let posted: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let name = target.name.clone().or_else(|| posted["metadata"]["name"].as_str().map(str::to_string));
+        let Some(name) = name else { return status(StatusCode::BAD_REQUEST, "BadRequest", "no name") };
+        let key = (target.collection.clone(), namespace.clone(), name.clone());
+        let not_found =
+            || status(StatusCode::NOT_FOUND, "NotFound", &format!("{} \"{name}\" not found", target.collection.2));
+        match (method.as_str(), target.status) {
+            ("GET", false) => state.objects.get(&key).map_or_else(not_found, ok),
+            ("POST", false) => {
+                if state.objects.contains_key(&key) {
+                    return status(StatusCode::CONFLICT, "AlreadyExists", &format!("\"{name}\" already exists"));
+                }
+                let mut object = posted;
+                object["metadata"]["namespace"] = json!(namespace);
+                store(&mut state, &self.changes, target.collection, object);
+                ok(&state.objects[&key].clone())
+            }
+            ("PUT", false) => {
+                let Some(current) = state.objects.get(&key) else { return not_found() };
+                if posted["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                    let message =
+                        "the object has been modified; please apply your changes to the latest version and try again";
+                    return status(StatusCode::CONFLICT, "Conflict", message);
+                }
+                let mut object = posted;
+                object["metadata"]["namespace"] = json!(namespace);
+                store(&mut state, &self.changes, target.collection, object);
+                ok(&state.objects[&key].clone())
+            }
+            ("PATCH", true) => {
+                let Some(mut object) = state.objects.get(&key).cloned() else { return not_found() };
+                merge_patch(&mut object["status"], &posted["status"]);
+                // The status subresource changes the resourceVersion, never the generation.
+                let generation = object["metadata"]["generation"].clone();
+                state.rv += 1;
+                let rv = state.rv;
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                object["metadata"]["generation"] = generation;
+                state.objects.insert(key, object.clone());
+                let change =
+                    Change { rv, collection: target.collection, namespace, kind: "MODIFIED", object: object.clone() };
+                state.log.push(change.clone());
+                let _ = self.changes.send(Some(change));
+                ok(&object)
+            }
+            _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported by the fake"),
+        }
     }
 
     fn watch(

@@ -48,16 +48,23 @@ impl TestGateway {
     /// Starts a gateway reading the Kubernetes API of `api` (and `yaml` as a config
     /// directory too, when given); returns once it has published its first snapshot.
     pub async fn start_kubernetes(api: &crate::apiserver::FakeApiServer, yaml: Option<&str>) -> Self {
+        Self::start_replica(api, yaml, "wicket").await
+    }
+
+    /// Like `start_kubernetes`, as the replica `identity` (also its API user).
+    pub async fn start_replica(api: &crate::apiserver::FakeApiServer, yaml: Option<&str>, identity: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         if let Some(yaml) = yaml {
             std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
         }
-        let kubeconfig = api.kubeconfig();
+        let kubeconfig = api.kubeconfig_for(identity);
         let mut gw = Self::launch(dir, |b| {
             if yaml.is_none() {
                 b.config_dir = None;
             }
-            b.kubernetes = Some(KubernetesSettings { kubeconfig: Some(kubeconfig), namespaces: Vec::new() });
+            let namespaces = Vec::new();
+            let identity = identity.to_string();
+            b.kubernetes = Some(KubernetesSettings { kubeconfig: Some(kubeconfig), namespaces, identity });
         })
         .await;
         gw.wait_for_reload().await;

@@ -15,6 +15,20 @@ pub struct KubernetesSettings {
     /// Namespaces to watch (every namespace when empty). The gateway's own and Istio's
     /// root namespace are added.
     pub namespaces: Vec<String>,
+    /// This replica's name in the status leader election (the Pod's name).
+    pub identity: String,
+}
+
+impl KubernetesSettings {
+    /// This replica's identity as the chart's downward API gives it (`POD_NAME`), else
+    /// the host name.
+    pub fn default_identity() -> String {
+        std::env::var("POD_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+            .unwrap_or_else(|| format!("wicket-{}", std::process::id()))
+    }
 }
 
 /// Settings of one gateway process.

@@ -29,6 +29,11 @@ use kube::{
 };
 use tokio::sync::{mpsc, watch};
 
+mod lease;
+mod status;
+
+pub(crate) use status::Findings;
+
 use crate::{
     config::KubernetesSettings,
     telemetry::{metrics::WatchLabels, Metrics},
@@ -136,10 +141,13 @@ struct Watched {
     progress: Mutex<Progress>,
 }
 
-/// One object, rendered as the document the loader reads.
+/// One object, rendered as the document the loader reads, and its status (not
+/// configuration: kept apart, so that writing it does not recompile).
 struct Object {
     origin: Arc<Path>,
     text: String,
+    status: Option<serde_json::Value>,
+    generation: Option<i64>,
 }
 
 impl Watched {
@@ -158,6 +166,8 @@ pub(crate) struct Cluster {
     watched: Arc<[Arc<Watched>]>,
     /// Bumped whenever a watch's progress changes.
     progress: watch::Receiver<u64>,
+    /// The problems of the last reload, for the status writer.
+    findings: Arc<watch::Sender<Findings>>,
 }
 
 impl Cluster {
@@ -224,7 +234,11 @@ impl Cluster {
                 watched.push(w);
             }
         }
-        Ok((Self { watched: watched.into(), progress }, super::watch::debounce(raw_rx, DEBOUNCE)))
+        let (findings, findings_rx) = watch::channel(Findings::default());
+        let cluster = Self { watched: watched.into(), progress, findings: Arc::new(findings) };
+        let leader = lease::elect(client.clone(), namespace, settings.identity.clone());
+        tokio::spawn(status::write(client, cluster.clone(), leader, findings_rx));
+        Ok((cluster, super::watch::debounce(raw_rx, DEBOUNCE)))
     }
 
     /// Waits until every watch has completed its initial list (or, for a kind that
@@ -243,18 +257,37 @@ impl Cluster {
         }
     }
 
-    /// Every object held, as loader inputs, with a digest of them all.
+    /// Every object held, as loader inputs, with a digest of them all (of their
+    /// content: a new resourceVersion alone, as a status write makes, changes nothing).
     pub(crate) fn inputs(&self) -> (super::dir::Texts, u64) {
         let mut out = Vec::new();
         let mut hasher = DefaultHasher::new();
         for w in self.watched.iter() {
             let objects = w.objects.lock().unwrap_or_else(|p| p.into_inner());
             for o in objects.values() {
-                (&o.origin, &o.text).hash(&mut hasher);
+                o.text.hash(&mut hasher);
                 out.push((o.origin.clone(), o.text.clone()));
             }
         }
         (out, hasher.finish())
+    }
+
+    /// Hands the problems of a reload to the status writer.
+    pub(crate) fn report(&self, findings: Findings) {
+        self.findings.send_if_modified(|f| {
+            let changed = *f != findings;
+            *f = findings;
+            changed
+        });
+    }
+
+    /// The status and generation of an object of `kind` the watches hold.
+    fn status_of(&self, kind: &str, namespace: &str, name: &str) -> Option<(Option<serde_json::Value>, Option<i64>)> {
+        let key = (namespace.to_string(), name.to_string());
+        self.watched.iter().filter(|w| w.info.kind == kind).find_map(|w| {
+            let objects = w.objects.lock().unwrap_or_else(|p| p.into_inner());
+            objects.get(&key).map(|o| (o.status.clone(), o.generation))
+        })
     }
 }
 
@@ -425,15 +458,20 @@ fn render(info: &KindInfo, meta: &ObjectMeta, data: Option<&serde_json::Value>) 
             "annotations": annotations,
         }),
     );
+    let mut status = None;
     if let Some(serde_json::Value::Object(rest)) = data {
         for (k, v) in rest {
-            if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-                doc.insert(k.clone(), v.clone());
+            match k.as_str() {
+                "apiVersion" | "kind" | "metadata" => {}
+                "status" => status = Some(v.clone()),
+                _ => {
+                    doc.insert(k.clone(), v.clone());
+                }
             }
         }
     }
     let version = meta.resource_version.as_deref().unwrap_or("?");
     let origin: Arc<Path> = Path::new(&format!("kubernetes:{}/{}@{version}", key.0, key.1)).into();
     let text = serde_json::Value::Object(doc).to_string();
-    (key, Object { origin, text })
+    (key, Object { origin, text, status, generation: meta.generation })
 }
