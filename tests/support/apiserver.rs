@@ -353,10 +353,15 @@ impl Server {
             return self.watch(from, q.contains_key("allowWatchBookmarks"), matches, view);
         }
         let state = self.state.lock().unwrap();
+        let offset: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+        let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
+        // One past the page tells whether there is more.
         let mut items: Vec<Value> = state
             .objects
             .iter()
             .filter(|((c, ns, _), o)| matches(c, ns, o))
+            .skip(offset)
+            .take(limit.saturating_add(1))
             .map(|(_, o)| {
                 let mut item = view(o);
                 // The real server leaves kind and apiVersion out of built-in list items.
@@ -367,11 +372,9 @@ impl Server {
                 item
             })
             .collect();
-        let offset: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
-        let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
-        let rest = items.split_off(offset.min(items.len()));
-        let more = rest.len() > limit;
-        let page: Vec<Value> = rest.into_iter().take(limit).collect();
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let page = items;
         let mut metadata = json!({"resourceVersion": state.rv.to_string()});
         if more {
             metadata["continue"] = json!((offset + limit).to_string());
