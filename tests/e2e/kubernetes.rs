@@ -313,6 +313,19 @@ async fn ready_waits_for_every_list_and_a_refused_policy_kind_keeps_the_gateway_
 }
 
 #[tokio::test]
+async fn kinds_not_served_are_read_as_empty_even_security_ones() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let api = FakeApiServer::start().await;
+    api.apply(&cluster_objects(&v1, &v2));
+    // Istio's security and extension CRDs not installed: there can be no such policy.
+    for plural in ["authorizationpolicies", "wasmplugins", "telemetries"] {
+        api.unserve(plural);
+    }
+    let gw = TestGateway::start_kubernetes(&api, None).await;
+    assert_eq!(gw.get("reviews.test", "/").await.body, "v1");
+}
+
+#[tokio::test]
 async fn a_refused_routing_kind_is_served_without() {
     let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let api = FakeApiServer::start().await;

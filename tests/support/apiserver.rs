@@ -47,6 +47,8 @@ struct State {
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted_below: u64,
     forbidden: HashSet<String>,
+    /// Collections answered 404, as for a CRD not installed.
+    unserved: HashSet<String>,
     down: bool,
     /// `(user, "METHOD path?query")`; the user is the bearer token.
     requests: Vec<(String, String)>,
@@ -165,6 +167,11 @@ current-context: fake
     /// Refuses list and watch of `plural` with 403, as RBAC does.
     pub fn forbid(&self, plural: &str) {
         self.state.lock().unwrap().forbidden.insert(plural.to_string());
+    }
+
+    /// Answers 404 for `plural`, as the API server does for a CRD not installed.
+    pub fn unserve(&self, plural: &str) {
+        self.state.lock().unwrap().unserved.insert(plural.to_string());
     }
 
     /// Takes the server down (every open watch ends, every request answers 503) or
@@ -327,6 +334,9 @@ impl Server {
         };
         if target.name.is_some() || method != http::Method::GET {
             return self.object_request(&method, target, &body);
+        }
+        if self.state.lock().unwrap().unserved.contains(&target.collection.2) {
+            return status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
         }
         if self.state.lock().unwrap().forbidden.contains(&target.collection.2) {
             let (group, plural) = (&target.collection.0, &target.collection.2);

@@ -3,10 +3,11 @@
 //! the cluster the way it reads a directory and reports problems by
 //! `namespace/name@resourceVersion`.
 //!
-//! Nothing is published until every watch has finished its initial list. A watch
-//! the API server refuses (RBAC) or does not serve (no CRD) counts as synced and
-//! empty, and keeps retrying, except for the security kinds: not knowing the
-//! policies must never mean serving without them, so those keep the gateway unready.
+//! Nothing is published until every watch has finished its initial list. A kind the
+//! API server does not serve (no CRD: there can be no such objects) counts as synced
+//! and empty; so does a kind it refuses (RBAC), logged and retried, except for the
+//! security kinds: not knowing the policies must never mean serving without them, so
+//! a refused security kind keeps the gateway unready.
 //! Errors never clear what a watch holds: a lost API server leaves the last objects
 //! serving while the watches back off and resume (410 Gone relists).
 
@@ -128,9 +129,11 @@ enum Progress {
     Listing,
     /// The objects are known (and kept through later errors).
     Synced,
-    /// Refused or not served before any list completed: counts as synced and empty
-    /// unless the kind is a security kind.
-    Unavailable,
+    /// Not served (404) before any list completed: synced and empty.
+    NotServed,
+    /// Refused (403) before any list completed: synced and empty, unless the kind is
+    /// a security kind.
+    Refused,
 }
 
 /// One watch: a kind in one namespace (or all), and the objects it holds.
@@ -155,7 +158,8 @@ impl Watched {
         match *self.progress.lock().unwrap_or_else(|p| p.into_inner()) {
             Progress::Listing => false,
             Progress::Synced => true,
-            Progress::Unavailable => !self.info.security,
+            Progress::NotServed => true,
+            Progress::Refused => !self.info.security,
         }
     }
 }
@@ -313,12 +317,19 @@ impl Task {
             let mut events = watcher::watcher(api, config).default_backoff().boxed();
             while let Some(event) = events.next().await {
                 self.step(event.map(|e| parts(e, |o| (o.metadata, None))), &mut relist);
+                if self.changes.is_closed() {
+                    return;
+                }
             }
         } else {
             let api = api::<DynamicObject>(client, namespace.as_deref(), &ar);
             let mut events = watcher::watcher(api, config).default_backoff().boxed();
             while let Some(event) = events.next().await {
                 self.step(event.map(|e| parts(e, |o| (o.metadata, Some(o.data)))), &mut relist);
+                // The gateway is gone: stop watching.
+                if self.changes.is_closed() {
+                    return;
+                }
             }
         }
     }
@@ -384,10 +395,15 @@ impl Task {
             ),
             _ => tracing::warn!("Kubernetes: watching {kind} {scope} failed, retrying with back-off: {e}"),
         }
-        if matches!(code, Some(403 | 404)) {
+        let unavailable = match code {
+            Some(403) => Some(Progress::Refused),
+            Some(404) => Some(Progress::NotServed),
+            _ => None,
+        };
+        if let Some(unavailable) = unavailable {
             let mut progress = w.progress.lock().unwrap_or_else(|p| p.into_inner());
             if *progress == Progress::Listing {
-                *progress = Progress::Unavailable;
+                *progress = unavailable;
                 drop(progress);
                 self.progress.send_modify(|v| *v += 1);
             }
