@@ -234,8 +234,12 @@ fn load_document(
         Kind::DestinationRule => parse_spec::<istio::DestinationRule>(doc, syntax).map(Spec::DestinationRule),
         Kind::ServiceEntry => parse_spec::<istio::ServiceEntry>(doc, syntax).map(Spec::ServiceEntry),
         Kind::WorkloadEntry => parse_spec::<istio::WorkloadEntry>(doc, syntax).map(Spec::WorkloadEntry),
-        Kind::RequestAuthentication => parse_spec::<istio::RequestAuthentication>(doc, syntax).map(Spec::RequestAuthentication),
-        Kind::AuthorizationPolicy => parse_spec::<istio::AuthorizationPolicy>(doc, syntax).map(Spec::AuthorizationPolicy),
+        Kind::RequestAuthentication => {
+            parse_spec::<istio::RequestAuthentication>(doc, syntax).map(Spec::RequestAuthentication)
+        }
+        Kind::AuthorizationPolicy => {
+            parse_spec::<istio::AuthorizationPolicy>(doc, syntax).map(Spec::AuthorizationPolicy)
+        }
         Kind::MeshConfig => parse_mesh_config(doc, syntax).map(Spec::MeshConfig),
         Kind::WasmPlugin => parse_spec::<istio::WasmPlugin>(doc, syntax).map(Spec::WasmPlugin),
         Kind::Telemetry => parse_spec::<istio::Telemetry>(doc, syntax).map(Spec::Telemetry),
