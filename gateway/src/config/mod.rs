@@ -32,8 +32,8 @@ pub use mesh::{
 /// Where a resource was written: the file and the line its document starts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
-    /// File the document came from; for an object of the Kubernetes source, its
-    /// `namespace/name@resourceVersion`.
+    /// File the document came from; for an object of the Kubernetes source,
+    /// `kubernetes:<namespace>/<name>@<resourceVersion>`.
     pub file: Arc<Path>,
     /// 1-based line of the document's first line (or of the reported field); 0 for a
     /// source without lines.
