@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     listener::Listeners,
     snapshot::{Caches, ReloadOutcome, Reloader, SnapshotHandle},
-    source::{Cluster, Findings, LoadError},
+    source::{Cluster, LoadError},
     telemetry::{metrics::ResourceLabels, AccessLog, Metrics},
     upstream,
 };
@@ -175,8 +175,7 @@ impl Supervisor {
         }));
         self.set_status(errors);
         if let Some(cluster) = &self.cluster {
-            let of_cluster = snapshot.resources.iter().filter(|r| r.origin.starts_with("kubernetes:")).map(|r| &r.id);
-            cluster.report(Findings::new(of_cluster, &snapshot.diagnostics));
+            cluster.report(&snapshot.resources, &snapshot.diagnostics);
         }
         self.version.send_replace(snapshot.version);
     }

@@ -13,8 +13,8 @@ use std::{
 };
 
 pub(crate) use dir::{load_dir, LoadError};
+pub(crate) use kubernetes::Cluster;
 pub use kubernetes::ConnectError;
-pub(crate) use kubernetes::{Cluster, Findings};
 pub(crate) use secrets::SecretDir;
 pub(crate) use watch::watch_dir;
 

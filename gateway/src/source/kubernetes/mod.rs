@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 mod lease;
 mod status;
 
-pub(crate) use status::Findings;
+use status::Findings;
 
 use crate::{
     config::KubernetesSettings,
@@ -42,6 +42,9 @@ use crate::{
 
 /// Events closer together than this are coalesced into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// How the origins of the cluster's objects begin (`kubernetes:ns/name@version`).
+const ORIGIN_PREFIX: &str = "kubernetes:";
 
 /// Istio's root namespace, where the `istio` ConfigMap (mesh config) lives.
 const ROOT_NAMESPACE: &str = "istio-system";
@@ -98,13 +101,20 @@ const KINDS: &[KindInfo] = &[
 ];
 
 impl KindInfo {
+    /// `group/version`, or `version` for the core group.
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
     fn api_resource(&self) -> ApiResource {
-        let api_version =
-            if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) };
         ApiResource {
             group: self.group.into(),
             version: self.version.into(),
-            api_version,
+            api_version: self.api_version(),
             kind: self.kind.into(),
             plural: self.plural.into(),
         }
@@ -276,8 +286,15 @@ impl Cluster {
         (out, hasher.finish())
     }
 
-    /// Hands the problems of a reload to the status writer.
-    pub(crate) fn report(&self, findings: Findings) {
+    /// Hands the problems of a reload to the status writer: `diagnostics` for those of
+    /// `resources` that came from the cluster.
+    pub(crate) fn report(
+        &self,
+        resources: &[crate::snapshot::ResourceStatus],
+        diagnostics: &[crate::config::Diagnostic],
+    ) {
+        let ours = resources.iter().filter(|r| r.origin.starts_with(ORIGIN_PREFIX)).map(|r| &r.id);
+        let findings = Findings::new(ours, diagnostics);
         self.findings.send_if_modified(|f| {
             let changed = *f != findings;
             *f = findings;
@@ -311,25 +328,27 @@ impl Task {
             config = config.fields("metadata.name=istio");
         }
         let ar = info.api_resource();
-        let mut relist: Option<BTreeMap<(String, String), Object>> = None;
         if info.metadata_only {
             let api = api::<PartialObjectMeta<DynamicObject>>(client, namespace.as_deref(), &ar);
-            let mut events = watcher::watcher(api, config).default_backoff().boxed();
-            while let Some(event) = events.next().await {
-                self.step(event.map(|e| parts(e, |o| (o.metadata, None))), &mut relist);
-                if self.changes.is_closed() {
-                    return;
-                }
-            }
+            self.follow(api, config, |o| (o.metadata, None)).await;
         } else {
             let api = api::<DynamicObject>(client, namespace.as_deref(), &ar);
-            let mut events = watcher::watcher(api, config).default_backoff().boxed();
-            while let Some(event) = events.next().await {
-                self.step(event.map(|e| parts(e, |o| (o.metadata, Some(o.data)))), &mut relist);
-                // The gateway is gone: stop watching.
-                if self.changes.is_closed() {
-                    return;
-                }
+            self.follow(api, config, |o| (o.metadata, Some(o.data))).await;
+        }
+    }
+
+    /// Applies the watcher's events of `api` (each object cut to its `Parts`) until
+    /// the gateway is gone.
+    async fn follow<K>(&self, api: Api<K>, config: watcher::Config, split: impl Fn(K) -> Parts)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let mut relist: Option<BTreeMap<(String, String), Object>> = None;
+        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            self.step(event.map(|e| parts(e, &split)), &mut relist);
+            if self.changes.is_closed() {
+                return;
             }
         }
     }
@@ -385,7 +404,7 @@ impl Task {
                 };
                 tracing::error!(
                     "Kubernetes: forbidden to list/watch {kind} ({}) {scope}: grant the verbs list and watch on {} ({consequence}; retrying)",
-                    w.info.api_resource().api_version,
+                    w.info.api_version(),
                     w.info.plural
                 );
             }
@@ -460,7 +479,7 @@ fn key_of(meta: &ObjectMeta) -> (String, String) {
 fn render(info: &KindInfo, meta: &ObjectMeta, data: Option<&serde_json::Value>) -> ((String, String), Object) {
     let key = key_of(meta);
     let mut doc = serde_json::Map::new();
-    doc.insert("apiVersion".into(), info.api_resource().api_version.into());
+    doc.insert("apiVersion".into(), info.api_version().into());
     doc.insert("kind".into(), info.kind.into());
     let mut annotations = meta.annotations.clone().unwrap_or_default();
     // A copy of the whole object as last applied: large, and read from the object itself.
@@ -487,7 +506,7 @@ fn render(info: &KindInfo, meta: &ObjectMeta, data: Option<&serde_json::Value>) 
         }
     }
     let version = meta.resource_version.as_deref().unwrap_or("?");
-    let origin: Arc<Path> = Path::new(&format!("kubernetes:{}/{}@{version}", key.0, key.1)).into();
+    let origin: Arc<Path> = Path::new(&format!("{ORIGIN_PREFIX}{}/{}@{version}", key.0, key.1)).into();
     let text = serde_json::Value::Object(doc).to_string();
     (key, Object { origin, text, status, generation: meta.generation })
 }
