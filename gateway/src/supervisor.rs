@@ -175,7 +175,8 @@ impl Supervisor {
         }));
         self.set_status(errors);
         if let Some(cluster) = &self.cluster {
-            cluster.report(&snapshot.resources, &snapshot.diagnostics);
+            let resources = snapshot.resources.iter().map(|r| (&r.id, r.origin.as_str()));
+            cluster.report(resources, &snapshot.diagnostics);
         }
         self.version.send_replace(snapshot.version);
     }

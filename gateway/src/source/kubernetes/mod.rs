@@ -287,13 +287,13 @@ impl Cluster {
     }
 
     /// Hands the problems of a reload to the status writer: `diagnostics` for those of
-    /// `resources` that came from the cluster.
-    pub(crate) fn report(
+    /// `resources` (each with its origin) that came from the cluster.
+    pub(crate) fn report<'r>(
         &self,
-        resources: &[crate::snapshot::ResourceStatus],
+        resources: impl IntoIterator<Item = (&'r crate::config::ResourceRef, &'r str)>,
         diagnostics: &[crate::config::Diagnostic],
     ) {
-        let ours = resources.iter().filter(|r| r.origin.starts_with(ORIGIN_PREFIX)).map(|r| &r.id);
+        let ours = resources.into_iter().filter(|(_, origin)| origin.starts_with(ORIGIN_PREFIX)).map(|(id, _)| id);
         let findings = Findings::new(ours, diagnostics);
         self.findings.send_if_modified(|f| {
             let changed = *f != findings;
